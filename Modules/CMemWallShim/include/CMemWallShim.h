@@ -1,0 +1,32 @@
+#ifndef CMEMWALLSHIM_H
+#define CMEMWALLSHIM_H
+/* What Swift's Glibc module cannot give us: constants that exist only under
+   _GNU_SOURCE, ioctls built from macros, and cpu_set_t macros. Every symbol is
+   prefixed memwall_ so nothing here can clash with a real library. */
+#include <stdint.h>
+#include <stddef.h>
+
+/* open(2) flag O_DIRECT (bypass the page cache). */
+int memwall_o_direct(void);
+/* errno's symbolic name ("EINVAL"), or NULL when the libc does not know it. */
+const char *memwall_errno_name(int err);
+/* Size in bytes of a block device (BLKGETSIZE64); -1 with errno on failure. */
+int memwall_block_device_size(int fd, uint64_t *size);
+/* Logical sector size of a block device (BLKSSZGET); -1 with errno on failure. */
+int memwall_block_device_logical_sector(int fd, int *size);
+/* f_type of the filesystem holding fd (statfs), so O_DIRECT refusals can be explained. */
+int memwall_filesystem_magic(int fd, int64_t *magic);
+/* Pins the calling thread to the given CPUs; -1 with errno on failure. */
+int memwall_pin_current_thread(const int *cpus, int count);
+/* CPU the calling thread runs on now (sched_getcpu). */
+int memwall_current_cpu(void);
+/* Kernel thread id of the caller. */
+int memwall_thread_id(void);
+/* Sets errno (Swift cannot assign the thread-local macro directly). */
+void memwall_set_errno(int value);
+/* Reads errno. */
+int memwall_get_errno(void);
+/* MADV_HUGEPAGE and MAP_POPULATE-style constants Swift's Glibc hides. */
+int memwall_madv_hugepage(void);
+int memwall_map_populate(void);
+#endif

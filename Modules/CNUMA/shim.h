@@ -1,0 +1,3 @@
+#include <features.h>
+#include <numa.h>
+#include <numaif.h>

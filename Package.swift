@@ -1,0 +1,90 @@
+// swift-tools-version: 6.1
+// MemWall: moves data across an inference host's memory hierarchy (DRAM, CXL,
+// NVMe, RDMA) through libnuma, liburing, libibverbs/librdmacm and hwloc.
+import PackageDescription
+
+/// Settings every Swift target shares: Swift 6 mode already implies strict
+/// concurrency; warnings are kept at zero by `make lint` (see Makefile).
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "MemWall",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "MemWallCore", targets: ["MemWallCore"]),
+        .library(name: "Topology", targets: ["Topology"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "NUMATransport", targets: ["NUMATransport"]),
+        .library(name: "URingTransport", targets: ["URingTransport"]),
+        .library(name: "RDMATransport", targets: ["RDMATransport"]),
+        .library(name: "KVPlacement", targets: ["KVPlacement"]),
+        .executable(name: "memwall", targets: ["memwall"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries, one system-library target each (Modules/*/module.modulemap).
+        .systemLibrary(name: "CNUMA", path: "Modules/CNUMA", pkgConfig: "numa",
+                       providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CIBVerbs", path: "Modules/CIBVerbs", pkgConfig: "libibverbs",
+                       providers: [.apt(["libibverbs-dev"])]),
+        .systemLibrary(name: "CRDMACM", path: "Modules/CRDMACM", pkgConfig: "librdmacm",
+                       providers: [.apt(["librdmacm-dev"])]),
+        .systemLibrary(name: "CURing", path: "Modules/CURing", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CHwloc", path: "Modules/CHwloc", pkgConfig: "hwloc",
+                       providers: [.apt(["libhwloc-dev"])]),
+        // What Swift cannot import by itself: _GNU_SOURCE constants, ioctls, macros.
+        .target(name: "CMemWallShim", path: "Modules/CMemWallShim"),
+
+        .target(name: "MemWallCore", dependencies: ["CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "Topology", dependencies: ["MemWallCore", "CHwloc", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "Transport", dependencies: ["MemWallCore", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "NUMATransport",
+                dependencies: ["Transport", "MemWallCore", "CNUMA", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "URingTransport",
+                dependencies: ["Transport", "MemWallCore", "CURing", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "RDMATransport",
+                dependencies: ["Transport", "MemWallCore", "CIBVerbs", "CRDMACM", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+        .target(name: "KVPlacement",
+                dependencies: ["Transport", "Topology", "MemWallCore"],
+                swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "memwall",
+            dependencies: [
+                "MemWallCore", "Topology", "Transport", "NUMATransport", "URingTransport",
+                "RDMATransport", "KVPlacement", "CNUMA", "CURing", "CIBVerbs", "CRDMACM",
+                "CHwloc", "CMemWallShim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings),
+
+        .testTarget(name: "MemWallCoreTests", dependencies: ["MemWallCore"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "TopologyTests", dependencies: ["Topology", "MemWallCore"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "TransportTests",
+                    dependencies: ["Transport", "NUMATransport", "URingTransport", "MemWallCore"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "RDMATransportTests",
+                    dependencies: ["RDMATransport", "Transport", "MemWallCore"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "KVPlacementTests",
+                    dependencies: ["KVPlacement", "Transport", "NUMATransport", "URingTransport",
+                                   "Topology", "MemWallCore"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests",
+                    dependencies: ["MemWallCore", "Topology", "CNUMA", "CURing", "CIBVerbs",
+                                   "CHwloc", "CMemWallShim"],
+                    swiftSettings: swiftSettings),
+    ]
+)

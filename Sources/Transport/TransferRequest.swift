@@ -1,0 +1,251 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+import Synchronization
+
+/// State of a request or of one of its descriptors.
+public enum TransferStatus: Sendable, Equatable, CustomStringConvertible {
+    /// Posted, not finished.
+    case pending
+    /// Every byte moved.
+    case completed
+    /// Failed with this error (the first one, for a request).
+    case failed(MemWallError)
+    /// Cancelled before it was handed to the kernel or NIC.
+    case cancelled
+
+    /// True once nothing more will change.
+    public var isFinal: Bool { if case .pending = self { false } else { true } }
+
+    /// Short name.
+    public var description: String {
+        switch self {
+        case .pending: "pending"
+        case .completed: "completed"
+        case .failed(let e): "failed: \(e)"
+        case .cancelled: "cancelled"
+        }
+    }
+}
+
+/// What a finished request did; feeds the per-path cost estimate.
+public struct TransferReport: Sendable, Hashable {
+    /// Bytes moved successfully.
+    public var bytes: Int
+    /// Number of descriptors in the request.
+    public var descriptorCount: Int
+    /// Monotonic time of `post`, in nanoseconds.
+    public var postedAt: UInt64
+    /// Monotonic time the last descriptor finished, in nanoseconds.
+    public var completedAt: UInt64
+    /// `completedAt - postedAt`.
+    public var nanoseconds: UInt64 { completedAt &- postedAt }
+    /// Achieved bandwidth in bytes per second.
+    public var bytesPerSecond: Double { nanoseconds == 0 ? 0 : Double(bytes) * 1e9 / Double(nanoseconds) }
+}
+
+/// A validated descriptor list, ready to be posted many times.
+///
+/// Bounds, alignment and registration are checked once in `prepare`; what a
+/// transport resolved then (fixed-buffer indices, keys) rides in `plan`.
+public final class PreparedTransfer: Sendable {
+    /// Direction.
+    public let operation: TransferOperation
+    /// The moves, in order.
+    public let descriptors: [TransferDescriptor]
+    /// Total bytes over all descriptors.
+    public let totalBytes: Int
+    /// Name of the transport that prepared it (posting elsewhere is an error).
+    public let transportName: String
+    /// Transport-private, resolved form of the descriptors.
+    package let plan: any Sendable
+
+    /// Created by transports in `prepare`.
+    package init(operation: TransferOperation, descriptors: [TransferDescriptor], transportName: String, plan: any Sendable = ()) {
+        self.operation = operation
+        self.descriptors = descriptors
+        self.totalBytes = descriptors.reduce(0) { $0 + $1.length }
+        self.transportName = transportName
+        self.plan = plan
+    }
+}
+
+/// One posted transfer: per-request and per-descriptor status, async wait, cheap poll.
+///
+/// The request keeps its ``PreparedTransfer`` — and so every buffer it names —
+/// alive until the last descriptor is final; transports keep the request until
+/// the kernel or NIC reported on every descriptor. Cancelling stops descriptors
+/// not yet handed over; the ones in flight run to completion first, so no
+/// buffer is released while hardware may still write it.
+public final class TransferRequest: Sendable, CustomStringConvertible {
+    private struct State {
+        var descriptorStatus: [TransferStatus]
+        var remaining: Int
+        var bytes = 0
+        var firstError: MemWallError?
+        var cancelledCount = 0
+        var completedAt: UInt64 = 0
+        var cancelRequested = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private static let nextID = Atomic<UInt64>(1)
+
+    /// Process-unique id.
+    public let id: UInt64
+    /// The descriptors this request moves.
+    public let prepared: PreparedTransfer
+    /// Monotonic time of posting.
+    public let postedAt: UInt64
+    private let state: Mutex<State>
+    private let estimator: PathCostEstimator?
+    private let targetKind: LocationKind
+    private let onCancel: (@Sendable () -> Void)?
+    /// Atomic mirror of "finished" so `poll` costs one load on the hot path.
+    private let finished = Atomic<Bool>(false)
+
+    /// Created by transports in `post`.
+    /// - Parameters:
+    ///   - estimator: Receives this request's report when it finishes.
+    ///   - onCancel: Asks the transport to stop what it has not handed over yet.
+    package init(prepared: PreparedTransfer, estimator: PathCostEstimator?, onCancel: (@Sendable () -> Void)? = nil) {
+        self.id = TransferRequest.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        self.prepared = prepared
+        self.postedAt = MonotonicClock.nanoseconds()
+        self.estimator = estimator
+        self.targetKind = prepared.descriptors.first?.target.kind ?? .memory
+        self.onCancel = onCancel
+        let n = prepared.descriptors.count
+        self.state = Mutex(State(descriptorStatus: Array(repeating: .pending, count: n), remaining: n))
+        if n == 0 { finishEmpty() }
+    }
+
+    private func finishEmpty() {
+        state.withLock { $0.completedAt = postedAt }
+        finished.store(true, ordering: .releasing)
+    }
+
+    /// Records the outcome of descriptor `index`: bytes moved, or an error.
+    /// Called exactly once per descriptor by the transport.
+    package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
+        let (isLast, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard s.descriptorStatus[index] == .pending else { return (false, []) }
+            switch result {
+            case .success(let n):
+                s.descriptorStatus[index] = .completed
+                s.bytes += n
+            case .failure(let e) where e.code == .cancelled:
+                s.descriptorStatus[index] = .cancelled
+                s.cancelledCount += 1
+            case .failure(let e):
+                s.descriptorStatus[index] = .failed(e)
+                if s.firstError == nil { s.firstError = e }
+            }
+            s.remaining -= 1
+            guard s.remaining == 0 else { return (false, []) }
+            s.completedAt = MonotonicClock.nanoseconds()
+            defer { s.waiters = [] }
+            return (true, s.waiters)
+        }
+        guard isLast else { return }
+        finished.store(true, ordering: .releasing)
+        publishReport()
+        for w in waiters { w.resume() }
+    }
+
+    private func publishReport() {
+        guard let estimator else { return }
+        let (failed, report) = state.withLock { s in
+            (s.firstError != nil || s.cancelledCount > 0,
+             TransferReport(bytes: s.bytes, descriptorCount: s.descriptorStatus.count, postedAt: postedAt, completedAt: s.completedAt))
+        }
+        if !failed { estimator.record(target: targetKind, operation: prepared.operation, report: report) }
+    }
+
+    /// True once the owner asked to cancel; transports check it before handing
+    /// each descriptor to the kernel or NIC.
+    public var isCancellationRequested: Bool { state.withLock { $0.cancelRequested } }
+
+    /// Asks to cancel: descriptors not yet handed over finish as `cancelled`;
+    /// those in flight finish normally. Idempotent.
+    public func cancel() {
+        let first = state.withLock { s -> Bool in
+            defer { s.cancelRequested = true }
+            return !s.cancelRequested
+        }
+        if first { onCancel?() }
+    }
+
+    /// The request's status without waiting or allocating: one atomic load while pending.
+    @inline(__always)
+    public func poll() -> TransferStatus {
+        guard finished.load(ordering: .acquiring) else { return .pending }
+        return state.withLock { s in
+            if let e = s.firstError { return .failed(e) }
+            if s.cancelledCount > 0 { return .cancelled }
+            return .completed
+        }
+    }
+
+    /// Status of descriptor `index`.
+    public func status(ofDescriptor index: Int) -> TransferStatus {
+        state.withLock { $0.descriptorStatus[index] }
+    }
+
+    /// Every descriptor's status, in order.
+    public var descriptorStatuses: [TransferStatus] { state.withLock { $0.descriptorStatus } }
+
+    /// Waits until every descriptor is final.
+    ///
+    /// Cancelling the calling task cancels the request, and still waits for
+    /// descriptors in flight (their buffers stay valid until then).
+    /// - Returns: The report of a fully successful request.
+    /// - Throws: The first descriptor error, or `cancelled`.
+    @discardableResult
+    public func wait() async throws(MemWallError) -> TransferReport {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let done = state.withLock { s -> Bool in
+                    if s.remaining == 0 { return true }
+                    s.waiters.append(c)
+                    return false
+                }
+                if done { c.resume() }
+            }
+        } onCancel: {
+            self.cancel()
+        }
+        return try finalReport()
+    }
+
+    /// Blocks the calling thread until the request is final (for benchmarks and
+    /// threads outside Swift concurrency). Spins briefly, then sleeps.
+    @discardableResult
+    public func waitBlocking() throws(MemWallError) -> TransferReport {
+        var spins = 0
+        while !finished.load(ordering: .acquiring) {
+            spins += 1
+            if spins > 10_000 { usleep(20) } else if spins > 100 { sched_yield() }
+        }
+        return try finalReport()
+    }
+
+    private func finalReport() throws(MemWallError) -> TransferReport {
+        let (err, cancelled, report) = state.withLock { s in
+            (s.firstError, s.cancelledCount > 0,
+             TransferReport(bytes: s.bytes, descriptorCount: s.descriptorStatus.count, postedAt: postedAt, completedAt: s.completedAt))
+        }
+        if let err { throw err }
+        if cancelled {
+            throw MemWallError(.cancelled, "request \(id) was cancelled after \(report.bytes) of \(prepared.totalBytes) bytes moved")
+        }
+        return report
+    }
+
+    /// `"request 12 (write, 4 descriptors, completed)"`.
+    public var description: String {
+        "request \(id) (\(prepared.operation), \(prepared.descriptors.count) descriptors, \(poll()))"
+    }
+}
+

@@ -1,0 +1,122 @@
+import MemWallCore
+
+/// Whether a transport moves bytes with the real mechanism or stands in for it.
+public enum TransportImplementation: Sendable, Hashable, CustomStringConvertible {
+    /// The real kernel or NIC path (io_uring, move_pages, RDMA verbs).
+    case hardware
+    /// A software stand-in with the same semantics; `reason` says why (shown to users).
+    case emulation(reason: String)
+    /// Cannot run on this host at all; `reason` says why.
+    case unavailable(reason: String)
+
+    /// True for `.hardware`.
+    public var isHardware: Bool { if case .hardware = self { true } else { false } }
+    /// True for `.emulation`.
+    public var isEmulation: Bool { if case .emulation = self { true } else { false } }
+
+    /// `"hardware"`, `"emulation (…)"`, `"unavailable (…)"`.
+    public var description: String {
+        switch self {
+        case .hardware: "hardware"
+        case .emulation(let r): "emulation (\(r))"
+        case .unavailable(let r): "unavailable (\(r))"
+        }
+    }
+}
+
+/// What a transport declares about itself.
+public struct TransportCapabilities: Sendable, Hashable {
+    /// Short stable name: "numa", "io_uring", "pread-pool", "rdma", "tcp-emulation".
+    public var name: String
+    /// Kinds of target it moves to and from local memory.
+    public var targets: Set<LocationKind>
+    /// Real mechanism, emulation, or unavailable here.
+    public var implementation: TransportImplementation
+
+    /// Creates a declaration.
+    public init(name: String, targets: Set<LocationKind>, implementation: TransportImplementation) {
+        self.name = name
+        self.targets = targets
+        self.implementation = implementation
+    }
+}
+
+/// One interface over every way MemWall moves bytes.
+///
+/// The control path is apart from the data path: register memory once (coarse
+/// regions), ``prepare(_:_:)`` a descriptor list once (bounds, alignment and
+/// keys checked then), and ``post(_:)`` it as often as needed. Completion is
+/// per request and per descriptor, as `async` (``TransferRequest/wait()``) or
+/// as a non-allocating ``TransferRequest/poll()``.
+///
+/// Conforming types are thread-safe: any task may post at any time.
+public protocol Transport: AnyObject, Sendable {
+    /// What this transport moves and how.
+    var capabilities: TransportCapabilities { get }
+
+    /// Per-path bandwidth/latency estimate fed by every finished request.
+    var costEstimator: PathCostEstimator { get }
+
+    /// Makes `region` usable as the local side of descriptors (pins, registers
+    /// with the kernel or NIC). Registering the same region twice is an error.
+    /// - Throws: `alreadyExists`, `systemCall` (e.g. memlock limit), `unsupported`.
+    func register(_ region: MemoryRegion) throws(MemWallError)
+
+    /// Undoes ``register(_:)``. Refused while a request using the region is in flight.
+    /// - Throws: `notFound` for a region that is not registered, `busy`-style
+    ///   `invalidArgument` while requests are in flight.
+    func deregister(_ region: MemoryRegion) throws(MemWallError)
+
+    /// Validates a descriptor list once, for posting many times.
+    /// - Throws: `invalidArgument`, `outOfBounds`, `misaligned`, `unsupported`
+    ///   (a target kind this transport does not move), `notFound` (unregistered region).
+    func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer
+
+    /// Starts moving a prepared list; returns at once.
+    /// - Throws: when nothing could be enqueued. A request that was partly
+    ///   enqueued is never retried silently: its descriptors report their own status.
+    func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest
+}
+
+extension Transport {
+    /// Short name.
+    public var name: String { capabilities.name }
+
+    /// Posts several prepared lists; each becomes its own request. Transports
+    /// that can submit them in one system call override this.
+    public func post(batch: [PreparedTransfer]) throws(MemWallError) -> [TransferRequest] {
+        var out: [TransferRequest] = []
+        out.reserveCapacity(batch.count)
+        for p in batch { out.append(try post(p)) }
+        return out
+    }
+
+    /// Prepares, posts and waits: convenience for one-off moves.
+    @discardableResult
+    public func transfer(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) async throws(MemWallError) -> TransferReport {
+        let prepared = try prepare(operation, descriptors)
+        return try await post(prepared).wait()
+    }
+
+    /// Checks that a prepared list came from this transport and is for a kind it moves.
+    public func checkOwnership(_ prepared: PreparedTransfer) throws(MemWallError) {
+        guard prepared.transportName == capabilities.name else {
+            throw MemWallError(.invalidArgument,
+                "transfer prepared by '\(prepared.transportName)' cannot be posted on '\(capabilities.name)'; prepare it on this transport")
+        }
+    }
+
+    /// Validates every descriptor and its target kind (shared part of `prepare`).
+    public func validateDescriptors(_ descriptors: [TransferDescriptor]) throws(MemWallError) {
+        guard !descriptors.isEmpty else {
+            throw .invalid("descriptor list", "[]", expected: "at least one descriptor")
+        }
+        for (i, d) in descriptors.enumerated() {
+            guard capabilities.targets.contains(d.target.kind) else {
+                throw MemWallError(.unsupported,
+                    "transport '\(name)' does not move \(d.target.kind) targets (descriptor \(i)); it moves \(capabilities.targets.map(\.rawValue).sorted().joined(separator: ", "))")
+            }
+            try d.validate(index: i)
+        }
+    }
+}
