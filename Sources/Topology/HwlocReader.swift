@@ -60,7 +60,7 @@ private struct HwlocHandle: ~Copyable {
 
 /// Loads a topology through hwloc and copies out the facts MemWall uses.
 enum HwlocReader {
-    /// The runtime hwloc version, e.g. `2.9.0`.
+    /// The runtime hwloc API version, e.g. `2.8.0` (hwloc 2.9 keeps the 2.8 API).
     static var version: String {
         let v = hwloc_get_api_version()
         return "\(v >> 16).\((v >> 8) & 0xff).\(v & 0xff)"

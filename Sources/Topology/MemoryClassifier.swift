@@ -59,7 +59,7 @@ enum MemoryClassifier {
         var evidence: [String] = []
         let cpuFact: String? = switch node.hasCPUs {
         case true?: "has CPUs \(node.cpus) (sysfs cpulist)"
-        case false?: "CPU-less (sysfs cpulist is empty)"
+        case false?: "CPU-less (no CPUs in sysfs has_cpu / cpulist)"
         case nil: nil
         }
         if let subtype = node.hwlocSubtype {
@@ -118,6 +118,11 @@ enum MemoryClassifier {
                 evidence.append("figures comparable to DRAM: " + faster.joined(separator: "; "))
                 return (.dram, evidence)
             }
+        }
+        if let baseline, baseline.nodes.contains(node.osIndex), baseline.why.hasPrefix("lowest-latency") {
+            appendFigures(node, to: &evidence)
+            evidence.append("no subtype; among the lowest-latency nodes, which are taken as DRAM")
+            return (.dram, evidence)
         }
         if let tier = node.kernelTier, let dramTier = baseline?.kernelTier, tier > dramTier {
             evidence.append("kernel memory tier \(tier) is below DRAM's tier \(dramTier) (/sys/devices/virtual/memory_tiering)")

@@ -139,12 +139,18 @@ struct SysfsFacts: Sendable {
             guard let index = Int(name.dropFirst(4)) else { continue }
             let dir = "\(nodeRoot)/\(name)"
             var node = Node()
-            node.cpus = tree.readList("\(dir)/cpulist")
+            node.cpus = tree.readList("\(dir)/cpulist") ?? tree.read("\(dir)/cpumap").flatMap(parseCPUMask)
             if let meminfo = tree.read("\(dir)/meminfo") {
                 node.totalBytes = meminfoValue(meminfo, "MemTotal:")
                 if live { node.freeBytes = meminfoValue(meminfo, "MemFree:") }
             }
             facts.nodes[index] = node
+        }
+        // `has_cpu` is the kernel's own answer; older snapshots have only per-node masks.
+        if let withCPUs = tree.readList("\(nodeRoot)/has_cpu") {
+            for index in facts.nodes.keys where facts.nodes[index]?.cpus == nil || !withCPUs.contains(index) {
+                if !withCPUs.contains(index) { facts.nodes[index]?.cpus = .empty }
+            }
         }
         // Figures need every node's CPUs first (an initiator is named by its node).
         for index in facts.nodes.keys {
@@ -157,6 +163,17 @@ struct SysfsFacts: Sendable {
         readCXL(tree, into: &facts)
         facts.devices = readClassDevices(tree)
         return facts
+    }
+
+    /// Parses a kernel CPU mask (`00000000,0000000f`: 32-bit hex words, most significant first).
+    static func parseCPUMask(_ text: String) -> CPUSet? {
+        var cpus: [Int] = []
+        let words = text.split(separator: ",").reversed()
+        for (w, word) in words.enumerated() {
+            guard let bits = UInt32(word, radix: 16) else { return nil }
+            for b in 0..<32 where bits & (1 << UInt32(b)) != 0 { cpus.append(w * 32 + b) }
+        }
+        return CPUSet(cpus)
     }
 
     private static func meminfoValue(_ text: String, _ key: String) -> Int? {

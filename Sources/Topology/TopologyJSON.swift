@@ -13,7 +13,7 @@ extension Topology {
         .object([
             ("schema", .string(Topology.jsonSchema)),
             ("source", .object([("kind", .string(source.kind)), ("argument", .optional(source.argument))])),
-            ("hwlocVersion", .string(hwlocVersion)),
+            ("hwlocAPIVersion", .string(hwlocAPIVersion)),
             ("machine", .object([
                 ("packages", .int(packages.count)), ("cores", .int(coreCount)),
                 ("processingUnits", .int(processingUnitCount)),

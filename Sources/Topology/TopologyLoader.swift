@@ -70,7 +70,7 @@ extension Topology {
         let major = Int(version.split(separator: ".").first ?? "") ?? 0
         if major > HwlocReader.supportedXMLMajor {
             throw MemWallError(.unsupported,
-                               "'\(path)' is hwloc XML version \(version), newer than hwloc \(HwlocReader.version) can import (versions up to \(HwlocReader.supportedXMLMajor).x); re-export it with hwloc \(HwlocReader.supportedXMLMajor).x (lstopo --of xml) or load it with a newer hwloc")
+                               "'\(path)' is hwloc XML version \(version), newer than this hwloc (API \(HwlocReader.version)) can import (versions up to \(HwlocReader.supportedXMLMajor).x); re-export it with hwloc \(HwlocReader.supportedXMLMajor).x (lstopo --of xml) or load it with a newer hwloc")
         }
     }
 
@@ -117,12 +117,12 @@ extension Topology {
             notes.append("hwloc XML does not record which nodes have CPUs; CPU-less nodes are recognised only by subtype or figures")
         }
         if hw.version.hasPrefix("2.") && (Int(hw.version.split(separator: ".")[1]) ?? 0) < 10 {
-            notes.append("hwloc \(hw.version) has no CXL-DRAM subtype or memory tiers (added in 2.10); far memory is inferred from CPU-less nodes and figures")
+            notes.append("hwloc API \(hw.version) has no CXL-DRAM subtype or memory tiers (added in 2.10); far memory is inferred from CPU-less nodes and figures")
         }
         if let sysfs { notes.append(contentsOf: sysfs.notes) }
 
         return Topology(
-            source: source, hwlocVersion: hw.version, packages: hw.packages,
+            source: source, hwlocAPIVersion: hw.version, packages: hw.packages,
             coreCount: hw.coreCount, processingUnitCount: hw.processingUnitCount,
             nodes: nodes, tiers: tiers,
             devices: mergeDevices(hwloc: hw.devices, sysfs: sysfs?.devices ?? [], nodes: nodes),

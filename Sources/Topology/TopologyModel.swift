@@ -296,8 +296,8 @@ public struct DistanceMatrix: Sendable, Hashable {
 public struct Topology: Sendable, Hashable {
     /// Where it was read from.
     public var source: TopologySource
-    /// The hwloc library version used, e.g. `2.9.0`.
-    public var hwlocVersion: String
+    /// The API version of the hwloc library used (`hwloc_get_api_version`), e.g. `2.8.0` for hwloc 2.9.
+    public var hwlocAPIVersion: String
     /// Packages in logical order.
     public var packages: [Package]
     /// Number of cores in the machine.

@@ -70,9 +70,13 @@ extension Topology {
     func access(from cpus: CPUSet, to node: MemoryNode) -> NodeAccess {
         let local = node.hasCPUs == true ? node.cpus.intersects(cpus) : (node.hasCPUs == nil && node.locality.intersects(cpus))
         // The initiator's own nodes: those with CPUs in `cpus` (sysfs), else hwloc locality.
-        let initiatorNodes = nodes.filter { n in
+        // Without sysfs (XML), a CPU-less node shares its locality with the CPUs' own
+        // node, so among the candidates only DRAM ones stand for the CPUs.
+        let candidates = nodes.filter { n in
             n.hasCPUs == true ? n.cpus.intersects(cpus) : (n.hasCPUs == nil && n.locality.intersects(cpus))
         }
+        let dramCandidates = candidates.filter { $0.kind == .dram }
+        let initiatorNodes = dramCandidates.isEmpty ? candidates : dramCandidates
         let distance = initiatorNodes.compactMap { distances?.distance(from: $0.osIndex, to: node.osIndex) }.min()
         return NodeAccess(
             node: node, isLocal: local || initiatorNodes.contains { $0.osIndex == node.osIndex },

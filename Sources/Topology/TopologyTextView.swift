@@ -5,7 +5,7 @@ extension Topology {
     /// and the reasons for its classification, the SLIT matrix, devices and notes.
     public func terminalText() -> String {
         var out: [String] = []
-        out.append("MemWall topology: \(source) (hwloc \(hwlocVersion))")
+        out.append("MemWall topology: \(source) (hwloc API \(hwlocAPIVersion))")
         let pkg = packages.count == 1 ? "package" : "packages"
         out.append("Machine: \(packages.count) \(pkg), \(coreCount) cores, \(processingUnitCount) PUs, \(nodes.count) memory node\(nodes.count == 1 ? "" : "s")")
         out.append("")
