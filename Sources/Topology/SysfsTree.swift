@@ -286,12 +286,14 @@ struct SysfsFacts: Sendable {
         // bus locality, its DMA is done by whichever CPU runs it.
         var deviceDir = "\(dir)/device"
         if !tree.exists(deviceDir) {
-            if kind == .rdma, let parent = tree.read("\(dir)/parent"), !parent.isEmpty,
-               tree.exists("/sys/class/net/\(parent)/device") {
+            // A software RDMA device (rxe, siw) names its network interface in `parent`.
+            let parent = kind == .rdma ? tree.read("\(dir)/parent") : nil
+            if let parent, !parent.isEmpty, tree.exists("/sys/class/net/\(parent)/device") {
                 deviceDir = "/sys/class/net/\(parent)/device"
             } else {
+                let over = parent.map { ", software device over netdev \($0) which has no device either" } ?? ""
                 return ClassDevice(name: name, kind: kind, numaNode: nil, pciAddress: nil, isVirtual: true,
-                                   evidence: "\(dir) has no device link (virtual device)")
+                                   evidence: "\(dir) has no device link (virtual device\(over))")
             }
         }
         // An NVMe namespace's `device` is the controller; its PCI function is one level up.

@@ -68,7 +68,6 @@ extension Topology {
     // MARK: - Internals
 
     func access(from cpus: CPUSet, to node: MemoryNode) -> NodeAccess {
-        let local = node.hasCPUs == true ? node.cpus.intersects(cpus) : (node.hasCPUs == nil && node.locality.intersects(cpus))
         // The initiator's own nodes: those with CPUs in `cpus` (sysfs), else hwloc locality.
         // Without sysfs (XML), a CPU-less node shares its locality with the CPUs' own
         // node, so among the candidates only DRAM ones stand for the CPUs.
@@ -79,7 +78,7 @@ extension Topology {
         let initiatorNodes = dramCandidates.isEmpty ? candidates : dramCandidates
         let distance = initiatorNodes.compactMap { distances?.distance(from: $0.osIndex, to: node.osIndex) }.min()
         return NodeAccess(
-            node: node, isLocal: local || initiatorNodes.contains { $0.osIndex == node.osIndex },
+            node: node, isLocal: initiatorNodes.contains { $0.osIndex == node.osIndex },
             distance: distance,
             latency: MemoryClassifier.bestFigure(node, latency: true, initiatorCPUs: cpus),
             bandwidth: MemoryClassifier.bestFigure(node, latency: false, initiatorCPUs: cpus))

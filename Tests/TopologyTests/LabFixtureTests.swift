@@ -86,3 +86,26 @@ struct TopologyInLab {
         #expect(try topology.nearestNode(toDevice: "rxe0").kind == .dram)
     }
 }
+
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
+/// The SVG picture is well-formed XML and shows every tier, node and device.
+@Suite struct TopologySVGTests {
+    @Test func labPictureShowsTiersNodesAndDevices() throws {
+        let topology = try Topology.load(.xml(path: LabFixtureTests.xml))
+        let svg = topology.svgText()
+        let parser = XMLParser(data: Data(svg.utf8))
+        #expect(parser.parse(), "SVG is not well-formed: \(String(describing: parser.parserError))")
+        #expect(svg.contains("tier 0: DRAM") && svg.contains("tier 1: CXL / far memory"))
+        #expect(svg.contains("node 0 ") && svg.contains("node 1 "))
+        #expect(svg.contains("250 ns"))
+        #expect(svg.contains(">nvme0n1<"))
+        #expect(svg.contains("block → node 0"))
+    }
+
+    @Test func textIsEscaped() {
+        #expect(SVGCanvas.escape("a<b & \"c\">") == "a&lt;b &amp; &quot;c&quot;&gt;")
+    }
+}
