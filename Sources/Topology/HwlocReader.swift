@@ -75,6 +75,9 @@ enum HwlocReader {
             // Same filters lstopo uses, so device lists and timings are comparable.
             hwloc_topology_set_io_types_filter(handle.raw, HWLOC_TYPE_FILTER_KEEP_IMPORTANT)
             hwloc_topology_set_type_filter(handle.raw, HWLOC_OBJ_MEMCACHE, HWLOC_TYPE_FILTER_KEEP_ALL)
+            // The GL component probes X displays (32 socket connects on a headless host)
+            // to name display outputs, which say nothing about memory placement.
+            _ = hwloc_topology_set_components(handle.raw, UInt(HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST.rawValue), "gl")
             var environment = ScopedEnvironment()
             defer { environment.restore() }
             switch source {
