@@ -11,6 +11,11 @@ public struct CPUSet: Hashable, Sendable, CustomStringConvertible {
         self.indexes = Array(Set(indexes)).sorted()
     }
 
+    /// Wraps indexes the caller already has ascending and unique (bitmap walks).
+    init(ascendingUnique indexes: [Int]) {
+        self.indexes = indexes
+    }
+
     /// The empty set.
     public static let empty = CPUSet([])
 

@@ -71,21 +71,31 @@ enum HwlocReader {
 
     static func read(_ source: TopologySource) throws(MemWallError) -> HwlocFacts {
         try hwlocLoadLock.withLock { _ throws(MemWallError) in
-            let handle = try HwlocHandle()
-            // Same filters lstopo uses, so device lists and timings are comparable.
-            hwloc_topology_set_io_types_filter(handle.raw, HWLOC_TYPE_FILTER_KEEP_IMPORTANT)
-            hwloc_topology_set_type_filter(handle.raw, HWLOC_OBJ_MEMCACHE, HWLOC_TYPE_FILTER_KEEP_ALL)
-            // The GL component probes X displays (32 socket connects on a headless host)
-            // to name display outputs, which say nothing about memory placement.
-            _ = hwloc_topology_set_components(handle.raw, UInt(HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST.rawValue), "gl")
             var environment = ScopedEnvironment()
             defer { environment.restore() }
+            // Plugins are loaded at init: skip those whose output MemWall does not use
+            // (GL display names, OpenCL handles that duplicate the PCI GPU, libxml2 when
+            // hwloc's own parser reads the XML); dlopen-ing libOpenCL alone costs milliseconds.
+            environment.set("HWLOC_PLUGINS_BLACKLIST", "hwloc_gl,hwloc_opencl,hwloc_xml_libxml")
+            let handle = try HwlocHandle()
+            // Devices as lstopo shows them. CPU caches are not part of MemWall's model and
+            // reading them is most of hwloc's sysfs traffic (several files per cache per
+            // CPU), so they are not discovered; memory-side caches are.
+            hwloc_topology_set_io_types_filter(handle.raw, HWLOC_TYPE_FILTER_KEEP_IMPORTANT)
+            hwloc_topology_set_cache_types_filter(handle.raw, HWLOC_TYPE_FILTER_KEEP_NONE)
+            // CPU kinds (frequency, capacity: three files per CPU) are not used; and moving
+            // the process onto every CPU in turn to run CPUID (x86 backend) stalls on a busy
+            // machine while Linux sysfs already gives packages, cores and PUs.
+            let flags = HWLOC_TOPOLOGY_FLAG_NO_CPUKINDS.rawValue | HWLOC_TOPOLOGY_FLAG_DONT_CHANGE_BINDING.rawValue
+            try CCall.minusOne(hwloc_topology_set_flags(handle.raw, UInt(flags)), "hwloc_topology_set_flags",
+                               "hwloc refused discovery flags NO_CPUKINDS | DONT_CHANGE_BINDING")
+            hwloc_topology_set_type_filter(handle.raw, HWLOC_OBJ_MEMCACHE, HWLOC_TYPE_FILTER_KEEP_ALL)
             switch source {
             case .live:
                 break
             case .xml(let path):
-                // libxml2 prints parse errors straight to stderr; hwloc's own
-                // parser stays quiet unless HWLOC_XML_VERBOSE is set.
+                // libxml2 prints parse errors straight to stderr (its plugin is not loaded,
+                // see above); hwloc's own parser stays quiet unless HWLOC_XML_VERBOSE is set.
                 environment.set("HWLOC_LIBXML_IMPORT", "0")
                 if hwloc_topology_set_xml(handle.raw, path) == -1 {
                     throw MemWallError(.malformedInput,
@@ -94,6 +104,10 @@ enum HwlocReader {
                 }
             case .fsroot(let path):
                 environment.set("HWLOC_FSROOT", path)
+                // The x86 component would run CPUID on *this* machine's CPUs, pinning the
+                // process to each in turn, and mix the host's caches into the snapshot
+                // (lstopo -i DIR does not run it either).
+                _ = hwloc_topology_set_components(handle.raw, UInt(HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST.rawValue), "x86")
             case .synthetic(let text):
                 if hwloc_topology_set_synthetic(handle.raw, text) == -1 {
                     throw MemWallError(.invalidArgument,
@@ -280,7 +294,9 @@ enum HwlocReader {
 
     // MARK: - Small conversions
 
-    private static func cpuSet(_ bitmap: hwloc_const_bitmap_t?) -> CPUSet { CPUSet(bitmapIndexes(bitmap)) }
+    private static func cpuSet(_ bitmap: hwloc_const_bitmap_t?) -> CPUSet {
+        CPUSet(ascendingUnique: bitmapIndexes(bitmap))
+    }
 
     private static func bitmapIndexes(_ bitmap: hwloc_const_bitmap_t?) -> [Int] {
         guard let bitmap, hwloc_bitmap_weight(bitmap) > 0 else { return [] }

@@ -33,6 +33,9 @@ struct SysfsTree: Sendable {
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
+            // sysfs hands over a whole attribute in one read and a short read of a regular
+            // file means end of file, so a second read would only return 0.
+            if n < chunk.count { break }
         }
         return String(decoding: bytes, as: UTF8.self).trimmingWhitespace()
     }
@@ -57,7 +60,10 @@ struct SysfsTree: Sendable {
             }
             if name != "." && name != ".." { names.append(name) }
         }
-        return names.sorted(by: naturalOrder)
+        // Split each name once, not once per comparison: node directories hold hundreds of entries.
+        return names.map { (splitTrailingNumber($0), $0) }
+            .sorted { a, b in a.0.0 != b.0.0 ? a.0.0 < b.0.0 : (a.0.1 ?? -1) < (b.0.1 ?? -1) }
+            .map(\.1)
     }
 
     /// Whether the path exists (following symlinks).
@@ -97,9 +103,15 @@ func naturalOrder(_ a: String, _ b: String) -> Bool {
 }
 
 private func splitTrailingNumber(_ s: String) -> (String, Int?) {
-    let digits = s.reversed().prefix { $0.isASCII && $0.isNumber }
-    guard !digits.isEmpty, let n = Int(String(digits.reversed())) else { return (s, nil) }
-    return (String(s.dropLast(digits.count)), n)
+    let bytes = s.utf8
+    var start = bytes.endIndex
+    while start > bytes.startIndex {
+        let before = bytes.index(before: start)
+        guard bytes[before] >= UInt8(ascii: "0") && bytes[before] <= UInt8(ascii: "9") else { break }
+        start = before
+    }
+    guard start != bytes.endIndex, let n = Int(Substring(bytes[start...])) else { return (s, nil) }
+    return (String(Substring(bytes[..<start])), n)
 }
 
 /// Facts sysfs gives about memory nodes and devices, read relative to a ``SysfsTree``.
@@ -139,10 +151,12 @@ struct SysfsFacts: Sendable {
             guard let index = Int(name.dropFirst(4)) else { continue }
             let dir = "\(nodeRoot)/\(name)"
             var node = Node()
-            node.cpus = tree.readList("\(dir)/cpulist") ?? tree.read("\(dir)/cpumap").flatMap(parseCPUMask)
-            if let meminfo = tree.read("\(dir)/meminfo") {
+            // Every kernel has cpumap; cpulist came later. One open per node either way.
+            node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
+            // hwloc already reads a snapshot's capacities; free memory only means something live.
+            if live, let meminfo = tree.read("\(dir)/meminfo") {
                 node.totalBytes = meminfoValue(meminfo, "MemTotal:")
-                if live { node.freeBytes = meminfoValue(meminfo, "MemFree:") }
+                node.freeBytes = meminfoValue(meminfo, "MemFree:")
             }
             facts.nodes[index] = node
         }
@@ -170,14 +184,18 @@ struct SysfsFacts: Sendable {
         var cpus: [Int] = []
         let words = text.split(separator: ",").reversed()
         for (w, word) in words.enumerated() {
-            guard let bits = UInt32(word, radix: 16) else { return nil }
-            for b in 0..<32 where bits & (1 << UInt32(b)) != 0 { cpus.append(w * 32 + b) }
+            guard var bits = UInt32(word, radix: 16) else { return nil }
+            while bits != 0 {
+                cpus.append(w * 32 + bits.trailingZeroBitCount)
+                bits &= bits - 1
+            }
         }
-        return CPUSet(cpus)
+        return CPUSet(ascendingUnique: cpus)
     }
 
     private static func meminfoValue(_ text: String, _ key: String) -> Int? {
-        for line in text.split(separator: "\n") {
+        // MemTotal and MemFree are the first lines of a node's meminfo; do not split the rest.
+        for line in text.split(separator: "\n", maxSplits: 4) {
             let tokens = line.split(separator: " ", omittingEmptySubsequences: true)
             guard let at = tokens.firstIndex(where: { $0 == key }), at + 1 < tokens.count,
                   let kib = Int(tokens[at + 1]) else { continue }
@@ -188,8 +206,8 @@ struct SysfsFacts: Sendable {
 
     private static func readAccessClass(_ tree: SysfsTree, node: Int, access: Int, into facts: inout SysfsFacts) {
         let dir = "\(nodeRoot)/node\(node)/access\(access)/initiators"
-        guard tree.isDirectory(dir) else { return }
         let entries = tree.list(dir)
+        guard !entries.isEmpty else { return }
         let initiatorNodes = entries.compactMap { $0.hasPrefix("node") ? Int($0.dropFirst(4)) : nil }
         var cpus: [Int] = []
         for i in initiatorNodes { cpus.append(contentsOf: facts.nodes[i]?.cpus?.indexes ?? []) }
