@@ -144,27 +144,33 @@ struct SysfsFacts: Sendable {
     static let nodeRoot = "/sys/devices/system/node"
 
     /// Reads everything; `live` adds free memory (a snapshot's free memory is stale).
-    static func read(_ tree: SysfsTree, live: Bool) -> SysfsFacts {
+    ///
+    /// - Parameter hwlocCPUs: hwloc's cpuset per node. For a node that has CPUs it is
+    ///   the node's own `cpumap` (hwloc read that file), so the file is not read twice;
+    ///   nodes hwloc does not list (CPU-only nodes, kept as HMAT initiators) are read here.
+    static func read(_ tree: SysfsTree, live: Bool, hwlocCPUs: [Int: CPUSet] = [:]) -> SysfsFacts {
         var facts = SysfsFacts()
         let nodeNames = tree.list(nodeRoot).filter { $0.hasPrefix("node") && Int($0.dropFirst(4)) != nil }
+        // `has_cpu` is the kernel's own answer; without it (old kernels) each node's mask decides.
+        let withCPUs = tree.readList("\(nodeRoot)/has_cpu")
         for name in nodeNames {
             guard let index = Int(name.dropFirst(4)) else { continue }
             let dir = "\(nodeRoot)/\(name)"
             var node = Node()
-            // Every kernel has cpumap; cpulist came later. One open per node either way.
-            node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
+            if let withCPUs, !withCPUs.contains(index) {
+                node.cpus = .empty
+            } else if withCPUs != nil, let known = hwlocCPUs[index] {
+                node.cpus = known
+            } else {
+                // Every kernel has cpumap; cpulist came later.
+                node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
+            }
             // hwloc already reads a snapshot's capacities; free memory only means something live.
             if live, let meminfo = tree.read("\(dir)/meminfo") {
                 node.totalBytes = meminfoValue(meminfo, "MemTotal:")
                 node.freeBytes = meminfoValue(meminfo, "MemFree:")
             }
             facts.nodes[index] = node
-        }
-        // `has_cpu` is the kernel's own answer; older snapshots have only per-node masks.
-        if let withCPUs = tree.readList("\(nodeRoot)/has_cpu") {
-            for index in facts.nodes.keys where facts.nodes[index]?.cpus == nil || !withCPUs.contains(index) {
-                if !withCPUs.contains(index) { facts.nodes[index]?.cpus = .empty }
-            }
         }
         // Figures need every node's CPUs first (an initiator is named by its node).
         for index in facts.nodes.keys {

@@ -16,9 +16,11 @@ extension Topology {
         try validate(source)
         let hw = try HwlocReader.read(source)
         let sysfs: SysfsFacts?
+        var hwlocCPUs: [Int: CPUSet] = [:]
+        for node in hw.nodes { hwlocCPUs[node.osIndex] = node.locality }
         switch source {
-        case .live: sysfs = SysfsFacts.read(SysfsTree(root: ""), live: true)
-        case .fsroot(let path): sysfs = SysfsFacts.read(SysfsTree(root: path), live: false)
+        case .live: sysfs = SysfsFacts.read(SysfsTree(root: ""), live: true, hwlocCPUs: hwlocCPUs)
+        case .fsroot(let path): sysfs = SysfsFacts.read(SysfsTree(root: path), live: false, hwlocCPUs: hwlocCPUs)
         case .xml, .synthetic: sysfs = nil
         }
         return assemble(source: source, hwloc: hw, sysfs: sysfs)
