@@ -36,9 +36,9 @@ extension Topology {
             try validateXML(path)
         case .fsroot(let path):
             let tree = SysfsTree(root: path)
-            guard tree.isDirectory("/") else {
+            guard tree.isRootDirectory else {
                 throw MemWallError(.notFound, "sysfs snapshot directory '\(path)' does not exist or is not a directory",
-                                   function: "stat", errno: .current)
+                                   function: "open", errno: Errno(rawValue: tree.rootOpenErrno))
             }
             guard tree.isDirectory("/sys/devices/system/node") || tree.isDirectory("/sys/devices/system/cpu") else {
                 throw MemWallError(.malformedInput,
