@@ -168,11 +168,7 @@ struct SysfsFacts: Sendable {
     static let nodeRoot = "/sys/devices/system/node"
 
     /// Reads everything; `live` adds free memory (a snapshot's free memory is stale).
-    ///
-    /// - Parameter hwlocCPUs: hwloc's cpuset per node. For a node that has CPUs it is
-    ///   the node's own `cpumap` (hwloc read that file), so the file is not read twice;
-    ///   nodes hwloc does not list (CPU-only nodes, kept as HMAT initiators) are read here.
-    static func read(_ tree: SysfsTree, live: Bool, hwlocCPUs: [Int: CPUSet] = [:]) -> SysfsFacts {
+    static func read(_ tree: SysfsTree, live: Bool) -> SysfsFacts {
         var facts = SysfsFacts()
         let nodeNames = tree.list(nodeRoot).filter { $0.hasPrefix("node") && Int($0.dropFirst(4)) != nil }
         // `has_cpu` is the kernel's own answer; without it (old kernels) each node's mask decides.
@@ -183,8 +179,6 @@ struct SysfsFacts: Sendable {
             var node = Node()
             if let withCPUs, !withCPUs.contains(index) {
                 node.cpus = .empty
-            } else if withCPUs != nil, let known = hwlocCPUs[index] {
-                node.cpus = known
             } else {
                 // Every kernel has cpumap; cpulist came later.
                 node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
