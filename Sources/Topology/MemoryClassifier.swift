@@ -58,8 +58,8 @@ enum MemoryClassifier {
     private static func decide(_ node: MemoryNode, baseline: Baseline?, all: [MemoryNode]) -> (MemoryKind, [String]) {
         var evidence: [String] = []
         let cpuFact: String? = switch node.hasCPUs {
-        case true?: "has CPUs \(node.cpus) (sysfs nodeN/cpumap)"
-        case false?: "CPU-less (no CPUs in sysfs has_cpu / nodeN/cpumap)"
+        case true?: "has CPUs \(node.cpus) (sysfs has_cpu / cpumap)"
+        case false?: "CPU-less (no CPUs in sysfs has_cpu / cpumap)"
         case nil: nil
         }
         if let subtype = node.hwlocSubtype {

@@ -7,23 +7,46 @@ import MemWallCore
 /// hwloc's `HWLOC_FSROOT` does: every absolute path is taken relative to the root.
 ///
 /// Plain POSIX calls rather than Foundation: sysfs files are tiny and many, and
-/// `memwall topo` has to start and finish as fast as `lstopo`.
-struct SysfsTree: Sendable {
+/// `memwall topo` has to start and finish as fast as `lstopo`. Paths are opened
+/// relative to a descriptor of the root (`openat`), so the kernel does not walk the
+/// snapshot's own prefix again for each of the hundreds of files.
+final class SysfsTree: Sendable {
     /// The root directory, without a trailing slash (`""` for the live `/`).
     let root: String
+    /// Directory descriptor of the root, or -1 when it cannot be opened (then every read
+    /// fails and ``isRootDirectory`` is false). Owned here, closed once in `deinit`.
+    private let rootFD: Int32
+    /// Why the root could not be opened (0 when it was).
+    let rootOpenErrno: Int32
 
     init(root: String) {
         var r = root
         while r.hasSuffix("/") { r.removeLast() }
         self.root = r
+        rootFD = open(r.isEmpty ? "/" : r, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        rootOpenErrno = rootFD < 0 ? errno : 0
     }
 
-    /// Full path of `path` (which starts with `/`) inside the tree.
+    deinit {
+        if rootFD >= 0 { close(rootFD) }
+    }
+
+    /// Whether the root exists and is a directory.
+    var isRootDirectory: Bool { rootFD >= 0 }
+
+    /// Full path of `path` (which starts with `/`) inside the tree, for messages and evidence.
     func resolve(_ path: String) -> String { root + path }
+
+    /// `path` without its leading `/`, for the `*at` calls.
+    private func relative(_ path: String) -> String {
+        var p = Substring(path)
+        while p.first == "/" { p = p.dropFirst() }
+        return p.isEmpty ? "." : String(p)
+    }
 
     /// The file's contents with surrounding whitespace removed, `nil` if it cannot be read.
     func read(_ path: String) -> String? {
-        let fd = open(resolve(path), O_RDONLY | O_CLOEXEC)
+        let fd = openat(rootFD, relative(path), O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var bytes: [UInt8] = []
@@ -51,7 +74,13 @@ struct SysfsTree: Sendable {
 
     /// Names in a directory, sorted, without `.` and `..`; empty if it cannot be listed.
     func list(_ path: String) -> [String] {
-        guard let dir = opendir(resolve(path)) else { return [] }
+        let fd = openat(rootFD, relative(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        guard let dir = fdopendir(fd) else {
+            close(fd)
+            return []
+        }
+        // closedir closes fd as well.
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {
@@ -67,28 +96,23 @@ struct SysfsTree: Sendable {
     }
 
     /// Whether the path exists (following symlinks).
-    func exists(_ path: String) -> Bool { access(resolve(path), F_OK) == 0 }
+    func exists(_ path: String) -> Bool { faccessat(rootFD, relative(path), F_OK, 0) == 0 }
 
     /// Whether the path is a directory (following symlinks).
     func isDirectory(_ path: String) -> Bool {
         var st = stat()
-        return stat(resolve(path), &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        return fstatat(rootFD, relative(path), &st, 0) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     /// The last component of a symlink's target (`…/drivers/kmem` → `kmem`), if it is one.
     func linkBasename(_ path: String) -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink(resolve(path), &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        let target = buffer[0..<n].map { UInt8(bitPattern: $0) }
-        let text = String(decoding: target, as: UTF8.self)
-        return text.split(separator: "/").last.map(String.init)
+        linkTarget(path)?.split(separator: "/").last.map(String.init)
     }
 
     /// The full target of a symlink, if it is one.
     func linkTarget(_ path: String) -> String? {
         var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink(resolve(path), &buffer, buffer.count - 1)
+        let n = readlinkat(rootFD, relative(path), &buffer, buffer.count - 1)
         guard n > 0 else { return nil }
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
@@ -147,24 +171,24 @@ struct SysfsFacts: Sendable {
     static func read(_ tree: SysfsTree, live: Bool) -> SysfsFacts {
         var facts = SysfsFacts()
         let nodeNames = tree.list(nodeRoot).filter { $0.hasPrefix("node") && Int($0.dropFirst(4)) != nil }
+        // `has_cpu` is the kernel's own answer; without it (old kernels) each node's mask decides.
+        let withCPUs = tree.readList("\(nodeRoot)/has_cpu")
         for name in nodeNames {
             guard let index = Int(name.dropFirst(4)) else { continue }
             let dir = "\(nodeRoot)/\(name)"
             var node = Node()
-            // Every kernel has cpumap; cpulist came later. One open per node either way.
-            node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
+            if let withCPUs, !withCPUs.contains(index) {
+                node.cpus = .empty
+            } else {
+                // Every kernel has cpumap; cpulist came later.
+                node.cpus = tree.read("\(dir)/cpumap").flatMap(parseCPUMask) ?? tree.readList("\(dir)/cpulist")
+            }
             // hwloc already reads a snapshot's capacities; free memory only means something live.
             if live, let meminfo = tree.read("\(dir)/meminfo") {
                 node.totalBytes = meminfoValue(meminfo, "MemTotal:")
                 node.freeBytes = meminfoValue(meminfo, "MemFree:")
             }
             facts.nodes[index] = node
-        }
-        // `has_cpu` is the kernel's own answer; older snapshots have only per-node masks.
-        if let withCPUs = tree.readList("\(nodeRoot)/has_cpu") {
-            for index in facts.nodes.keys where facts.nodes[index]?.cpus == nil || !withCPUs.contains(index) {
-                if !withCPUs.contains(index) { facts.nodes[index]?.cpus = .empty }
-            }
         }
         // Figures need every node's CPUs first (an initiator is named by its node).
         for index in facts.nodes.keys {
@@ -181,14 +205,21 @@ struct SysfsFacts: Sendable {
 
     /// Parses a kernel CPU mask (`00000000,0000000f`: 32-bit hex words, most significant first).
     static func parseCPUMask(_ text: String) -> CPUSet? {
+        // Walk the hex digits from the end: digit k (from the right, commas skipped) holds CPUs 4k..4k+3.
         var cpus: [Int] = []
-        let words = text.split(separator: ",").reversed()
-        for (w, word) in words.enumerated() {
-            guard var bits = UInt32(word, radix: 16) else { return nil }
-            while bits != 0 {
-                cpus.append(w * 32 + bits.trailingZeroBitCount)
-                bits &= bits - 1
+        var digit = 0
+        for byte in text.utf8.reversed() {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a")) + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A")) + 10
+            case UInt8(ascii: ","): continue
+            case UInt8(ascii: " "), UInt8(ascii: "\n"): continue
+            default: return nil
             }
+            for bit in 0..<4 where value & (1 << bit) != 0 { cpus.append(digit * 4 + bit) }
+            digit += 1
         }
         return CPUSet(ascendingUnique: cpus)
     }

@@ -14,14 +14,14 @@ extension Topology {
     ///   `invalidArgument` for a bad synthetic description.
     public static func load(_ source: TopologySource) throws(MemWallError) -> Topology {
         try validate(source)
-        let hw = try HwlocReader.read(source)
-        let sysfs: SysfsFacts?
-        switch source {
-        case .live: sysfs = SysfsFacts.read(SysfsTree(root: ""), live: true)
-        case .fsroot(let path): sysfs = SysfsFacts.read(SysfsTree(root: path), live: false)
-        case .xml, .synthetic: sysfs = nil
+        // sysfs is read on a second thread while hwloc discovers the tree.
+        let sysfsReader: SysfsReadThread? = switch source {
+        case .live: SysfsReadThread(tree: SysfsTree(root: ""), live: true)
+        case .fsroot(let path): SysfsReadThread(tree: SysfsTree(root: path), live: false)
+        case .xml, .synthetic: nil
         }
-        return assemble(source: source, hwloc: hw, sysfs: sysfs)
+        let hw = try HwlocReader.read(source)
+        return assemble(source: source, hwloc: hw, sysfs: sysfsReader?.join())
     }
 
     // MARK: - Input checks hwloc does not make (or makes only on stderr)
@@ -34,9 +34,9 @@ extension Topology {
             try validateXML(path)
         case .fsroot(let path):
             let tree = SysfsTree(root: path)
-            guard tree.isDirectory("/") else {
+            guard tree.isRootDirectory else {
                 throw MemWallError(.notFound, "sysfs snapshot directory '\(path)' does not exist or is not a directory",
-                                   function: "stat", errno: .current)
+                                   function: "open", errno: Errno(rawValue: tree.rootOpenErrno))
             }
             guard tree.isDirectory("/sys/devices/system/node") || tree.isDirectory("/sys/devices/system/cpu") else {
                 throw MemWallError(.malformedInput,

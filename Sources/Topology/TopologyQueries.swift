@@ -50,8 +50,9 @@ extension Topology {
         return node
     }
 
-    /// Distance and figures from the CPUs `cpus` to node `target`.
-    /// - Throws: ``MemWallError`` `notFound` naming the valid node numbers.
+    /// Distance and figures from the CPUs `cpus` to node `target`, each figure carrying
+    /// its source (sysfs file or hwloc attribute); a figure the firmware did not give is `nil`.
+    /// - Throws: ``MemWallError`` `invalidArgument` naming the valid node numbers.
     public func access(from cpus: CPUSet, toNode target: Int) throws(MemWallError) -> NodeAccess {
         guard let node = node(target) else {
             throw .invalid("node", target, expected: "one of \(CPUSet(nodes.map(\.osIndex)))")

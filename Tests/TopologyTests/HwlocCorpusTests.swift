@@ -50,6 +50,27 @@ struct HwlocCorpusTests {
         #expect(topology.nodes.allSatisfy { !$0.ignoredZeroFigures.isEmpty })
     }
 
+    @Test func daxNVMeAndRDMADevicesHaveTheirNearestNode() throws {
+        let root = try TestData.extractSnapshot(
+            TestData.corpusPath("linux-fsroot/32em64t-2n8c+dax+nvme+mic+dimms.tar.bz2"))
+        let topology = try Topology.load(.fsroot(path: root))
+        let hca = try #require(topology.device(named: "mlx4_0"))
+        #expect(hca.kind == .rdma && hca.nearestNode == 1 && hca.pciAddress == "0000:82:00.0")
+        #expect(hca.evidence.contains("/sys/class/infiniband/mlx4_0/device/numa_node = 1"))
+        let nvme = try #require(topology.device(named: "nvme0n1"))
+        #expect(nvme.kind == .block && nvme.nearestNode == 0)
+        #expect(try topology.nearestNode(toDevice: "mlx4_0").osIndex == 1)
+        // Seen from the HCA, its own node comes first in the DRAM tier.
+        #expect(try topology.tiers(fromDevice: "mlx4_0").first?.first?.node.osIndex == 1)
+    }
+
+    @Test func fakeHeteroMemTiersDAXLinks() throws {
+        let root = try TestData.extractSnapshot(TestData.corpusPath("linux-fsroot/fakeheteromemtiers.tar.bz2"))
+        let topology = try Topology.load(.fsroot(path: root))
+        let hbm = try #require(topology.node(4))
+        #expect(hbm.dax.contains { $0.device == "dax1.0" && $0.driver == "kmem" && $0.targetNode == 4 })
+    }
+
     @Test func fakeMemInitiatorsMemoryOnlyNodesAreCPULess() throws {
         let root = try TestData.extractSnapshot(
             TestData.corpusPath("linux-fsroot/fakememinitiators-1np2c+1npp+gi.tar.bz2"))
