@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+
+/// What one replay of a trace through one cache configuration measured.
+public struct ReplayResult: Sendable {
+    /// Policy name.
+    public var policy: String
+    /// Tiers replayed.
+    public var tiers: [TierSpec]
+    /// Requests replayed.
+    public var requests: Int
+    /// Counters at the end (lookups, hits per tier, promotions, demotions, …).
+    public var statistics: KVStatistics
+    /// Prompt tokens over all requests.
+    public var inputTokens: Int
+    /// Prompt tokens whose KV came from the cache instead of being computed.
+    public var prefillTokensSaved: Int
+    /// Wall time of the replay loop alone (parsing excluded), seconds.
+    public var seconds: Double
+    /// CPU time the replaying thread used in the loop, seconds (immune to other load on the host).
+    public var cpuSeconds: Double
+    /// Metadata bytes at the end (see ``BlockIndex/metadataBytes``).
+    public var metadataBytes: Int
+    /// Blocks cached at the end.
+    public var cachedBlocks: Int
+    /// Bytes moved, by path; empty for a metadata-only replay.
+    public var bytesMoved: [String: Int]
+    /// Block payloads checked against their deterministic contents; 0 for metadata only.
+    public var verifiedReads: Int
+
+    /// Block lookups per second.
+    public var lookupsPerSecond: Double { seconds > 0 ? Double(statistics.lookups) / seconds : 0 }
+    /// Block lookups per second of the replaying thread's CPU time (one core).
+    public var lookupsPerCPUSecond: Double { cpuSeconds > 0 ? Double(statistics.lookups) / cpuSeconds : 0 }
+    /// Metadata bytes per cached block (0 when nothing is cached).
+    public var metadataBytesPerBlock: Double { cachedBlocks == 0 ? 0 : Double(metadataBytes) / Double(cachedBlocks) }
+}
+
+/// Replays a Mooncake trace through a ``BlockIndex``: admit every request's
+/// blocks, then release them (the request finished), as a serving engine would.
+public enum TraceReplay {
+    /// Runs one replay.
+    /// - Parameters:
+    ///   - store: Moves and verifies real bytes when given; metadata only when `nil`.
+    ///   - progress: Called every few thousand requests with (done, total).
+    /// - Throws: Configuration errors, or a transfer or checksum failure in real-bytes mode.
+    public static func run(_ trace: MooncakeTrace, tiers: [TierSpec], policy: EvictionPolicyName,
+                           store: TierStore? = nil,
+                           progress: ((Int, Int) -> Void)? = nil) throws(MemWallError) -> ReplayResult {
+        let index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
+        if let store { try store.attach(to: index) }
+        var saved = 0
+        var input = 0
+        let total = trace.requests.count
+        let started = MonotonicClock.nanoseconds()
+        let cpuStarted = threadCPUNanoseconds()
+        for (i, r) in trace.requests.enumerated() {
+            let a = try index.admit(r.blockIDs)
+            if let store {
+                try store.verifyAndFill(admission: a)
+            }
+            index.release(a.blocks)
+            saved += min(a.hitBlocks * trace.blockTokens, r.inputLength)
+            input += r.inputLength
+            if let progress, i % 2000 == 1999 { progress(i + 1, total) }
+        }
+        let seconds = Double(MonotonicClock.nanoseconds() - started) / 1e9
+        let cpuSeconds = Double(threadCPUNanoseconds() &- cpuStarted) / 1e9
+        progress?(total, total)
+        return ReplayResult(policy: index.policyName, tiers: tiers, requests: total, statistics: index.statistics,
+                            inputTokens: input, prefillTokensSaved: saved, seconds: seconds, cpuSeconds: cpuSeconds,
+                            metadataBytes: index.metadataBytes, cachedBlocks: index.cachedBlockCount,
+                            bytesMoved: store?.bytesMovedByPath ?? [:], verifiedReads: store?.verifiedReads ?? 0)
+    }
+}
+
+/// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), nanoseconds.
+func threadCPUNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
