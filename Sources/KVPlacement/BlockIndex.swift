@@ -361,14 +361,25 @@ struct BlockIndexCore {
     /// - Returns: Blocks promoted.
     @discardableResult
     mutating func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int {
-        var moved = 0
+        // Hold the chain while it moves, so making room for a child cannot demote its parent.
+        var chain: [Int32] = []
         for k in keys {
             let s = table.find(k.rawValue)
             if s < 0 { break }
-            if entries[Int(s)].tier != 0 {
-                try promote(s)
-                if entries[Int(s)].tier == 0 { moved += 1 } else { break }
+            entries[Int(s)].refCount += 1
+            refreshCandidacy(s)
+            chain.append(s)
+        }
+        defer {
+            for s in chain {
+                entries[Int(s)].refCount -= 1
+                refreshCandidacy(s)
             }
+        }
+        var moved = 0
+        for s in chain where entries[Int(s)].tier != 0 {
+            try promote(s)
+            if entries[Int(s)].tier == 0 { moved += 1 } else { break }
         }
         return moved
     }

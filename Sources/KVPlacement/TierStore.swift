@@ -117,6 +117,48 @@ public final class TierStore {
         index.payloads = self
     }
 
+    /// Builds the backing of every tier below DRAM from a transport registry:
+    /// far memory and extra DRAM tiers as host memory regions (far memory is
+    /// labelled emulated: this layer does not bind pages to a CPU-less node),
+    /// NVMe as a storage target at `storagePath`, through whatever transport
+    /// the registry selects for each kind.
+    /// - Throws: `unsupported` naming the tier when no transport moves its kind
+    ///   or it needs a peer; errors from allocating memory or opening the path.
+    public static func build(tiers: [TierSpec], blockBytes: Int, registry: TransportRegistry,
+                             storagePath: String) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
+        try TierSpec.validate(tiers)
+        var backings: [TierBacking] = []
+        for t in tiers.dropFirst() {
+            let bytes = t.capacityBlocks * blockBytes
+            func transport(_ kind: LocationKind) throws(MemWallError) -> any Transport {
+                do throws(MemWallError) {
+                    return try registry.select(for: kind)
+                } catch {
+                    throw MemWallError(error.code, "tier '\(t.name)' (\(t.kind)) cannot be used here: \(error.message)",
+                                       function: error.function, errno: error.errno)
+                }
+            }
+            switch t.kind {
+            case .dram:
+                let region = try MemoryRegion.allocate(byteCount: bytes, placement: MemoryPlacement(node: nil, label: "DRAM"))
+                backings.append(TierBacking(target: .memory(region), transport: try transport(.memory)))
+            case .farMemory:
+                let region = try MemoryRegion.allocate(byteCount: bytes,
+                    placement: MemoryPlacement(node: nil, isEmulated: true, label: "far memory"))
+                backings.append(TierBacking(target: .memory(region), transport: try transport(.memory)))
+            case .nvme:
+                let mover = try transport(.storage)
+                let target = try StorageTarget(path: storagePath, createWithSize: Int64(bytes))
+                backings.append(TierBacking(target: .storage(target), transport: mover))
+            case .remote:
+                throw MemWallError(.unsupported,
+                    "tier '\(t.name)' (remote) needs a connected peer; build its TierBacking from a RemoteSegment the RDMA/TCP transport resolved")
+            }
+        }
+        let store = try TierStore(blockBytes: blockBytes, dramBlocks: tiers[0].capacityBlocks, lowerTiers: backings)
+        return (store, backings)
+    }
+
     /// Transport names per tier (`nil` for DRAM), for reports.
     public var transportNames: [String?] { backings.map { $0.map { "\($0.transport.name) (\($0.transport.capabilities.implementation))" } } }
 
@@ -252,7 +294,7 @@ extension TierStore: BlockPayloadStore {
             }
             checksums[Int(slot)] = sum
             do throws(MemWallError) {
-                try write(tier: tier, payloadSlot: p, from: staging, at: 0, path: "new")
+                try write(tier: tier, payloadSlot: p, from: staging, at: 0, path: "new block")
             } catch {
                 freeSlots[tier].append(p)
                 throw error

@@ -76,34 +76,11 @@ enum KVRealBytes {
     }
 
     static func makeStore(tiers: [TierSpec], blockBytes: Int, nvmePath: String) throws -> (TierStore, [TierBacking], [String]) {
-        let registry = registry()
-        var backings: [TierBacking] = []
-        var names: [String] = []
-        for t in tiers.dropFirst() {
-            let bytes = t.capacityBlocks * blockBytes
-            switch t.kind {
-            case .dram:
-                let region = try MemoryRegion.allocate(byteCount: bytes, placement: MemoryPlacement(node: nil, label: "DRAM (\(t.name))"))
-                backings.append(TierBacking(target: .memory(region), transport: try registry.select(for: .memory)))
-            case .farMemory:
-                // No CPU-less node binding in this build: host memory standing in for far memory, labelled so.
-                let region = try MemoryRegion.allocate(byteCount: bytes,
-                    placement: MemoryPlacement(node: nil, isEmulated: true, label: "far memory (emulated)"))
-                backings.append(TierBacking(target: .memory(region), transport: try registry.select(for: .memory)))
-            case .nvme:
-                let transport = try registry.select(for: .storage)
-                let target = try StorageTarget(path: nvmePath, createWithSize: Int64(bytes))
-                backings.append(TierBacking(target: .storage(target), transport: transport))
-            case .remote:
-                throw MemWallError(.unsupported,
-                    "tier '\(t.name)': a remote tier needs a connected peer; kv replay has no --peer option in this build")
-            }
-            if let b = backings.last {
-                names.append("\(t.name): \(b.transport.name) (\(b.transport.capabilities.implementation)) to \(b.target)")
-            }
+        let built = try TierStore.build(tiers: tiers, blockBytes: blockBytes, registry: registry(), storagePath: nvmePath)
+        let names = zip(tiers.dropFirst(), built.backings).map { t, b in
+            "\(t.name): \(b.transport.name) (\(b.transport.capabilities.implementation)) to \(b.target)"
         }
-        let store = try TierStore(blockBytes: blockBytes, dramBlocks: tiers[0].capacityBlocks, lowerTiers: backings)
-        return (store, backings, names)
+        return (built.store, built.backings, names)
     }
 }
 
