@@ -133,6 +133,18 @@ public final class KVCache: Sendable {
         }
     }
 
+    /// Writes a referenced block's KV bytes in DRAM; the checksum is recomputed afterwards.
+    /// - Throws: `notFound` without a byte store or for an uncached block;
+    ///   `invalidArgument` when the block is not in DRAM.
+    public func writeBytes(of block: BlockRef, _ body: @Sendable (UnsafeMutableRawBufferPointer) -> Void) throws(MemWallError) {
+        try run { s throws(MemWallError) in
+            guard let store = s.store, block.isCached, let t = s.index.tier(of: block.key) else {
+                throw MemWallError(.notFound, "block \(block.key) is not cached with bytes")
+            }
+            try store.withDRAMBytes(slot: block.slot, key: block.key, tier: t, body)
+        }
+    }
+
     /// Calls `handler` with every future event; keep the token to unsubscribe.
     public func subscribe(_ handler: @escaping @Sendable (KVEvent) -> Void) -> KVSubscription {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue

@@ -234,6 +234,22 @@ public final class TierStore {
         verifiedReads += 1
     }
 
+    /// Gives write access to a block's bytes in DRAM (where a runtime computes
+    /// its KV), then recomputes the checksum that travels with it.
+    /// - Throws: `invalidArgument` when the block is not in DRAM.
+    public func withDRAMBytes<R>(slot: Int32, key: BlockKey, tier: Int,
+                                 _ body: (UnsafeMutableRawBufferPointer) -> R) throws(MemWallError) -> R {
+        guard tier == 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
+            throw MemWallError(.invalidArgument, "block \(key) is in tier \(tierNames[tier]), not DRAM; admit or prefetch it first")
+        }
+        let offset = Int(location[Int(slot)]) * blockBytes
+        return dram.withUnsafeMutableBytes(offset: offset, length: blockBytes) { buf in
+            let r = body(buf)
+            checksums[Int(slot)] = TierStore.checksum(UnsafeRawBufferPointer(buf))
+            return r
+        }
+    }
+
     /// Overwrites one byte of a cached block's payload wherever it lives (tests use it to prove checksums catch damage).
     public func corruptForTesting(slot: Int32, tier: Int) throws(MemWallError) {
         let s = Int(slot)
