@@ -189,7 +189,7 @@ struct BlockIndexCore {
     private var entries: [Entry]
     private var freeSlots: [Int32]
     private var table: KeyTable
-    private var heaps: [[Int32]]
+    private var heaps: [[HeapItem]]
     private var occupancy: [Int]
     private var policy: any EvictionPolicy
     private var clock: UInt64 = 0
@@ -221,7 +221,7 @@ struct BlockIndexCore {
         entries.reserveCapacity(total)
         freeSlots = []
         table = KeyTable(capacity: total)
-        heaps = tiers.map { t in var h: [Int32] = []; h.reserveCapacity(t.capacityBlocks); return h }
+        heaps = tiers.map { t in var h: [HeapItem] = []; h.reserveCapacity(t.capacityBlocks); return h }
         occupancy = Array(repeating: 0, count: tiers.count)
         stats = KVStatistics(tiers: tiers.count)
         stats.capacity = tiers.map(\.capacityBlocks)
@@ -274,7 +274,7 @@ struct BlockIndexCore {
         entries.capacity * MemoryLayout<Entry>.stride
             + freeSlots.capacity * MemoryLayout<Int32>.stride
             + table.storageBytes
-            + heaps.reduce(0) { $0 + $1.capacity * MemoryLayout<Int32>.stride }
+            + heaps.reduce(0) { $0 + $1.capacity * MemoryLayout<HeapItem>.stride }
             + policy.storageBytes
     }
 
@@ -655,67 +655,76 @@ struct BlockIndexCore {
         }
     }
 
-    @inline(__always)
-    private func less(_ a: Int32, _ b: Int32) -> Bool {
-        let x = entries[Int(a)].score, y = entries[Int(b)].score
-        return x < y || (x == y && a < b)
+    /// One heap element: the score is kept next to the slot so sifting does
+    /// not chase every comparison into the entry array (a cache miss each on
+    /// large tiers). A block's score never changes while it is in a heap:
+    /// ``touch(_:)`` takes it out first.
+    struct HeapItem {
+        var score: UInt64
+        var slot: Int32
+        @inline(__always) func precedes(_ o: HeapItem) -> Bool { score < o.score || (score == o.score && slot < o.slot) }
     }
 
     private mutating func heapInsert(tier t: Int, _ slot: Int32) {
-        heaps[t].append(slot)
-        entries[Int(slot)].heapPosition = Int32(heaps[t].count - 1)
-        siftUp(tier: t, heaps[t].count - 1)
+        heaps[t].append(HeapItem(score: entries[Int(slot)].score, slot: slot))
+        let last = heaps[t].count - 1
+        entries.withUnsafeMutableBufferPointer { e in
+            heaps[t].withUnsafeMutableBufferPointer { h in BlockIndexCore.siftUp(h, e, last) }
+        }
     }
 
     private mutating func heapPopMin(tier t: Int) -> Int32? {
         guard let top = heaps[t].first else { return nil }
         heapRemove(tier: t, at: 0)
-        return top
+        return top.slot
     }
 
     private mutating func heapRemove(tier t: Int, at position: Int) {
-        let removed = heaps[t][position]
-        entries[Int(removed)].heapPosition = -1
-        let last = heaps[t].removeLast()
-        guard position < heaps[t].count else { return }
-        heaps[t][position] = last
-        entries[Int(last)].heapPosition = Int32(position)
-        siftDown(tier: t, position)
-        siftUp(tier: t, Int(entries[Int(last)].heapPosition))
+        entries.withUnsafeMutableBufferPointer { e in
+            e[Int(heaps[t][position].slot)].heapPosition = -1
+            let last = heaps[t].removeLast()
+            guard position < heaps[t].count else { return }
+            heaps[t].withUnsafeMutableBufferPointer { h in
+                h[position] = last
+                e[Int(last.slot)].heapPosition = Int32(position)
+                BlockIndexCore.siftDown(h, e, position)
+                BlockIndexCore.siftUp(h, e, Int(e[Int(last.slot)].heapPosition))
+            }
+        }
     }
 
-    private mutating func siftUp(tier t: Int, _ start: Int) {
+    private static func siftUp(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
         var i = start
-        let item = heaps[t][i]
+        let item = h[i]
         while i > 0 {
             let p = (i - 1) >> 1
-            let parent = heaps[t][p]
-            guard less(item, parent) else { break }
-            heaps[t][i] = parent
-            entries[Int(parent)].heapPosition = Int32(i)
+            let parent = h[p]
+            guard item.precedes(parent) else { break }
+            h[i] = parent
+            e[Int(parent.slot)].heapPosition = Int32(i)
             i = p
         }
-        heaps[t][i] = item
-        entries[Int(item)].heapPosition = Int32(i)
+        h[i] = item
+        e[Int(item.slot)].heapPosition = Int32(i)
     }
 
-    private mutating func siftDown(tier t: Int, _ start: Int) {
+    private static func siftDown(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
         var i = start
-        let n = heaps[t].count
-        let item = heaps[t][i]
+        let n = h.count
+        let item = h[i]
         while true {
             let l = 2 * i + 1
             if l >= n { break }
             var c = l
-            if l + 1 < n && less(heaps[t][l + 1], heaps[t][l]) { c = l + 1 }
-            let child = heaps[t][c]
-            guard less(child, item) else { break }
-            heaps[t][i] = child
-            entries[Int(child)].heapPosition = Int32(i)
+            if l + 1 < n && h[l + 1].precedes(h[l]) { c = l + 1 }
+            let child = h[c]
+            guard child.precedes(item) else { break }
+            h[i] = child
+            e[Int(child.slot)].heapPosition = Int32(i)
             i = c
         }
-        heaps[t][i] = item
-        entries[Int(item)].heapPosition = Int32(i)
+        h[i] = item
+        e[Int(item.slot)].heapPosition = Int32(i)
     }
 
     // MARK: Consistency (tests)

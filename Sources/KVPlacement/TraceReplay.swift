@@ -23,6 +23,12 @@ public struct ReplayResult: Sendable {
     public var cpuSeconds: Double
     /// Metadata bytes at the end (see ``BlockIndex/metadataBytes``).
     public var metadataBytes: Int
+    /// Growth of the process's resident memory from just before the index was
+    /// created to the end of the replay (`/proc/self/statm`): an independent
+    /// check of ``metadataBytes`` that counts only pages really touched, and
+    /// includes allocator overhead. 0 for real-bytes replays (payloads would
+    /// dominate) or where /proc is unavailable.
+    public var residentGrowthBytes: Int
     /// Blocks cached at the end.
     public var cachedBlocks: Int
     /// Bytes moved, by path; empty for a metadata-only replay.
@@ -49,6 +55,7 @@ public enum TraceReplay {
     public static func run(_ trace: MooncakeTrace, tiers: [TierSpec], policy: EvictionPolicyName,
                            store: TierStore? = nil,
                            progress: ((Int, Int) -> Void)? = nil) throws(MemWallError) -> ReplayResult {
+        let residentBefore = residentBytes()
         let index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
         if let store { try store.attach(to: index) }
         var saved = 0
@@ -69,9 +76,10 @@ public enum TraceReplay {
         let seconds = Double(MonotonicClock.nanoseconds() - started) / 1e9
         let cpuSeconds = Double(threadCPUNanoseconds() &- cpuStarted) / 1e9
         progress?(total, total)
+        let residentGrowth = store == nil ? max(0, residentBytes() - residentBefore) : 0
         return ReplayResult(policy: index.policyName, tiers: tiers, requests: total, statistics: index.statistics,
                             inputTokens: input, prefillTokensSaved: saved, seconds: seconds, cpuSeconds: cpuSeconds,
-                            metadataBytes: index.metadataBytes, cachedBlocks: index.cachedBlockCount,
+                            metadataBytes: index.metadataBytes, residentGrowthBytes: residentGrowth, cachedBlocks: index.cachedBlockCount,
                             bytesMoved: store?.bytesMovedByPath ?? [:], verifiedReads: store?.verifiedReads ?? 0)
     }
 }
@@ -81,4 +89,17 @@ func threadCPUNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// Resident set size of this process in bytes, from `/proc/self/statm`; 0 when unreadable.
+func residentBytes() -> Int {
+    let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return 0 }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 128)
+    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard n > 0 else { return 0 }
+    let fields = buf[0..<n].split(separator: UInt8(ascii: " "))
+    guard fields.count > 1, let pages = Int(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }

@@ -112,6 +112,8 @@ struct KVReplayReport: Encodable {
         var lookupsPerCPUSecond: Double
         var metadataBytes: Int
         var metadataBytesPerCachedBlock: Double
+        var residentGrowthBytes: Int
+        var cachedBlocks: Int
         var bytesMovedByPath: [String: Int]
         var verifiedReads: Int
     }
@@ -138,7 +140,8 @@ struct KVReplayReport: Encodable {
                           inputTokens: r.inputTokens, prefillTokensSaved: r.prefillTokensSaved, seconds: r.seconds,
                           lookupsPerSecond: r.lookupsPerSecond, cpuSeconds: r.cpuSeconds,
                           lookupsPerCPUSecond: r.lookupsPerCPUSecond, metadataBytes: r.metadataBytes,
-                          metadataBytesPerCachedBlock: r.metadataBytesPerBlock, bytesMovedByPath: r.bytesMoved,
+                          metadataBytesPerCachedBlock: r.metadataBytesPerBlock, residentGrowthBytes: r.residentGrowthBytes,
+                          cachedBlocks: r.cachedBlocks, bytesMovedByPath: r.bytesMoved,
                           verifiedReads: r.verifiedReads)
         }
     }
@@ -168,6 +171,12 @@ struct KVReplayReport: Encodable {
         out += row("lookups/s (wall)") { formatDecimal($0.lookupsPerSecond / 1e6, places: 2) + " M" }
         out += row("lookups/s (1 core CPU)") { formatDecimal($0.lookupsPerCPUSecond / 1e6, places: 2) + " M" }
         out += row("metadata/cached block") { formatDecimal($0.metadataBytesPerBlock, places: 1) + " B" }
+        if !realBytes && results.count == 1 {
+            // Only the first replay in a process sees fresh pages; later ones reuse freed memory.
+            out += row("  resident growth/block") { r in
+                r.cachedBlocks == 0 ? "-" : formatDecimal(Double(r.residentGrowthBytes) / Double(r.cachedBlocks), places: 1) + " B"
+            }
+        }
         if realBytes {
             out += row("read-backs verified") { "\($0.verifiedReads)" }
             let paths = Set(results.flatMap { $0.bytesMoved.keys }).sorted()
