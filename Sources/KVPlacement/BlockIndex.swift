@@ -295,33 +295,37 @@ struct BlockIndexCore {
         var refs: [BlockRef] = []
         refs.reserveCapacity(keys.count)
         var hitsByTier = Array(repeating: 0, count: tiers.count)
-        var parent: Int32 = -1
-        var hitting = true
         var hitBlocks = 0
-        for k in keys {
-            stats.lookups += 1
-            var slot: Int32 = -1
-            if hitting {
-                slot = table.find(k.rawValue)
-                if slot >= 0 {
-                    let t = Int(entries[Int(slot)].tier)
-                    hitsByTier[t] += 1
-                    stats.hitsByTier[t] += 1
-                    hitBlocks += 1
-                    touch(slot)
-                    refs.append(BlockRef(key: k, slot: slot))
-                    parent = slot
-                    continue
-                }
-                hitting = false
+        var rest = keys[...]
+        // Leading hits: reference and touch them.
+        while let k = rest.first {
+            let slot = table.find(k.rawValue)
+            if slot < 0 { break }
+            let t = Int(entries[Int(slot)].tier)
+            hitsByTier[t] += 1
+            hitBlocks += 1
+            touch(slot)
+            refs.append(BlockRef(key: k, slot: slot))
+            rest = rest.dropFirst()
+        }
+        stats.lookups += keys.count
+        for t in 0..<hitsByTier.count { stats.hitsByTier[t] += hitsByTier[t] }
+        // Promote hits that sit in slower tiers, parents first (keeps child tier ≥ parent
+        // tier), before storing the misses: new blocks then follow their parent into DRAM.
+        if hitsByTier.count > 1 && hitBlocks > hitsByTier[0] {
+            for i in 0..<hitBlocks {
+                try promote(refs[i].slot)
             }
+        }
+        var parent: Int32 = refs.last?.slot ?? -1
+        for k in rest {
             stats.misses += 1
             if parent < -1 {
                 refs.append(BlockRef(key: k, slot: -1))   // an earlier block could not be cached
                 stats.uncached += 1
                 continue
             }
-            slot = table.find(k.rawValue)
+            var slot = table.find(k.rawValue)
             if slot >= 0 {
                 // Cached under another chain (an id reused by the trace): share it.
                 touch(slot)
@@ -335,12 +339,6 @@ struct BlockIndexCore {
                 parent = slot
             }
             refs.append(BlockRef(key: k, slot: slot))
-        }
-        // Promote hits that sit in slower tiers, parents first (keeps child tier ≥ parent tier).
-        if hitsByTier.count > 1 && hitBlocks > hitsByTier[0] {
-            for i in 0..<hitBlocks {
-                try promote(refs[i].slot)
-            }
         }
         return BlockAdmission(blocks: refs, hitBlocks: hitBlocks, hitsByTier: hitsByTier)
     }
