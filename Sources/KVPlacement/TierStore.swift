@@ -118,14 +118,16 @@ public final class TierStore {
     }
 
     /// Builds the backing of every tier below DRAM from a transport registry:
-    /// far memory and extra DRAM tiers as host memory regions (far memory is
-    /// labelled emulated: this layer does not bind pages to a CPU-less node),
-    /// NVMe as a storage target at `storagePath`, through whatever transport
-    /// the registry selects for each kind.
+    /// extra DRAM tiers as host memory, far memory from `farMemory` (a NUMA
+    /// allocator binding pages to a CPU-less node; without one, host memory
+    /// labelled emulated), NVMe as a storage target at `storagePath`, each
+    /// moved by whatever transport the registry selects for its kind.
+    /// - Parameter farMemory: Allocates `bytes` of far memory.
     /// - Throws: `unsupported` naming the tier when no transport moves its kind
     ///   or it needs a peer; errors from allocating memory or opening the path.
     public static func build(tiers: [TierSpec], blockBytes: Int, registry: TransportRegistry,
-                             storagePath: String) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
+                             storagePath: String,
+                             farMemory: ((Int) throws(MemWallError) -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
         try TierSpec.validate(tiers)
         var backings: [TierBacking] = []
         for t in tiers.dropFirst() {
@@ -143,8 +145,13 @@ public final class TierStore {
                 let region = try MemoryRegion.allocate(byteCount: bytes, placement: MemoryPlacement(node: nil, label: "DRAM"))
                 backings.append(TierBacking(target: .memory(region), transport: try transport(.memory)))
             case .farMemory:
-                let region = try MemoryRegion.allocate(byteCount: bytes,
-                    placement: MemoryPlacement(node: nil, isEmulated: true, label: "far memory"))
+                let region: MemoryRegion
+                if let farMemory {
+                    region = try farMemory(bytes)
+                } else {
+                    region = try MemoryRegion.allocate(byteCount: bytes,
+                        placement: MemoryPlacement(node: nil, isEmulated: true, label: "far memory"))
+                }
                 backings.append(TierBacking(target: .memory(region), transport: try transport(.memory)))
             case .nvme:
                 let mover = try transport(.storage)
