@@ -127,7 +127,7 @@ public final class TierStore {
     ///   or it needs a peer; errors from allocating memory or opening the path.
     public static func build(tiers: [TierSpec], blockBytes: Int, registry: TransportRegistry,
                              storagePath: String,
-                             farMemory: ((Int) throws(MemWallError) -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
+                             farMemory: ((Int) throws -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
         try TierSpec.validate(tiers)
         var backings: [TierBacking] = []
         for t in tiers.dropFirst() {
@@ -147,7 +147,13 @@ public final class TierStore {
             case .farMemory:
                 let region: MemoryRegion
                 if let farMemory {
-                    region = try farMemory(bytes)
+                    do {
+                        region = try farMemory(bytes)
+                    } catch let e as MemWallError {
+                        throw e
+                    } catch {
+                        throw MemWallError(.systemCall, "cannot allocate \(ByteCount(bytes)) of far memory for tier '\(t.name)': \(error)")
+                    }
                 } else {
                     region = try MemoryRegion.allocate(byteCount: bytes,
                         placement: MemoryPlacement(node: nil, isEmulated: true, label: "far memory"))
