@@ -2,25 +2,28 @@
 ///
 /// Sized once for the cache's total capacity, so it never rehashes on the hot
 /// path and its memory is known up front (it is part of the per-block metadata
-/// figure). Linear probing with backward-shift deletion: no tombstones, so
-/// lookups stay short however long the cache runs.
+/// figure). Key and slot share one 16-byte bucket, so a probe costs one cache
+/// miss, not two. Linear probing with backward-shift deletion: no tombstones,
+/// so lookups stay short however long the cache runs.
 struct KeyTable {
-    private var keys: [UInt64]
-    private var slots: [Int32]   // -1 = empty bucket
+    struct Bucket {
+        var key: UInt64
+        var slot: Int32   // -1 = empty
+    }
+    private var buckets: [Bucket]
     private let mask: Int
     private(set) var count = 0
 
     /// A table that holds `capacity` keys at a load factor of at most 3/4.
     init(capacity: Int) {
-        var buckets = 16
-        while buckets * 3 < max(capacity, 1) * 4 { buckets <<= 1 }
-        keys = Array(repeating: 0, count: buckets)
-        slots = Array(repeating: -1, count: buckets)
-        mask = buckets - 1
+        var n = 16
+        while n * 3 < max(capacity, 1) * 4 { n <<= 1 }
+        buckets = Array(repeating: Bucket(key: 0, slot: -1), count: n)
+        mask = n - 1
     }
 
     /// Bytes held by the table's storage.
-    var storageBytes: Int { keys.capacity * MemoryLayout<UInt64>.stride + slots.capacity * MemoryLayout<Int32>.stride }
+    var storageBytes: Int { buckets.capacity * MemoryLayout<Bucket>.stride }
 
     @inline(__always)
     private func home(_ key: UInt64) -> Int { Int(truncatingIfNeeded: BlockKey.mix(key)) & mask }
@@ -30,9 +33,9 @@ struct KeyTable {
     func find(_ key: UInt64) -> Int32 {
         var i = home(key)
         while true {
-            let s = slots[i]
-            if s < 0 { return -1 }
-            if keys[i] == key { return s }
+            let b = buckets[i]
+            if b.slot < 0 { return -1 }
+            if b.key == key { return b.slot }
             i = (i + 1) & mask
         }
     }
@@ -40,12 +43,11 @@ struct KeyTable {
     /// Inserts or replaces `key`. The caller keeps `count` within capacity.
     mutating func insert(_ key: UInt64, slot: Int32) {
         var i = home(key)
-        while slots[i] >= 0 {
-            if keys[i] == key { slots[i] = slot; return }
+        while buckets[i].slot >= 0 {
+            if buckets[i].key == key { buckets[i].slot = slot; return }
             i = (i + 1) & mask
         }
-        keys[i] = key
-        slots[i] = slot
+        buckets[i] = Bucket(key: key, slot: slot)
         count += 1
     }
 
@@ -53,25 +55,27 @@ struct KeyTable {
     mutating func remove(_ key: UInt64) {
         var i = home(key)
         while true {
-            if slots[i] < 0 { return }
-            if keys[i] == key { break }
+            if buckets[i].slot < 0 { return }
+            if buckets[i].key == key { break }
             i = (i + 1) & mask
         }
         count -= 1
-        var hole = i
-        var j = i
-        while true {
-            j = (j + 1) & mask
-            if slots[j] < 0 { break }
-            let h = home(keys[j])
-            // Move j into the hole unless its home lies cyclically in (hole, j].
-            let stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j)
-            if !stays {
-                keys[hole] = keys[j]
-                slots[hole] = slots[j]
-                hole = j
+        let m = mask
+        buckets.withUnsafeMutableBufferPointer { b in
+            var hole = i
+            var j = i
+            while true {
+                j = (j + 1) & m
+                if b[j].slot < 0 { break }
+                let h = Int(truncatingIfNeeded: BlockKey.mix(b[j].key)) & m
+                // Move j into the hole unless its home lies cyclically in (hole, j].
+                let stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j)
+                if !stays {
+                    b[hole] = b[j]
+                    hole = j
+                }
             }
+            b[hole].slot = -1
         }
-        slots[hole] = -1
     }
 }
