@@ -136,8 +136,11 @@ public final class TierStore {
                 do throws(MemWallError) {
                     return try registry.select(for: kind)
                 } catch {
-                    throw MemWallError(error.code, "tier '\(t.name)' (\(t.kind)) cannot be used here: \(error.message)",
-                                       function: error.function, errno: error.errno)
+                    let known = registry.transports.map { "\($0.name) (\($0.capabilities.implementation))" }
+                    throw MemWallError(error.code,
+                        "tier '\(t.name)' (\(t.kind)) cannot be used here: \(error.message); transports available: "
+                            + (known.isEmpty ? "none" : known.joined(separator: ", ")),
+                        function: error.function, errno: error.errno)
                 }
             }
             switch t.kind {
