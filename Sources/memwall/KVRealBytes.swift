@@ -11,7 +11,13 @@ enum KVRealBytes {
         return r
     }
 
-    static func makeStore(tiers: [TierSpec], blockBytes: Int, nvmePath: String) throws -> (TierStore, [TierBacking], [String]) {
+    /// - Parameter farNode: The far-memory node Topology chose (see ``TierPlacement``).
+    static func makeStore(tiers: [TierSpec], blockBytes: Int, nvmePath: String, farNode: Int?) throws -> (TierStore, [TierBacking], [String]) {
+        if let farNode {
+            // Binding pages to a node is the NUMA transport's allocator; until it is part of
+            // this build, the far tier is host memory, labelled emulated, and we say so.
+            StandardError.write("memwall: far-memory tier: node \(farNode) is far memory, but this build has no NUMA allocator; using host memory labelled emulated\n")
+        }
         let built = try TierStore.build(tiers: tiers, blockBytes: blockBytes, registry: registry(), storagePath: nvmePath)
         let names = zip(tiers.dropFirst(), built.backings).map { t, b in
             "\(t.name): \(b.transport.name) (\(b.transport.capabilities.implementation)) to \(b.target)"

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVPlacement
 import MemWallCore
+import Topology
 import Transport
 
 /// `memwall kv replay TRACE`: one trace through one or more eviction policies, side by side.
@@ -34,6 +35,9 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Payload bytes per block with --real-bytes (a multiple of 4096).")
     var blockBytes: Int = 4096
 
+    @Option(name: .long, help: "NUMA node backing the far tier (default: the machine's first far-memory node, else emulation); checked against the topology.")
+    var farNode: Int?
+
     @Option(name: .long, help: "File or block device backing the nvme tier with --real-bytes (created if absent, when a regular file).")
     var nvmePath: String = "memwall-kv-nvme.bin"
 
@@ -43,6 +47,11 @@ struct KVReplayCommand: AsyncParsableCommand {
         let policies = try policy.split(separator: ",").map { s throws(MemWallError) in try EvictionPolicyName.parse(String(s)) }
         guard !policies.isEmpty else { throw ValidationError("--policy needs at least one policy name") }
         guard repeats >= 1 else { throw ValidationError("--repeat must be at least 1, got \(repeats)") }
+        var farNode: Int?
+        if realBytes || self.farNode != nil {
+            let topology = try Topology.load(.live)
+            farNode = try TierPlacement.farMemoryNode(for: specs, in: topology, requested: self.farNode)
+        }
         let trace = try input.load()
         var results: [ReplayResult] = []
         var transportsUsed: [String] = []
@@ -50,7 +59,7 @@ struct KVReplayCommand: AsyncParsableCommand {
             var store: TierStore?
             var backingsToKeep: [TierBacking] = []
             if realBytes {
-                let (s, b, names) = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath)
+                let (s, b, names) = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode)
                 store = s
                 backingsToKeep = b
                 transportsUsed = names
@@ -60,7 +69,7 @@ struct KVReplayCommand: AsyncParsableCommand {
                 let label = repeats > 1 ? "kv replay \(p) \(run)/\(repeats)" : "kv replay \(p)"
                 var progress = ProgressReporter(label, total: trace.requests.count, enabled: !input.quiet)
                 if run > 1 && realBytes {
-                    store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath).0
+                    store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode).0
                 }
                 let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store) { done, _ in progress.update(done) }
                 if let b = best {
