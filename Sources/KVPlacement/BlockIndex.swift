@@ -290,8 +290,10 @@ struct BlockIndexCore {
     /// (the caller computes their KV), making room by demoting or dropping
     /// candidates. Every returned reference holds the block until ``release(_:)``.
     /// - Throws: Only when moving bytes fails (real-bytes mode).
-    mutating func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission {
+    mutating func admit(_ keys: some Collection<BlockKey>, tailTokens: Int? = nil) throws(MemWallError) -> BlockAdmission {
         clock &+= 1
+        let lastIndex = keys.count - 1
+        var position = 0
         var refs: [BlockRef] = []
         refs.reserveCapacity(keys.count)
         var hitsByTier = Array(repeating: 0, count: tiers.count)
@@ -307,6 +309,7 @@ struct BlockIndexCore {
             touch(slot)
             refs.append(BlockRef(key: k, slot: slot))
             rest = rest.dropFirst()
+            position += 1
         }
         stats.lookups += keys.count
         for t in 0..<hitsByTier.count { stats.hitsByTier[t] += hitsByTier[t] }
@@ -319,6 +322,7 @@ struct BlockIndexCore {
         }
         var parent: Int32 = refs.last?.slot ?? -1
         for k in rest {
+            defer { position += 1 }
             stats.misses += 1
             if parent < -1 {
                 refs.append(BlockRef(key: k, slot: -1))   // an earlier block could not be cached
@@ -330,7 +334,8 @@ struct BlockIndexCore {
                 // Cached under another chain (an id reused by the trace): share it.
                 touch(slot)
             } else {
-                slot = try store(key: k.rawValue, parent: parent, tokenCount: blockSize, score: nil)
+                let tokens = position == lastIndex ? (tailTokens ?? blockSize) : blockSize
+                slot = try store(key: k.rawValue, parent: parent, tokenCount: tokens, score: nil)
             }
             if slot < 0 {
                 stats.uncached += 1
@@ -415,12 +420,7 @@ struct BlockIndexCore {
             parent = k
             i = end
         }
-        let a = try admit(keys)
-        // Blocks stored here were sized as full; correct the tail's token count.
-        if let last = a.blocks.last, last.slot >= 0, let c = counts.last, c < blockSize,
-           entries[Int(last.slot)].refCount == 1 {
-            entries[Int(last.slot)].tokenCount = UInt16(c)
-        }
+        let a = try admit(keys, tailTokens: counts.last)
         var hitTokens = 0
         for j in 0..<a.hitBlocks { hitTokens += counts[j] }
         return (BlockTable(blocks: a.blocks, tokenCount: tokens.count, extraKey: extraKey), hitTokens)

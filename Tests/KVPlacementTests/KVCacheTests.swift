@@ -25,6 +25,19 @@ import Testing
         #expect(cache.statistics.drops > 0)
     }
 
+    @Test func storedEventsCountThePartialTailsTokens() throws {
+        let cache = try KVCache(tiers: dram(16), policy: .lru, blockSize: 4)
+        let counts = Mutex<[Int]>([])
+        _ = cache.subscribe { e in
+            if case .stored(_, _, _, let n) = e { counts.withLock { $0.append(n) } }
+        }
+        var (table, _) = try cache.admit(tokens: [1, 2, 3, 4, 5, 6])
+        #expect(counts.withLock { $0 } == [4, 2])
+        try cache.append(tokens: [7], to: &table)   // exclusive tail: re-keyed in place, 3 tokens
+        #expect(counts.withLock { $0 } == [4, 2, 3])
+        cache.release(table)
+    }
+
     @Test func concurrentRequestsLeaveAConsistentCache() async throws {
         let cache = try KVCache(tiers: threeTiers(24, 32, 64), policy: .lfuda, blockSize: 4)
         let stored = Atomic<Int>(0)
