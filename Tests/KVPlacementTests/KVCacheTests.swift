@@ -15,9 +15,9 @@ import Testing
         #expect(events.contains(.stored(key: BlockKey(rawValue: 1), parent: nil, tier: 0, tokenCount: 512)))
         #expect(events.contains(.moved(key: BlockKey(rawValue: 2), parent: BlockKey(rawValue: 1), from: 0, to: 1)))
         // The tail moved before its parent.
-        let tailMove = events.firstIndex(of: .moved(key: BlockKey(rawValue: 2), parent: BlockKey(rawValue: 1), from: 0, to: 1))
-        let rootMove = events.firstIndex(of: .moved(key: BlockKey(rawValue: 1), parent: nil, from: 0, to: 1))
-        #expect(tailMove != nil && rootMove != nil && tailMove! < rootMove!)
+        let tailMove = try #require(events.firstIndex(of: .moved(key: BlockKey(rawValue: 2), parent: BlockKey(rawValue: 1), from: 0, to: 1)))
+        let rootMove = try #require(events.firstIndex(of: .moved(key: BlockKey(rawValue: 1), parent: nil, from: 0, to: 1)))
+        #expect(tailMove < rootMove)
         cache.unsubscribe(sub)
         let count = events.count
         cache.release(try cache.admit(blocks: ids([9, 10, 11, 12])).blocks)
