@@ -33,6 +33,8 @@ public struct ReplayResult: Sendable {
     public var cachedBlocks: Int
     /// Bytes moved, by path; empty for a metadata-only replay.
     public var bytesMoved: [String: Int]
+    /// Blocks promoted ahead of use by prefetching (`prefetchAhead`).
+    public var prefetchedBlocks: Int
     /// Block payloads checked against their deterministic contents; 0 for metadata only.
     public var verifiedReads: Int
 
@@ -50,10 +52,13 @@ public enum TraceReplay {
     /// Runs one replay.
     /// - Parameters:
     ///   - store: Moves and verifies real bytes when given; metadata only when `nil`.
+    ///   - prefetchAhead: Before admitting request *i*, promote the cached prefix of
+    ///     request *i + prefetchAhead* to DRAM (as a scheduler that sees its queue
+    ///     would); 0 disables prefetching.
     ///   - progress: Called every few thousand requests with (done, total).
     /// - Throws: Configuration errors, or a transfer or checksum failure in real-bytes mode.
     public static func run(_ trace: MooncakeTrace, tiers: [TierSpec], policy: EvictionPolicyName,
-                           store: TierStore? = nil,
+                           store: TierStore? = nil, prefetchAhead: Int = 0,
                            progress: ((Int, Int) -> Void)? = nil) throws(MemWallError) -> ReplayResult {
         let residentBefore = residentBytes()
         let index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
@@ -63,7 +68,11 @@ public enum TraceReplay {
         let total = trace.requests.count
         let started = MonotonicClock.nanoseconds()
         let cpuStarted = threadCPUNanoseconds()
+        var prefetched = 0
         for (i, r) in trace.requests.enumerated() {
+            if prefetchAhead > 0, i + prefetchAhead < total {
+                prefetched += try index.prefetch(trace.requests[i + prefetchAhead].blockIDs)
+            }
             let a = try index.admit(r.blockIDs)
             if let store {
                 try store.verifyAndFill(admission: a)
@@ -80,7 +89,7 @@ public enum TraceReplay {
         return ReplayResult(policy: index.policyName, tiers: tiers, requests: total, statistics: index.statistics,
                             inputTokens: input, prefillTokensSaved: saved, seconds: seconds, cpuSeconds: cpuSeconds,
                             metadataBytes: index.metadataBytes, residentGrowthBytes: residentGrowth, cachedBlocks: index.cachedBlockCount,
-                            bytesMoved: store?.bytesMovedByPath ?? [:], verifiedReads: store?.verifiedReads ?? 0)
+                            bytesMoved: store?.bytesMovedByPath ?? [:], prefetchedBlocks: prefetched, verifiedReads: store?.verifiedReads ?? 0)
     }
 }
 

@@ -35,6 +35,9 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Payload bytes per block with --real-bytes (a multiple of 4096).")
     var blockBytes: Int = 4096
 
+    @Option(name: .long, help: "Prefetch: before each request, promote the cached prefix of the request N places later in the trace to DRAM (0 = off).")
+    var prefetch: Int = 0
+
     @Option(name: .long, help: "NUMA node backing the far tier (default: the machine's first far-memory node, else emulation); checked against the topology.")
     var farNode: Int?
 
@@ -46,6 +49,7 @@ struct KVReplayCommand: AsyncParsableCommand {
         try TierSpec.validate(specs)
         let policies = try policy.split(separator: ",").map { s throws(MemWallError) in try EvictionPolicyName.parse(String(s)) }
         guard !policies.isEmpty else { throw ValidationError("--policy needs at least one policy name") }
+        guard prefetch >= 0 else { throw ValidationError("--prefetch must be 0 or more requests, got \(prefetch)") }
         guard repeats >= 1 else { throw ValidationError("--repeat must be at least 1, got \(repeats)") }
         var farNode: Int?
         if realBytes || self.farNode != nil {
@@ -71,7 +75,7 @@ struct KVReplayCommand: AsyncParsableCommand {
                 if run > 1 && realBytes {
                     store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode).0
                 }
-                let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store) { done, _ in progress.update(done) }
+                let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch) { done, _ in progress.update(done) }
                 if let b = best {
                     var fastest = r.cpuSeconds < b.cpuSeconds ? r : b
                     fastest.residentGrowthBytes = b.residentGrowthBytes   // only the first run sees fresh pages
@@ -110,6 +114,7 @@ struct KVReplayReport: Encodable {
         var hitRate: Double
         var tiers: [Tier]
         var promotions: Int
+        var prefetchedBlocks: Int
         var demotions: Int
         var drops: Int
         var uncached: Int
@@ -145,7 +150,7 @@ struct KVReplayReport: Encodable {
                               Tier(name: t.name, kind: t.kind.rawValue, capacity: t.capacityBlocks, occupancy: s.occupancy[i],
                                    hits: s.hitsByTier[i], hitRate: s.hitRate(tier: i))
                           },
-                          promotions: s.promotions, demotions: s.demotions, drops: s.drops, uncached: s.uncached,
+                          promotions: s.promotions, prefetchedBlocks: r.prefetchedBlocks, demotions: s.demotions, drops: s.drops, uncached: s.uncached,
                           inputTokens: r.inputTokens, prefillTokensSaved: r.prefillTokensSaved, seconds: r.seconds,
                           lookupsPerSecond: r.lookupsPerSecond, cpuSeconds: r.cpuSeconds,
                           lookupsPerCPUSecond: r.lookupsPerCPUSecond, metadataBytes: r.metadataBytes,
@@ -175,6 +180,9 @@ struct KVReplayReport: Encodable {
             "\(r.prefillTokensSaved) (\(kvPercent(r.inputTokens == 0 ? 0 : Double(r.prefillTokensSaved) / Double(r.inputTokens))))"
         }
         out += row("promotions") { "\($0.statistics.promotions)" }
+        if results.contains(where: { $0.prefetchedBlocks > 0 }) {
+            out += row("  of which prefetched") { "\($0.prefetchedBlocks)" }
+        }
         out += row("demotions") { "\($0.statistics.demotions)" }
         out += row("drops") { "\($0.statistics.drops)" }
         out += row("lookups/s (wall)") { formatDecimal($0.lookupsPerSecond / 1e6, places: 2) + " M" }

@@ -95,6 +95,17 @@ enum TestPaths {
         #expect(r.prefillTokensSaved <= r.inputTokens)
     }
 
+    @Test func prefetchingMovesHitsToDRAMWithoutChangingTheHitRate() throws {
+        let t = try MooncakeTrace.load(path: TestPaths.shippedTrace)
+        let tiers = threeTiers(300, 900, 4000)
+        let plain = try TraceReplay.run(t, tiers: tiers, policy: .lru)
+        let ahead = try TraceReplay.run(t, tiers: tiers, policy: .lru, prefetchAhead: 1)
+        // Promotion reorders later demotions a little, so the last tier may drop a different block.
+        #expect(abs(ahead.statistics.hits - plain.statistics.hits) * 200 <= plain.statistics.hits)
+        #expect(ahead.prefetchedBlocks > 0)
+        #expect(ahead.statistics.hitsByTier[0] > plain.statistics.hitsByTier[0])
+    }
+
     /// The correctness check of the engine: LRU must reproduce the reference
     /// figures published with the trace (README in ../shared/data/traces).
     @Test(.enabled(if: TestPaths.fullConversationTrace != nil, "the full conversation trace (../shared/data/traces) is not on this machine"))
