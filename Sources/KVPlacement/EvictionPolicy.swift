@@ -52,7 +52,9 @@ public struct LFUDAPolicy: EvictionPolicy {
     private var age: UInt64 = 0
     private var ghostKeys: [UInt64]
     private var ghostHits: [UInt32]   // 0 = empty
-    private let ghostMask: Int
+    // Three words in all (the mask is derived from the table size), so the policy
+    // fits an existential's inline buffer and calls do not go through a boxed copy.
+    @inline(__always) private var ghostMask: Int { ghostKeys.count &- 1 }
 
     /// - Parameter capacity: Blocks the cache holds; sizes the ghost table.
     public init(capacity: Int) {
@@ -60,7 +62,6 @@ public struct LFUDAPolicy: EvictionPolicy {
         while n < max(capacity, 1) { n <<= 1 }
         ghostKeys = Array(repeating: 0, count: n)
         ghostHits = Array(repeating: 0, count: n)
-        ghostMask = n - 1
     }
 
     /// `"lfuda"`.
