@@ -211,14 +211,11 @@ struct BlockIndexCore {
             throw .invalid("block size", blockSize, expected: "1 to \(UInt16.max) tokens")
         }
         let total = tiers.reduce(0) { $0 + $1.capacityBlocks }
-        guard total < Int(Int32.max) else {
-            throw .invalid("total capacity", total, expected: "fewer than \(Int32.max) blocks")
-        }
         self.tiers = tiers
         self.blockSize = blockSize
         self.policy = policy.make(capacity: total)
         entries = []
-        entries.reserveCapacity(total)
+        entries.reserveCapacity(min(total, 1 << 20))
         freeSlots = []
         table = KeyTable(capacity: total)
         heaps = tiers.map { t in var h: [HeapItem] = []; h.reserveCapacity(t.capacityBlocks); return h }

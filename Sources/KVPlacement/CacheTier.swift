@@ -55,13 +55,21 @@ public struct TierSpec: Sendable, Hashable, CustomStringConvertible {
         guard !tiers.isEmpty, tiers.count <= maximumCount else {
             throw .invalid("tier count", tiers.count, expected: "1 to \(maximumCount) tiers")
         }
-        for t in tiers where t.capacityBlocks <= 0 {
-            throw .invalid("capacity of tier '\(t.name)'", t.capacityBlocks, expected: "a positive number of blocks")
+        for t in tiers where t.capacityBlocks <= 0 || t.capacityBlocks > maximumBlocks {
+            throw .invalid("capacity of tier '\(t.name)'", t.capacityBlocks, expected: "a positive number of blocks, at most \(maximumBlocks)")
+        }
+        let total = tiers.reduce(0) { $0 + $1.capacityBlocks }   // ≤ 4 × 2^26: cannot overflow
+        guard total <= maximumBlocks else {
+            throw .invalid("total capacity", total,
+                           expected: "at most \(maximumBlocks) blocks over all tiers (the index is sized for its capacity up front)")
         }
         guard tiers[0].kind == .dram else {
             throw .invalid("first tier", tiers[0].name, expected: "a dram tier (blocks are used from DRAM; slower tiers follow)")
         }
     }
+
+    /// Most blocks one cache holds over all tiers (2^26: ~1 GiB of key table, and more KV than any host has).
+    public static let maximumBlocks = 1 << 26
 
     /// Most tiers a cache may have (per-tier child counters are a fixed-size tuple).
     public static let maximumCount = 4

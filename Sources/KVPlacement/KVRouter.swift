@@ -78,7 +78,7 @@ public final class KVRouter {
     /// - Throws: `invalidArgument` for a worker count below 1 or bad tiers.
     public init(workers count: Int, tiers: [TierSpec], eviction: EvictionPolicyName, policy: RoutingPolicy,
                 costs: RoutingCosts = RoutingCosts(), blockSize: Int = 512) throws(MemWallError) {
-        guard count >= 1 else { throw .invalid("worker count", count, expected: "at least 1") }
+        guard count >= 1, count <= 4096 else { throw .invalid("worker count", count, expected: "1 to 4096 workers") }
         var w: [BlockIndex] = []
         for _ in 0..<count { w.append(try BlockIndex(tiers: tiers, policy: eviction, blockSize: blockSize)) }
         workers = w

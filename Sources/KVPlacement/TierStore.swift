@@ -55,9 +55,7 @@ public final class TierStore {
     /// - Throws: `invalidArgument` for a bad block size, `systemCall` when DRAM cannot be allocated.
     public init(blockBytes: Int, dramBlocks: Int, lowerTiers: [TierBacking],
                 payload: @escaping @Sendable (BlockKey, UnsafeMutableRawBufferPointer) -> Void = TierStore.deterministicPayload) throws(MemWallError) {
-        guard blockBytes > 0, blockBytes % 4096 == 0 else {
-            throw .invalid("block payload size", blockBytes, expected: "a positive multiple of 4096 bytes")
-        }
+        try TierStore.checkBlockBytes(blockBytes)
         guard dramBlocks > 0 else { throw .invalid("DRAM capacity", dramBlocks, expected: "a positive number of blocks") }
         self.blockBytes = blockBytes
         dram = try MemoryRegion.allocate(byteCount: blockBytes * dramBlocks, placement: MemoryPlacement(node: nil, label: "DRAM"))
@@ -87,6 +85,13 @@ public final class TierStore {
             throw error
         }
         registrations = regs
+    }
+
+    /// Payload sizes the store accepts: whole 4 KiB pages (O_DIRECT), at most 1 GiB.
+    static func checkBlockBytes(_ blockBytes: Int) throws(MemWallError) {
+        guard blockBytes > 0, blockBytes % 4096 == 0, blockBytes <= 1 << 30 else {
+            throw .invalid("block payload size", blockBytes, expected: "a positive multiple of 4096 bytes, at most 1 GiB")
+        }
     }
 
     deinit {
@@ -129,6 +134,7 @@ public final class TierStore {
                              storagePath: String,
                              farMemory: ((Int) throws -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
         try TierSpec.validate(tiers)
+        try checkBlockBytes(blockBytes)   // with capacities ≤ 2^26, sizes below cannot overflow
         var backings: [TierBacking] = []
         for t in tiers.dropFirst() {
             let bytes = t.capacityBlocks * blockBytes

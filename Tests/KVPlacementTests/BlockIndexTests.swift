@@ -150,6 +150,7 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
             try BlockIndex(tiers: [TierSpec(name: "far", kind: .farMemory, capacityBlocks: 10)])
         }
         #expect(throws: MemWallError.self) { try BlockIndex(tiers: dram(10), blockSize: 0) }
+        #expect(throws: MemWallError.self) { try BlockIndex(tiers: dram(1 << 40)) }
         do {
             _ = try TierSpec.parse("dram:0")
             Issue.record("capacity 0 was accepted")
