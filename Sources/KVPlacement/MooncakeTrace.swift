@@ -41,9 +41,12 @@ public struct MooncakeTrace: Sendable {
 
     /// Parses trace text.
     /// - Parameter source: Name used in error messages.
-    /// - Throws: `malformedInput` with `source:line: what was wrong`.
+    /// - Throws: `malformedInput` with `source:line: what was wrong`; `invalidArgument` for a block size outside 1…65535.
     public static func parse(_ text: some Collection<UInt8>, source: String = "trace", blockTokens: Int = 512,
                              limit: Int? = nil) throws(MemWallError) -> MooncakeTrace {
+        guard blockTokens > 0, blockTokens <= Int(UInt16.max) else {
+            throw .invalid("tokens per block", blockTokens, expected: "1 to \(UInt16.max)")
+        }
         var requests: [TraceRequest] = []
         let bytes = Array(text)
         var line = 0
@@ -197,7 +200,7 @@ private struct LineParser {
         guard let input else { throw Failure(reason: "missing \"input_length\"") }
         guard let ids else { throw Failure(reason: "missing \"hash_ids\"") }
         guard input >= 0 else { throw Failure(reason: "input_length \(input) is negative") }
-        let expected = (input + blockTokens - 1) / blockTokens
+        let expected = input / blockTokens + (input % blockTokens == 0 ? 0 : 1)   // no overflow near Int.max
         guard ids.count == expected else {
             throw Failure(reason: "hash_ids has \(ids.count) ids but input_length \(input) needs \(expected) blocks of \(blockTokens) tokens")
         }

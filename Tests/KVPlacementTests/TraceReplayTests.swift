@@ -64,6 +64,8 @@ enum TestPaths {
         (#"{"timestamp": 0, "input_length": 10, "hash_ids": [-4]}"#, "negative"),
         (#"{"timestamp": 1.5, "input_length": 10, "hash_ids": [4]}"#, "whole number"),
         (#"[1, 2]"#, "expected '{'"),
+        (#"{"timestamp": 0, "input_length": 9223372036854775807, "hash_ids": [4]}"#, "needs"),
+        (#"{"timestamp": 0, "input_length": 99999999999999999999, "hash_ids": [4]}"#, "64 bits"),
         (#"{"timestamp": 0, "input_length": 10, "hash_ids": [4]} x"#, "after the object"),
     ])
     func badLinesAreExplained(line: String, reason: String) {
@@ -74,6 +76,10 @@ enum TestPaths {
             #expect(error.message.hasPrefix("bad:2:"))
             #expect(error.message.contains(reason), "\(error.message)")
         }
+    }
+
+    @Test func blockSizeZeroIsRefused() {
+        #expect(throws: MemWallError.self) { try MooncakeTrace.parse(Array("{}".utf8), blockTokens: 0) }
     }
 
     @Test func missingTraceIsNotFound() {
