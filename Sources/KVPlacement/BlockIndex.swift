@@ -79,6 +79,12 @@ public final class BlockIndex {
     public func cachedPrefixLength(_ keys: some Collection<BlockKey>) -> Int { core.cachedPrefixLength(keys) }
     /// The tier holding `key`, if cached.
     public func tier(of key: BlockKey) -> Int? { core.tier(of: key) }
+    /// The slot holding `key`, or `nil` when it is not cached.
+    func slot(of key: BlockKey) -> Int32? {
+        let s = core.table_find(key)
+        return s < 0 ? nil : s
+    }
+
     /// Requests currently referencing `key` (0 when it is not cached).
     public func referenceCount(of key: BlockKey) -> Int { core.referenceCount(of: key) }
     /// Tokens held in `key`'s block, or `nil` when it is not cached.
@@ -446,7 +452,8 @@ struct BlockIndexCore {
         let old = table.blocks[table.blocks.count - 1]
         let newKey = old.key.appending(token: token)
         let count = tailTokens + 1
-        guard old.isCached, Int(old.slot) < entries.count, entries[Int(old.slot)].key == old.key.rawValue else {
+        guard old.isCached, Int(old.slot) < entries.count, entries[Int(old.slot)].flags & Entry.live != 0,
+              entries[Int(old.slot)].key == old.key.rawValue, entries[Int(old.slot)].refCount > 0 else {
             // The tail was never cached: it stays private to this request.
             table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: -1)
             table.tokenCount += 1
@@ -476,6 +483,8 @@ struct BlockIndexCore {
     }
 
     private func table_contains(_ key: BlockKey) -> Bool { table.find(key.rawValue) >= 0 }
+
+    func table_find(_ key: BlockKey) -> Int32 { table.find(key.rawValue) }
 
     /// References the block `key`, storing it (optionally copying bytes from `copyFrom`) when absent.
     private mutating func obtain(key: BlockKey, parent: Int32, tokenCount: Int, copyFrom: Int32?) throws(MemWallError) -> BlockRef {

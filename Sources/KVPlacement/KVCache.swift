@@ -122,11 +122,11 @@ public final class KVCache: Sendable {
     /// Checks the index's invariants (tests); `nil` when all hold.
     public func invariantViolation() -> String? { state.withLock { $0.index.invariantViolation() } }
 
-    /// Verifies a cached block's bytes against the checksum it travelled with.
+    /// Verifies a cached block's bytes, wherever they live, against the checksum they travelled with.
     /// - Throws: `notFound` when it is not cached or there is no byte store; `corrupted`.
-    public func verify(_ key: BlockKey, slot: Int32) throws(MemWallError) {
+    public func verify(_ key: BlockKey) throws(MemWallError) {
         try run { s throws(MemWallError) in
-            guard let store = s.store, let t = s.index.tier(of: key) else {
+            guard let store = s.store, let slot = s.index.slot(of: key), let t = s.index.tier(of: key) else {
                 throw MemWallError(.notFound, "block \(key) is not cached with bytes")
             }
             try store.verify(slot: slot, key: key, tier: t, againstContents: false)
@@ -138,8 +138,9 @@ public final class KVCache: Sendable {
     ///   `invalidArgument` when the block is not in DRAM.
     public func writeBytes(of block: BlockRef, _ body: @Sendable (UnsafeMutableRawBufferPointer) -> Void) throws(MemWallError) {
         try run { s throws(MemWallError) in
-            guard let store = s.store, block.isCached, let t = s.index.tier(of: block.key) else {
-                throw MemWallError(.notFound, "block \(block.key) is not cached with bytes")
+            guard let store = s.store, block.isCached, s.index.slot(of: block.key) == block.slot,
+                  let t = s.index.tier(of: block.key) else {
+                throw MemWallError(.notFound, "block \(block.key) is not cached with bytes (or the reference is stale)")
             }
             try store.withDRAMBytes(slot: block.slot, key: block.key, tier: t, body)
         }

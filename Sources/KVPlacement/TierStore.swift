@@ -228,7 +228,9 @@ public final class TierStore {
 
     /// Reads a block's bytes (from whatever tier holds them) and checks them.
     /// - Parameter againstContents: Also compare with the deterministic payload for `key`.
+    /// - Throws: `notFound` for a slot that holds no bytes or a tier that does not exist; `corrupted`.
     public func verify(slot: Int32, key: BlockKey, tier: Int, againstContents: Bool) throws(MemWallError) {
+        try checkHolds(slot: slot, tier: tier, key: key)
         let s = Int(slot)
         let bytesRegion: MemoryRegion
         let offset: Int
@@ -261,7 +263,7 @@ public final class TierStore {
     /// - Throws: `invalidArgument` when the block is not in DRAM.
     public func withDRAMBytes<R>(slot: Int32, key: BlockKey, tier: Int,
                                  _ body: (UnsafeMutableRawBufferPointer) -> R) throws(MemWallError) -> R {
-        guard tier == 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
+        guard tier == 0, slot >= 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
             throw MemWallError(.invalidArgument, "block \(key) is in tier \(tierNames[tier]), not DRAM; admit or prefetch it first")
         }
         let offset = Int(location[Int(slot)]) * blockBytes
@@ -274,6 +276,7 @@ public final class TierStore {
 
     /// Overwrites one byte of a cached block's payload wherever it lives (tests use it to prove checksums catch damage).
     public func corruptForTesting(slot: Int32, tier: Int) throws(MemWallError) {
+        try checkHolds(slot: slot, tier: tier, key: BlockKey(rawValue: 0))
         let s = Int(slot)
         if tier == 0 {
             dram.withUnsafeMutableBytes(offset: Int(location[s]) * blockBytes, length: 1) { $0[0] ^= 0xFF }
@@ -282,6 +285,12 @@ public final class TierStore {
         try read(tier: tier, payloadSlot: location[s], into: staging, at: 0, path: "test")
         staging.withUnsafeMutableBytes(length: 1) { $0[0] ^= 0xFF }
         try write(tier: tier, payloadSlot: location[s], from: staging, at: 0, path: "test")
+    }
+
+    private func checkHolds(slot: Int32, tier: Int, key: BlockKey) throws(MemWallError) {
+        guard tier >= 0, tier < backings.count, slot >= 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
+            throw MemWallError(.notFound, "no bytes are stored for \(key) at slot \(slot) in tier \(tier)")
+        }
     }
 
     // MARK: Moving bytes

@@ -91,7 +91,7 @@ import Testing
                         let keys = (0..<(rng.next() % 6 + 1)).map { BlockKey(rawValue: c * 64 + $0) }
                         let a = try cache.admit(blocks: keys)
                         for r in a.blocks.prefix(a.hitBlocks) where r.isCached && cache.tier(of: r.key) == 0 {
-                            try cache.verify(r.key, slot: r.slot)
+                            try cache.verify(r.key)
                         }
                         cache.release(a.blocks)
                     }

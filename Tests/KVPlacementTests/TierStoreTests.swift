@@ -106,10 +106,33 @@ func dramFar(_ a: Int, _ b: Int) -> [TierSpec] {
         #expect(a.blocks[1].key != b.blocks[1].key)
         #expect(cache.bytesMovedByPath["cpu copy-on-write: dram -> dram"] == 4096)
         // The copy travelled with the checksum of the written bytes.
-        try cache.verify(a.blocks[1].key, slot: a.blocks[1].slot)
-        try cache.verify(b.blocks[1].key, slot: b.blocks[1].slot)
+        try cache.verify(a.blocks[1].key)
+        try cache.verify(b.blocks[1].key)
         cache.release(a)
         cache.release(b)
+    }
+
+    @Test func staleOrForeignReferencesAreRefusedNotFollowed() throws {
+        let tiers = dramFar(4, 4)
+        let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: hostRegistry(), storagePath: "")
+        let cache = try KVCache(tiers: tiers, policy: .lru, blockSize: 512, store: built.store)
+        let a = try cache.admit(blocks: ids([1]))
+        var forged = a.blocks[0]
+        forged.key = BlockKey(rawValue: 99)
+        #expect(throws: MemWallError.self) { try cache.writeBytes(of: forged) { $0[0] = 1 } }
+        #expect(throws: MemWallError.self) { try cache.verify(BlockKey(rawValue: 99)) }
+        try cache.verify(BlockKey(rawValue: 1))
+        cache.release(a.blocks)
+    }
+
+    @Test func slotsThatHoldNoBytesAreRefused() throws {
+        let built = try TierStore.build(tiers: dramFar(4, 4), blockBytes: 4096, registry: hostRegistry(), storagePath: "")
+        let index = try BlockIndex(tiers: dramFar(4, 4))
+        try built.store.attach(to: index)
+        #expect(throws: MemWallError.self) {
+            try built.store.verify(slot: 12345, key: BlockKey(rawValue: 1), tier: 0, againstContents: false)
+        }
+        #expect(throws: MemWallError.self) { try built.store.corruptForTesting(slot: -3, tier: 7) }
     }
 }
 
