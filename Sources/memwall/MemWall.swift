@@ -11,6 +11,7 @@ struct MemWall: AsyncParsableCommand {
         subcommands: [
             CapabilitiesCommand.self,
             TopoCommand.self,
+            KVCommand.self,
         ]
     )
 }
