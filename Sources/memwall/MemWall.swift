@@ -1,4 +1,8 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
 
 /// `memwall`: topology discovery, microbenchmarks and KV-cache tools for
 /// inference hosts with CXL memory, RDMA NICs and NVMe.
@@ -14,4 +18,23 @@ struct MemWall: AsyncParsableCommand {
             KVCommand.self,
         ]
     )
+
+    /// Runs the chosen subcommand. MemWall's own errors print as one
+    /// `error: …` line with exit status 1; argument errors keep the parser's
+    /// message and usage (exit status 64).
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as MemWallError {
+            StandardError.write("error: \(error)\n")
+            Glibc.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
