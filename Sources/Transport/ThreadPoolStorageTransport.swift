@@ -31,7 +31,7 @@ package struct ResolvedStorageOp: Sendable {
 ///
 /// Queue depth is the number of threads, so QD32 keeps 32 requests at the device.
 /// Every call goes through the ``SyscallFunnel`` ("pread", "pwrite"); EINTR is
-/// retried by the funnel, EAGAIN here (bounded), short transfers are resumed.
+/// retried by the funnel (and here when the funnel leaves it to us), EAGAIN here (bounded), short transfers are resumed.
 public final class ThreadPoolStorageTransport: Transport {
     /// Declared as emulation of the io_uring path, with the reason given at creation.
     public let capabilities: TransportCapabilities
@@ -131,7 +131,7 @@ public final class ThreadPoolStorageTransport: Transport {
                     function: function))
             case .success(let n):
                 done += n
-            case .failure(let e) where e == .wouldBlock && retries < maximumRetries:
+            case .failure(let e) where (e == .wouldBlock || e == .interrupted) && retries < maximumRetries:
                 retries += 1
                 sched_yield()
             case .failure(let e):
