@@ -1,0 +1,300 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CURing
+import CMemWallShim
+import MemWallCore
+import Synchronization
+import Transport
+
+/// One descriptor as the ring sees it; raw addresses as integers so the plan is `Sendable`.
+struct URingOp: Sendable {
+    var fileDescriptor: Int32
+    /// Slot in the registered-file table, or -1 to use `fileDescriptor`.
+    var fixedFile: Int32
+    var bufferAddress: UInt
+    var length: Int
+    var offset: Int64
+    var target: StorageTarget
+}
+
+/// A descriptor on its way through the ring (queued, in flight, or resubmitted).
+struct URingWork {
+    var tracked: InFlightRequest<Int32>
+    var index: Int
+    var op: URingOp
+    /// Registered-buffer slot, or -1 for a plain read/write.
+    var bufferIndex: Int32
+    var isRead: Bool
+    /// Bytes already moved (short transfers are resumed from here).
+    var done: Int = 0
+    /// Transient errors (EAGAIN, EINTR) already retried.
+    var retries: Int = 0
+}
+
+/// Owns the ring, the queue of work not yet handed to the kernel, the table of
+/// work in flight, and the reaper thread that turns CQEs into completions.
+///
+/// Work in flight is only ever finished by its CQE, so a buffer the kernel may
+/// still write stays referenced (through its request) until the kernel is done.
+final class URingEngine: Sendable {
+    private struct State {
+        var queued: [URingWork] = []
+        var queuedHead = 0
+        /// Resumed short transfers and EAGAIN retries go before new work.
+        var resubmit: [URingWork] = []
+        var slots: [URingWork?]
+        var freeSlots: [Int]
+        var inFlight = 0
+        var stopping = false
+        var submitError: MemWallError?
+    }
+
+    static let wakeTag: UInt64 = .max
+    static let maximumRetries = 64
+    /// One SQE moves at most this much; longer descriptors continue like short transfers.
+    static let maximumChunk = 1 << 30
+
+    let queue: URingQueue
+    let queueDepth: Int
+    let batchSize: Int
+    let funnel: SyscallFunnel
+    private let state: Mutex<State>
+
+    init(queue: consuming URingQueue, queueDepth: Int, batchSize: Int, funnel: SyscallFunnel) {
+        self.queue = queue
+        self.queueDepth = queueDepth
+        self.batchSize = batchSize
+        self.funnel = funnel
+        self.state = Mutex(State(slots: Array(repeating: nil, count: queueDepth),
+                                 freeSlots: Array((0..<queueDepth).reversed())))
+    }
+
+    /// Starts the reaper; it holds the engine until it has drained and exits.
+    func startReaper() throws(MemWallError) -> pthread_t {
+        var tid = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&tid, nil, { arg in
+            guard let arg else { return nil }
+            Unmanaged<URingEngine>.fromOpaque(arg).takeRetainedValue().reap()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<URingEngine>.fromOpaque(context).release()
+            throw .system("pthread_create", Errno(rawValue: rc), "cannot start the io_uring completion thread")
+        }
+        return tid
+    }
+
+    /// Queues work and hands as much as the depth allows to the kernel.
+    func enqueue(_ work: [URingWork]) {
+        let finished = state.withLock { s -> [(URingWork, Result<Int, MemWallError>)] in
+            s.queued.append(contentsOf: work)
+            return pump(&s)
+        }
+        deliver(finished)
+    }
+
+    /// Finishes as cancelled the queued work of every request that asked to
+    /// cancel; work already in the kernel completes normally.
+    func cancelRequested() {
+        let finished = state.withLock { s -> [(URingWork, Result<Int, MemWallError>)] in
+            var out: [(URingWork, Result<Int, MemWallError>)] = []
+            var kept: [URingWork] = []
+            for w in s.queued[s.queuedHead...] {
+                if w.done == 0 && w.tracked.request.isCancellationRequested {
+                    out.append((w, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
+                } else {
+                    kept.append(w)
+                }
+            }
+            s.queued = kept
+            s.queuedHead = 0
+            return out
+        }
+        deliver(finished)
+    }
+
+    /// Stops: queued work is cancelled, work in flight completes, then the reaper exits.
+    func stop() {
+        let finished = state.withLock { s -> [(URingWork, Result<Int, MemWallError>)] in
+            s.stopping = true
+            let rest = Array(s.queued[s.queuedHead...]) + s.resubmit
+            s.queued = []; s.queuedHead = 0; s.resubmit = []
+            // A NOP wakes the reaper even when nothing is in flight.
+            if let sqe = io_uring_get_sqe(queue.ring) {
+                io_uring_prep_nop(sqe)
+                io_uring_sqe_set_data64(sqe, URingEngine.wakeTag)
+            }
+            _ = io_uring_submit(queue.ring)
+            return rest.map { ($0, .failure(MemWallError(.cancelled, "the io_uring transport shut down before it was submitted"))) }
+        }
+        deliver(finished)
+    }
+
+    private func deliver(_ finished: [(URingWork, Result<Int, MemWallError>)]) {
+        for (w, r) in finished { w.tracked.complete(descriptor: w.index, r) }
+    }
+
+    /// Moves queued work into SQEs while the depth allows, submitting every
+    /// `batchSize` SQEs. Runs under the lock. Returns work finished without
+    /// reaching the kernel (cancelled before submission).
+    private func pump(_ s: inout State) -> [(URingWork, Result<Int, MemWallError>)] {
+        var finished: [(URingWork, Result<Int, MemWallError>)] = []
+        var prepared = 0
+        let ring = queue.ring
+        while s.inFlight < queueDepth && !s.stopping {
+            var work: URingWork
+            if let w = s.resubmit.popLast() {
+                work = w
+            } else if s.queuedHead < s.queued.count {
+                work = s.queued[s.queuedHead]
+                s.queuedHead += 1
+                if s.queuedHead == s.queued.count { s.queued.removeAll(keepingCapacity: true); s.queuedHead = 0 }
+            } else {
+                break
+            }
+            if work.done == 0 && work.retries == 0 && work.tracked.request.isCancellationRequested {
+                finished.append((work, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
+                continue
+            }
+            guard let sqe = io_uring_get_sqe(ring) else {
+                // SQ full of unsubmitted entries: submit, then retry this one.
+                _ = io_uring_submit(ring)
+                prepared = 0
+                guard let sqe2 = io_uring_get_sqe(ring) else {
+                    s.resubmit.append(work)
+                    break
+                }
+                fill(sqe2, &work, &s)
+                prepared += 1
+                continue
+            }
+            fill(sqe, &work, &s)
+            prepared += 1
+            if prepared >= batchSize {
+                submit(&s)
+                prepared = 0
+            }
+        }
+        if io_uring_sq_ready(ring) > 0 { submit(&s) }
+        return finished
+    }
+
+    private func fill(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ work: inout URingWork, _ s: inout State) {
+        let slot = s.freeSlots.removeLast()
+        let address = UnsafeMutableRawPointer(bitPattern: work.op.bufferAddress + UInt(work.done))
+        let count = UInt32(min(work.op.length - work.done, URingEngine.maximumChunk))
+        let offset = UInt64(work.op.offset + Int64(work.done))
+        let fd = work.op.fixedFile >= 0 ? work.op.fixedFile : work.op.fileDescriptor
+        switch (work.isRead, work.bufferIndex >= 0) {
+        case (true, true): io_uring_prep_read_fixed(sqe, fd, address, count, offset, work.bufferIndex)
+        case (true, false): io_uring_prep_read(sqe, fd, address, count, offset)
+        case (false, true): io_uring_prep_write_fixed(sqe, fd, address, count, offset, work.bufferIndex)
+        case (false, false): io_uring_prep_write(sqe, fd, address, count, offset)
+        }
+        if work.op.fixedFile >= 0 {
+            sqe.pointee.flags |= UInt8(1 << IOSQE_FIXED_FILE_BIT)
+        }
+        io_uring_sqe_set_data64(sqe, UInt64(slot))
+        s.slots[slot] = work
+        s.inFlight += 1
+    }
+
+    private func submit(_ s: inout State) {
+        var r: Int32
+        repeat { r = io_uring_submit(queue.ring) } while r == -EINTR
+        // EAGAIN/EBUSY: the kernel is short of resources or the CQ is full; the
+        // SQEs stay in the ring and go with the next submit (after reaping).
+        if r < 0 && r != -EAGAIN && r != -EBUSY {
+            s.submitError = .system("io_uring_submit", Errno(rawValue: -r), "submitting to the io_uring failed")
+        }
+    }
+
+    /// The reaper: waits for CQEs, resumes short transfers, retries transient
+    /// errors, completes descriptors, refills the ring; exits once stopped and drained.
+    private func reap() {
+        let ring = queue.ring
+        let batch = 64
+        let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: batch)
+        defer { cqes.deallocate() }
+        var results: [(UInt64, Int32)] = []
+        results.reserveCapacity(batch)
+        while true {
+            var first: UnsafeMutablePointer<io_uring_cqe>?
+            let w = io_uring_wait_cqe(ring, &first)
+            if w < 0 && w != -EINTR && w != -EAGAIN {
+                // Work in flight can only be finished by its CQE (the kernel may
+                // still write its buffer), so keep waiting rather than give up.
+                StandardError.write("memwall: io_uring_wait_cqe: \(Errno(rawValue: -w)); retrying\n")
+                usleep(1000)
+                continue
+            }
+            let n = Int(io_uring_peek_batch_cqe(ring, cqes, UInt32(batch)))
+            results.removeAll(keepingCapacity: true)
+            for i in 0..<n {
+                if let c = cqes[i] { results.append((c.pointee.user_data, c.pointee.res)) }
+            }
+            io_uring_cq_advance(ring, UInt32(n))
+            let (finished, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool) in
+                var out: [(URingWork, Result<Int, MemWallError>)] = []
+                for (tag, res) in results where tag != URingEngine.wakeTag {
+                    let slot = Int(tag)
+                    guard slot < s.slots.count, var work = s.slots[slot] else { continue }
+                    s.slots[slot] = nil
+                    s.freeSlots.append(slot)
+                    s.inFlight -= 1
+                    if let outcome = settle(&work, res: res) {
+                        out.append((work, outcome))
+                    } else if s.stopping {
+                        out.append((work, .failure(MemWallError(.cancelled,
+                            "the io_uring transport shut down after \(work.done) of \(work.op.length) bytes"))))
+                    } else {
+                        s.resubmit.append(work)
+                    }
+                }
+                out += pump(&s)
+                if let e = s.submitError {
+                    s.submitError = nil
+                    // What pump prepared but could not submit is still in the SQ
+                    // and will go with the next successful submit; report nothing here.
+                    StandardError.write("memwall: \(e)\n")
+                }
+                return (out, s.stopping && s.inFlight == 0)
+            }
+            deliver(finished)
+            if exit { return }
+        }
+    }
+
+    /// Decides what one CQE means: final (success or error) or "go again".
+    private func settle(_ work: inout URingWork, res raw: Int32) -> Result<Int, MemWallError>? {
+        let function = work.isRead ? "io_uring.read" : "io_uring.write"
+        let remaining = work.op.length - work.done
+        let res = funnel.completion(function, requested: min(remaining, URingEngine.maximumChunk), result: raw)
+        if res < 0 {
+            let e = Errno(rawValue: -res)
+            if (e == .wouldBlock || e == .interrupted) && work.retries < URingEngine.maximumRetries {
+                work.retries += 1
+                return nil
+            }
+            return .failure(.system(function, e,
+                "\(work.isRead ? "read" : "write") of \(work.op.length) bytes at offset \(work.op.offset) of '\(work.op.target.path)' failed after \(work.done) bytes"))
+        }
+        if res == 0 {
+            return .failure(MemWallError(.shortTransfer,
+                "\(function) of '\(work.op.target.path)' moved 0 bytes after \(work.done) of \(work.op.length) at offset \(work.op.offset): the file ends before the descriptor does",
+                function: function))
+        }
+        work.done += Int(res)
+        if work.done < work.op.length {
+            // A short transfer: resume from where the kernel stopped, unless the
+            // owner cancelled (the kernel holds nothing of this work any more).
+            if work.tracked.request.isCancellationRequested {
+                return .failure(MemWallError(.cancelled, "cancelled after \(work.done) of \(work.op.length) bytes"))
+            }
+            return nil
+        }
+        return .success(work.op.length)
+    }
+}
