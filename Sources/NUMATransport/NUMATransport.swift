@@ -1,0 +1,168 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+import Synchronization
+import Transport
+
+/// How many threads a copy may use: only as many as pay off.
+public struct NUMACopyPolicy: Sendable, Hashable {
+    /// A copy gets one more thread per this many bytes (below it, one thread:
+    /// handing work to another core costs more than it saves).
+    public var bytesPerThread: Int
+    /// Upper bound on threads per copy (also bounded by the CPUs near the destination).
+    public var maximumThreads: Int
+    /// Requests of at most this many bytes are copied on the posting thread
+    /// (a thread hand-off would cost more than the copy).
+    public var inlineBytes: Int
+
+    /// Creates a policy.
+    public init(bytesPerThread: Int = 16 << 20, maximumThreads: Int = 4, inlineBytes: Int = 128 << 10) {
+        self.bytesPerThread = max(bytesPerThread, 1)
+        self.maximumThreads = max(maximumThreads, 1)
+        self.inlineBytes = max(inlineBytes, 0)
+    }
+
+    /// Threads for one copy of `bytes` when `available` threads run near the destination.
+    public func threads(for bytes: Int, available: Int) -> Int {
+        max(1, min(bytes / bytesPerThread, maximumThreads, available))
+    }
+}
+
+/// Moves bytes between memory regions on NUMA nodes — DRAM, CXL (CPU-less)
+/// nodes, or the emulated far pool — with CPU copies run by threads placed
+/// near the destination node.
+///
+/// A `.read` copies target → local region, a `.write` local → target. The data
+/// path makes no system call (a CPU copy), so the funnel applies to placement
+/// (``NUMAAllocator``), not to transfers.
+public final class NUMATransport: Transport {
+    /// "numa"; hardware on a multi-node host, emulation on a one-node host.
+    public let capabilities: TransportCapabilities
+    /// Fed by every finished request.
+    public let costEstimator = PathCostEstimator()
+    /// The allocator whose nodes this transport serves.
+    public let allocator: NUMAAllocator
+    /// Thread policy for copies.
+    public let policy: NUMACopyPolicy
+    private let regions: RegionTable<Void>
+    private let pools: Mutex<[Int: BlockingWorkerPool]>
+
+    /// Creates the transport over `allocator`'s nodes.
+    public init(allocator: NUMAAllocator = NUMAAllocator(), policy: NUMACopyPolicy = NUMACopyPolicy()) {
+        self.allocator = allocator
+        self.policy = policy
+        let hardware = allocator.kernelNUMA && allocator.realNodes.count > 1
+        capabilities = TransportCapabilities(
+            name: "numa", targets: [.memory],
+            implementation: hardware ? .hardware
+                : .emulation(reason: "this host has one NUMA node; far memory is an emulated pool in DRAM"))
+        regions = RegionTable(transportName: "numa")
+        pools = Mutex([:])
+    }
+
+    /// Registers a region as a local side (bookkeeping: host memory needs no pinning).
+    public func register(_ region: MemoryRegion) throws(MemWallError) {
+        try regions.register(region) { () throws(MemWallError) in () }
+    }
+
+    /// Deregisters a region no request in flight uses.
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        try regions.deregister(region)
+    }
+
+    /// Checks bounds and registration; memory copies have no alignment rule.
+    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
+        try validateDescriptors(descriptors)
+        for d in descriptors { _ = try regions.attachment(of: d.local) }
+        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name)
+    }
+
+    /// Copies; small requests inline, larger ones on threads near the destination.
+    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try checkOwnership(prepared)
+        for d in prepared.descriptors { _ = try regions.attachment(of: d.local) }
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator)
+        let tracked = InFlightRequest(request: request, table: regions)
+        let isRead = prepared.operation == .read
+        if prepared.totalBytes <= policy.inlineBytes {
+            for (i, d) in prepared.descriptors.enumerated() {
+                let (from, to) = NUMATransport.endpoints(d, isRead: isRead)
+                memcpy(to, from, d.length)
+                tracked.complete(descriptor: i, .success(d.length))
+            }
+            return request
+        }
+        for (i, d) in prepared.descriptors.enumerated() {
+            let destinationNode = isRead ? d.local.placement.node : d.target.memoryNode
+            let pool = try pool(near: destinationNode)
+            let threads = policy.threads(for: d.length, available: pool.threadCount)
+            let join = ChunkJoin(parts: threads)
+            let chunk = (d.length / threads + 63) & ~63  // cache-line multiples
+            var jobs: [@Sendable () -> Void] = []
+            for k in 0..<threads {
+                let start = k * chunk
+                let count = min(chunk, d.length - start)
+                guard count > 0 else { join.finish(tracked, descriptor: i, length: d.length, cancelled: false); continue }
+                jobs.append { [d] in
+                    let cancelled = tracked.request.isCancellationRequested
+                    if !cancelled {
+                        let (from, to) = NUMATransport.endpoints(d, isRead: isRead)
+                        memcpy(to + start, from + start, count)
+                    }
+                    join.finish(tracked, descriptor: i, length: d.length, cancelled: cancelled)
+                }
+            }
+            pool.submit(contentsOf: jobs)
+        }
+        return request
+    }
+
+    /// Source and destination addresses of one descriptor.
+    static func endpoints(_ d: TransferDescriptor, isRead: Bool) -> (UnsafeRawPointer, UnsafeMutableRawPointer) {
+        let local = d.local.baseAddress + d.localOffset
+        guard case .memory(let r) = d.target else { return (UnsafeRawPointer(local), local) }
+        let far = r.baseAddress + Int(d.targetOffset)
+        return isRead ? (UnsafeRawPointer(far), local) : (UnsafeRawPointer(local), far)
+    }
+
+    /// The copy pool pinned near `node` (created on first use).
+    func pool(near node: Int?) throws(MemWallError) -> BlockingWorkerPool {
+        let key = node ?? -1
+        if let p = pools.withLock({ $0[key] }) { return p }
+        let cpus = node.map { allocator.nearestCPUs(to: $0) } ?? []
+        let count = max(1, min(policy.maximumThreads, cpus.isEmpty ? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) : cpus.count))
+        let fresh = try BlockingWorkerPool(name: "numa-copy-\(key)", threadCount: count, cpus: cpus)
+        return pools.withLock { p in
+            if let existing = p[key] { return existing }
+            p[key] = fresh
+            return fresh
+        }
+    }
+}
+
+extension TransferTarget {
+    /// The node a memory target's pages are meant to be on.
+    var memoryNode: Int? {
+        if case .memory(let r) = self { return r.placement.node }
+        return nil
+    }
+}
+
+/// Completes a descriptor once every chunk of its copy has finished.
+final class ChunkJoin: Sendable {
+    private let remaining: Atomic<Int>
+    private let anyCancelled = Atomic<Bool>(false)
+
+    init(parts: Int) { remaining = Atomic(parts) }
+
+    func finish(_ tracked: InFlightRequest<Void>, descriptor i: Int, length: Int, cancelled: Bool) {
+        if cancelled { anyCancelled.store(true, ordering: .relaxed) }
+        guard remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+        if anyCancelled.load(ordering: .relaxed) {
+            tracked.complete(descriptor: i, .failure(MemWallError(.cancelled, "cancelled before its copy ran")))
+        } else {
+            tracked.complete(descriptor: i, .success(length))
+        }
+    }
+}
