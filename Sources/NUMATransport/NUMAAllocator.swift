@@ -222,6 +222,59 @@ public final class NUMAAllocator: Sendable {
         }
     }
 
+    /// Migrates every page of `region` to `nodeID` and makes the node its policy.
+    ///
+    /// `mbind(MPOL_MF_MOVE)` sets the policy and moves what it can in one call;
+    /// pages the kernel could not take at that moment (still on a per-CPU LRU
+    /// list right after an earlier migration, or briefly pinned) are then moved
+    /// one by one with `move_pages`, whose per-page status says why any page stays.
+    func migrate(_ region: MemoryRegion, to nodeID: Int) throws(MemWallError) {
+        let bitsPerWord = UInt.bitWidth
+        var mask = [UInt](repeating: 0, count: nodeID / bitsPerWord + 2)
+        mask[nodeID / bitsPerWord] |= 1 << UInt(nodeID % bitsPerWord)
+        let maxNode = UInt(mask.count * bitsPerWord)
+        let r = mask.withUnsafeBufferPointer { m in
+            funnel.call("mbind") {
+                Int(mbind(region.baseAddress, UInt(region.byteCount), Int32(MPOL_BIND), m.baseAddress, maxNode, UInt32(MPOL_MF_MOVE)))
+            }
+        }
+        if case .failure(let e) = r {
+            if e == .noMemory {
+                throw MemWallError(.noMemoryOnNode, "node \(nodeID) could not take \(ByteCount(region.byteCount))", function: "mbind", errno: e)
+            }
+            throw .system("mbind", e, "could not migrate \(region) to node \(nodeID)")
+        }
+        let pageCount = region.byteCount / PageSize.bytes
+        for round in 0..<4 {
+            let loc = try pageLocations(of: region, pageStatus: true)
+            let stray = loc.status.enumerated().filter { $0.element >= 0 && Int($0.element) != nodeID }.map(\.offset)
+            if stray.isEmpty { return }
+            var pages = stray.map { Optional(region.baseAddress + $0 * PageSize.bytes) }
+            var nodes = [Int32](repeating: Int32(nodeID), count: stray.count)
+            var status = [Int32](repeating: 0, count: stray.count)
+            let moved = pages.withUnsafeMutableBufferPointer { pg in
+                nodes.withUnsafeMutableBufferPointer { nd in
+                    status.withUnsafeMutableBufferPointer { st in
+                        funnel.call("move_pages") {
+                            Int(move_pages(0, UInt(stray.count), pg.baseAddress, nd.baseAddress, st.baseAddress, Int32(MPOL_MF_MOVE)))
+                        }
+                    }
+                }
+            }
+            if case .failure(let e) = moved {
+                throw .system("move_pages", e, "could not migrate \(stray.count) of \(pageCount) pages of \(region) to node \(nodeID)")
+            }
+            if round == 3, let bad = status.first(where: { $0 < 0 }) {
+                let e = Errno(rawValue: -bad)
+                if e == .noMemory {
+                    throw MemWallError(.noMemoryOnNode, "node \(nodeID) has no room for \(stray.count) more pages of \(region)", function: "move_pages", errno: e)
+                }
+                throw .system("move_pages", e, "\(status.filter { $0 < 0 }.count) of \(pageCount) pages of \(region) would not move to node \(nodeID)")
+            }
+            usleep(1000)
+        }
+    }
+
     /// Faults every page in now, so allocation failures surface here and not
     /// as a fault on first touch in the middle of a transfer.
     private func populate(_ p: UnsafeMutableRawPointer, _ length: Int, _ nodeID: Int) throws(MemWallError) {
@@ -246,9 +299,13 @@ public final class NUMAAllocator: Sendable {
     /// with no target nodes only reports).
     /// - Throws: `systemCall` when the kernel refuses the query.
     public func pageLocations(of region: MemoryRegion) throws(MemWallError) -> PageLocations {
+        try pageLocations(of: region, pageStatus: false).summary
+    }
+
+    func pageLocations(of region: MemoryRegion, pageStatus: Bool) throws(MemWallError) -> (summary: PageLocations, status: [Int32]) {
         let count = region.byteCount / PageSize.bytes
         guard kernelNUMA else {
-            return PageLocations(pagesPerNode: [0: count], notPresent: 0, pageCount: count)
+            return (PageLocations(pagesPerNode: [0: count], notPresent: 0, pageCount: count), Array(repeating: 0, count: count))
         }
         var pages = [UnsafeMutableRawPointer?](repeating: nil, count: count)
         for i in 0..<count { pages[i] = region.baseAddress + i * PageSize.bytes }
@@ -266,7 +323,7 @@ public final class NUMAAllocator: Sendable {
         for s in status {
             if s >= 0 { perNode[Int(s), default: 0] += 1 } else { absent += 1 }
         }
-        return PageLocations(pagesPerNode: perNode, notPresent: absent, pageCount: count)
+        return (PageLocations(pagesPerNode: perNode, notPresent: absent, pageCount: count), status)
     }
 
     /// Relocates `region` to `node`.
@@ -292,7 +349,7 @@ public final class NUMAAllocator: Sendable {
                 throw MemWallError(.noMemoryOnNode,
                     "node \(nodeID) has \(ByteCount(dest.freeBytes)) free; cannot migrate \(ByteCount(region.byteCount)) there")
             }
-            try bind(region.baseAddress, region.byteCount, to: nodeID, move: true)
+            try migrate(region, to: nodeID)
             region.updatePlacement(dest.placement)
             return MoveReport(region: region, strategy: .migratePages, nanoseconds: MonotonicClock.nanoseconds() &- start)
         case .copy, .automatic:
@@ -341,13 +398,4 @@ public final class NUMAAllocator: Sendable {
 /// release closure, which gives them back.
 final class EmulatedPoolUsage: Sendable {
     let bytes = Atomic<Int>(0)
-}
-
-extension String {
-    func trimmingWhitespace() -> String {
-        var s = Substring(self)
-        while let c = s.first, c.isWhitespace { s.removeFirst() }
-        while let c = s.last, c.isWhitespace { s.removeLast() }
-        return String(s)
-    }
 }

@@ -118,6 +118,13 @@ public final class NUMATransport: Transport {
         return request
     }
 
+    /// Threads a copy of `bytes` into `destinationNode` uses (1 when it runs inline).
+    /// - Throws: `systemCall` when the copy threads cannot be started.
+    public func copyThreads(bytes: Int, destinationNode: Int?) throws(MemWallError) -> Int {
+        guard bytes > policy.inlineBytes else { return 1 }
+        return policy.threads(for: bytes, available: try pool(near: destinationNode).threadCount)
+    }
+
     /// Source and destination addresses of one descriptor.
     static func endpoints(_ d: TransferDescriptor, isRead: Bool) -> (UnsafeRawPointer, UnsafeMutableRawPointer) {
         let local = d.local.baseAddress + d.localOffset

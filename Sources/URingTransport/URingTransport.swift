@@ -199,6 +199,31 @@ public final class URingTransport: Transport {
     /// Hands the descriptors to the ring (up to the queue depth; the rest
     /// follow as completions free room) and returns at once.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        let resolved = try resolve(prepared)
+        let (request, work) = makeWork(prepared, resolved)
+        engine.enqueue(work)
+        return request
+    }
+
+    /// Posts several lists with one `io_uring_enter` per batch of SQEs rather
+    /// than one per list. Every list is checked before any is enqueued.
+    public func post(batch: [PreparedTransfer]) throws(MemWallError) -> [TransferRequest] {
+        var resolved: [([URingOp], [Int32])] = []
+        resolved.reserveCapacity(batch.count)
+        for p in batch { resolved.append(try resolve(p)) }
+        var requests: [TransferRequest] = []
+        var work: [URingWork] = []
+        requests.reserveCapacity(batch.count)
+        for (p, r) in zip(batch, resolved) {
+            let (request, w) = makeWork(p, r)
+            requests.append(request)
+            work += w
+        }
+        engine.enqueue(work)
+        return requests
+    }
+
+    private func resolve(_ prepared: PreparedTransfer) throws(MemWallError) -> ([URingOp], [Int32]) {
         try checkOwnership(prepared)
         guard let ops = prepared.plan as? [URingOp] else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
@@ -206,6 +231,10 @@ public final class URingTransport: Transport {
         var buffers: [Int32] = []
         buffers.reserveCapacity(ops.count)
         for d in prepared.descriptors { buffers.append(try regions.attachment(of: d.local)) }
+        return (ops, buffers)
+    }
+
+    private func makeWork(_ prepared: PreparedTransfer, _ resolved: ([URingOp], [Int32])) -> (TransferRequest, [URingWork]) {
         let engine = self.engine
         let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: { [weak engine] in
             engine?.cancelRequested()
@@ -213,11 +242,10 @@ public final class URingTransport: Transport {
         let tracked = InFlightRequest(request: request, table: regions)
         let isRead = prepared.operation == .read
         var work: [URingWork] = []
-        work.reserveCapacity(ops.count)
-        for (i, op) in ops.enumerated() {
-            work.append(URingWork(tracked: tracked, index: i, op: op, bufferIndex: buffers[i], isRead: isRead))
+        work.reserveCapacity(resolved.0.count)
+        for (i, op) in resolved.0.enumerated() {
+            work.append(URingWork(tracked: tracked, index: i, op: op, bufferIndex: resolved.1[i], isRead: isRead))
         }
-        engine.enqueue(work)
-        return request
+        return (request, work)
     }
 }
