@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-@preconcurrency internal import CNUMA
+@preconcurrency import CNUMA
 import MemWallCore
 import Synchronization
 import Transport

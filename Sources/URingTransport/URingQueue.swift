@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CURing
+import CURing
 import CMemWallShim
 import MemWallCore
 
