@@ -2,6 +2,7 @@
 import Glibc
 #endif
 @preconcurrency import CNUMA
+import CMemWallShim
 import MemWallCore
 import Synchronization
 import Transport
@@ -151,13 +152,15 @@ public final class NUMAAllocator: Sendable {
     /// - Throws: `notFound` for an unknown node (valid ones are listed),
     ///   `noMemoryOnNode` when the node has less free memory, `invalidArgument`
     ///   for a size ≤ 0, `systemCall` from `mmap`/`mbind`.
-    public func allocate(byteCount: Int, on nodeID: Int) throws(MemWallError) -> MemoryRegion {
+    /// - Parameter transparentHugePages: Ask for 2 MiB pages (`MADV_HUGEPAGE`)
+    ///   before faulting in, so large buffers cost fewer TLB misses.
+    public func allocate(byteCount: Int, on nodeID: Int, transparentHugePages: Bool = false) throws(MemWallError) -> MemoryRegion {
         guard byteCount > 0 else {
             throw .invalid("region size", byteCount, expected: "a positive number of bytes")
         }
         let node = try node(nodeID)
         let length = PageSize.roundUp(byteCount)
-        if node.isEmulated { return try allocateEmulated(length, node) }
+        if node.isEmulated { return try allocateEmulated(length, node, transparentHugePages) }
         guard length <= node.freeBytes else {
             throw MemWallError(.noMemoryOnNode,
                 "node \(nodeID) has \(ByteCount(node.freeBytes)) free of \(ByteCount(node.totalBytes)); cannot place \(ByteCount(length)) there")
@@ -168,6 +171,8 @@ public final class NUMAAllocator: Sendable {
         }
         do throws(MemWallError) {
             if kernelNUMA { try bind(p, length, to: nodeID, move: false) }
+            // Advice only: a kernel without THP keeps 4 KiB pages.
+            if transparentHugePages { _ = madvise(p, length, memwall_madv_hugepage()) }
             try populate(p, length, nodeID)
         } catch {
             munmap(p, length)
@@ -176,7 +181,7 @@ public final class NUMAAllocator: Sendable {
         return MemoryRegion(adopting: p, byteCount: length, placement: node.placement) { ptr, len in munmap(ptr, len) }
     }
 
-    private func allocateEmulated(_ length: Int, _ node: Node) throws(MemWallError) -> MemoryRegion {
+    private func allocateEmulated(_ length: Int, _ node: Node, _ hugePages: Bool) throws(MemWallError) -> MemoryRegion {
         let capacity = emulatedCapacity
         let reserved = emulatedUsed.bytes.wrappingAdd(length, ordering: .relaxed).newValue
         guard reserved <= capacity else {
@@ -190,6 +195,7 @@ public final class NUMAAllocator: Sendable {
             throw .system("mmap", .current, "cannot reserve \(ByteCount(length)) for the emulated far-memory pool")
         }
         do throws(MemWallError) {
+            if hugePages { _ = madvise(p, length, memwall_madv_hugepage()) }
             try populate(p, length, node.id)
         } catch {
             munmap(p, length)

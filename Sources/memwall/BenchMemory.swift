@@ -171,8 +171,8 @@ enum MemoryBench {
     /// measured the same way on the same buffers, a one-thread memcpy.
     static func copy(transport: NUMATransport, allocator: NUMAAllocator, from: NUMAAllocator.Node, to: NUMAAllocator.Node,
                      bytes: Int, seconds: Double) throws -> CopyPoint {
-        let src = try allocator.allocate(byteCount: bytes, on: from.id)
-        let dst = try allocator.allocate(byteCount: bytes, on: to.id)
+        let src = try allocator.allocate(byteCount: bytes, on: from.id, transparentHugePages: true)
+        let dst = try allocator.allocate(byteCount: bytes, on: to.id, transparentHugePages: true)
         src.withUnsafeMutableBytes { b in _ = b.initializeMemory(as: UInt8.self, repeating: 0xA5) }
         try transport.register(src)
         defer { try? transport.deregister(src) }
@@ -212,7 +212,7 @@ enum MemoryBench {
     /// pinned to `cpus`. Random order defeats the prefetchers; every load
     /// depends on the one before, so loads cannot overlap.
     static func chase(allocator: NUMAAllocator, cpus: [Int], memoryNode: Int, bytes: Int, loads: Int) throws -> Double {
-        let region = try allocator.allocate(byteCount: bytes, on: memoryNode)
+        let region = try allocator.allocate(byteCount: bytes, on: memoryNode, transparentHugePages: true)
         let line = 64
         let lines = region.byteCount / line
         var order = Array(0..<lines)
