@@ -81,9 +81,9 @@ public final class NUMATransport: Transport {
     /// Copies; small requests inline, larger ones on threads near the destination.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
         try checkOwnership(prepared)
-        for d in prepared.descriptors { _ = try regions.attachment(of: d.local) }
+        let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
-        let tracked = InFlightRequest(request: request, table: regions)
+        let tracked = InFlightRequest(request: request, uses: uses)
         let isRead = prepared.operation == .read
         if prepared.totalBytes <= policy.inlineBytes {
             for (i, d) in prepared.descriptors.enumerated() {
@@ -163,7 +163,7 @@ final class ChunkJoin: Sendable {
 
     init(parts: Int) { remaining = Atomic(parts) }
 
-    func finish(_ tracked: InFlightRequest<Void>, descriptor i: Int, length: Int, cancelled: Bool) {
+    func finish(_ tracked: InFlightRequest, descriptor i: Int, length: Int, cancelled: Bool) {
         if cancelled { anyCancelled.store(true, ordering: .relaxed) }
         guard remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
         if anyCancelled.load(ordering: .relaxed) {

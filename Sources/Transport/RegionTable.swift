@@ -3,13 +3,13 @@ import Synchronization
 
 /// The registration bookkeeping every transport needs: which regions are
 /// registered, what the transport attached to each (a fixed-buffer slot, an
-/// RDMA key), and how many posted requests still use each one — so that
+/// RDMA key), and how many posted descriptors still use each one — so that
 /// deregistering a region the kernel may still write is refused.
 public final class RegionTable<Attachment: Sendable>: Sendable {
     private struct Entry {
         var region: MemoryRegion
         var attachment: Attachment
-        var inFlight: Int
+        var use: RegionUse
     }
     private let entries = Mutex<[RegionID: Entry]>([:])
     private let transportName: String
@@ -25,7 +25,7 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
                 throw MemWallError(.alreadyExists,
                     "\(region) is already registered with '\(transportName)'; register each region once and reuse it")
             }
-            t[region.id] = Entry(region: region, attachment: try attach(), inFlight: 0)
+            t[region.id] = Entry(region: region, attachment: try attach(), use: RegionUse())
         }
     }
 
@@ -36,9 +36,10 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
             guard let e = t[region.id] else {
                 throw MemWallError(.notFound, "\(region) is not registered with '\(transportName)'")
             }
-            guard e.inFlight == 0 else {
+            let busy = e.use.count
+            guard busy == 0 else {
                 throw MemWallError(.invalidArgument,
-                    "\(region) is used by \(e.inFlight) request(s) in flight on '\(transportName)'; wait for them before deregistering")
+                    "\(region) is used by \(busy) descriptor(s) in flight on '\(transportName)'; wait for them before deregistering")
             }
             t[region.id] = nil
             return e.attachment
@@ -49,20 +50,31 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
     /// - Throws: `notFound` naming the region and the call to make first.
     public func attachment(of region: MemoryRegion) throws(MemWallError) -> Attachment {
         guard let a = entries.withLock({ $0[region.id]?.attachment }) else {
-            throw MemWallError(.notFound,
-                "\(region) is not registered with '\(transportName)'; call register(_:) on the transport first")
+            throw notRegistered(region)
         }
         return a
     }
 
-    /// Marks each region as used by one more request in flight.
-    public func retain(_ regions: [MemoryRegion]) {
-        entries.withLock { t in for r in regions { t[r.id]?.inFlight += 1 } }
+    /// For each local region (one per descriptor), its attachment and its use
+    /// counter, already incremented — under one lock, so a region cannot be
+    /// deregistered between the check and the mark.
+    /// - Throws: `notFound` for an unregistered region (nothing is marked then).
+    public func acquire(_ locals: [MemoryRegion]) throws(MemWallError) -> [(Attachment, RegionUse)] {
+        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) -> [(Attachment, RegionUse)] in
+            var out: [(Attachment, RegionUse)] = []
+            out.reserveCapacity(locals.count)
+            for r in locals {
+                guard let e = t[r.id] else { throw notRegistered(r) }
+                out.append((e.attachment, e.use))
+            }
+            for (_, use) in out { use.acquire() }
+            return out
+        }
     }
 
-    /// Undoes ``retain(_:)`` once the request is final.
-    public func release(_ regions: [MemoryRegion]) {
-        entries.withLock { t in for r in regions { t[r.id]?.inFlight -= 1 } }
+    private func notRegistered(_ region: MemoryRegion) -> MemWallError {
+        MemWallError(.notFound,
+            "\(region) is not registered with '\(transportName)'; call register(_:) on the transport first")
     }
 
     /// Every registered region with its attachment (for teardown).
@@ -74,29 +86,35 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
     public var count: Int { entries.withLock { $0.count } }
 }
 
-/// One posted request as its transport tracks it: completes descriptors and,
-/// just before the last one finishes, releases the regions' in-flight marks
-/// (so a caller woken by the completion may deregister at once).
-package final class InFlightRequest<Attachment: Sendable>: Sendable {
-    package let request: TransferRequest
-    private let remaining: Atomic<Int>
-    private let table: RegionTable<Attachment>
-    private let regions: [MemoryRegion]
+/// How many posted descriptors use one registered region; released without a lock.
+public final class RegionUse: Sendable {
+    private let inFlight = Atomic<Int>(0)
+    /// Creates a counter at zero.
+    public init() {}
+    /// Descriptors in flight now.
+    public var count: Int { inFlight.load(ordering: .acquiring) }
+    /// One more descriptor uses the region.
+    public func acquire() { inFlight.add(1, ordering: .relaxed) }
+    /// One descriptor finished with the region.
+    public func release() { inFlight.subtract(1, ordering: .releasing) }
+}
 
-    package init(request: TransferRequest, table: RegionTable<Attachment>) {
+/// One posted request as its transport tracks it: each descriptor gives back
+/// its region's use just before it completes (so a caller woken by the
+/// completion may deregister at once).
+package final class InFlightRequest: Sendable {
+    package let request: TransferRequest
+    private let uses: [RegionUse]
+
+    /// - Parameter uses: One per descriptor, from ``RegionTable/acquire(_:)``.
+    package init(request: TransferRequest, uses: [RegionUse]) {
         self.request = request
-        self.table = table
-        var seen = Set<RegionID>()
-        self.regions = request.prepared.descriptors.compactMap { seen.insert($0.local.id).inserted ? $0.local : nil }
-        self.remaining = Atomic(request.prepared.descriptors.count)
-        table.retain(regions)
+        self.uses = uses
     }
 
     /// Reports descriptor `index`; call exactly once per descriptor.
     package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
-        if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            table.release(regions)
-        }
+        uses[index].release()
         request.complete(descriptor: index, result)
     }
 }

@@ -92,9 +92,9 @@ public final class ThreadPoolStorageTransport: Transport {
         guard let ops = prepared.plan as? [ResolvedStorageOp] else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
         }
-        for d in prepared.descriptors { _ = try regions.attachment(of: d.local) }
+        let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
-        let tracked = InFlightRequest(request: request, table: regions)
+        let tracked = InFlightRequest(request: request, uses: uses)
         let isRead = prepared.operation == .read
         let funnel = self.funnel
         var jobs: [@Sendable () -> Void] = []

@@ -20,7 +20,7 @@ struct URingOp: Sendable {
 
 /// A descriptor on its way through the ring (queued, in flight, or resubmitted).
 struct URingWork {
-    var tracked: InFlightRequest<Int32>
+    var tracked: InFlightRequest
     var index: Int
     var op: URingOp
     /// Registered-buffer slot, or -1 for a plain read/write.
@@ -47,7 +47,6 @@ final class URingEngine: Sendable {
         var freeSlots: [Int]
         var inFlight = 0
         var stopping = false
-        var submitError: MemWallError?
     }
 
     static let wakeTag: UInt64 = .max
@@ -59,7 +58,11 @@ final class URingEngine: Sendable {
     let queueDepth: Int
     let batchSize: Int
     let funnel: SyscallFunnel
+    /// Queues, slots and counters. Never held across a system call, so the
+    /// reaper and posting threads only ever wait for each other briefly.
     private let state: Mutex<State>
+    /// Serialises use of the submission queue (filling SQEs and io_uring_enter).
+    private let submission = Mutex<Void>(())
 
     init(queue: consuming URingQueue, queueDepth: Int, batchSize: Int, funnel: SyscallFunnel) {
         self.queue = queue
@@ -88,11 +91,8 @@ final class URingEngine: Sendable {
 
     /// Queues work and hands as much as the depth allows to the kernel.
     func enqueue(_ work: [URingWork]) {
-        let finished = state.withLock { s -> [(URingWork, Result<Int, MemWallError>)] in
-            s.queued.append(contentsOf: work)
-            return pump(&s)
-        }
-        deliver(finished)
+        state.withLock { s in s.queued.append(contentsOf: work) }
+        pump()
     }
 
     /// Finishes as cancelled the queued work of every request that asked to
@@ -102,7 +102,7 @@ final class URingEngine: Sendable {
             var out: [(URingWork, Result<Int, MemWallError>)] = []
             var kept: [URingWork] = []
             for w in s.queued[s.queuedHead...] {
-                if w.done == 0 && w.tracked.request.isCancellationRequested {
+                if w.tracked.request.isCancellationRequested {
                     out.append((w, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
                 } else {
                     kept.append(w)
@@ -121,13 +121,15 @@ final class URingEngine: Sendable {
             s.stopping = true
             let rest = Array(s.queued[s.queuedHead...]) + s.resubmit
             s.queued = []; s.queuedHead = 0; s.resubmit = []
+            return rest.map { ($0, .failure(MemWallError(.cancelled, "the io_uring transport shut down before it was submitted"))) }
+        }
+        submission.withLock { _ in
             // A NOP wakes the reaper even when nothing is in flight.
             if let sqe = io_uring_get_sqe(queue.ring) {
                 io_uring_prep_nop(sqe)
                 io_uring_sqe_set_data64(sqe, URingEngine.wakeTag)
             }
             _ = io_uring_submit(queue.ring)
-            return rest.map { ($0, .failure(MemWallError(.cancelled, "the io_uring transport shut down before it was submitted"))) }
         }
         deliver(finished)
     }
@@ -136,53 +138,81 @@ final class URingEngine: Sendable {
         for (w, r) in finished { w.tracked.complete(descriptor: w.index, r) }
     }
 
-    /// Moves queued work into SQEs while the depth allows, submitting every
-    /// `batchSize` SQEs. Runs under the lock. Returns work finished without
-    /// reaching the kernel (cancelled before submission).
-    private func pump(_ s: inout State) -> [(URingWork, Result<Int, MemWallError>)] {
-        var finished: [(URingWork, Result<Int, MemWallError>)] = []
-        var prepared = 0
-        let ring = queue.ring
-        while s.inFlight < queueDepth && !s.stopping {
-            var work: URingWork
-            if let w = s.resubmit.popLast() {
-                work = w
-            } else if s.queuedHead < s.queued.count {
-                work = s.queued[s.queuedHead]
-                s.queuedHead += 1
-                if s.queuedHead == s.queued.count { s.queued.removeAll(keepingCapacity: true); s.queuedHead = 0 }
-            } else {
-                break
-            }
-            if work.done == 0 && work.retries == 0 && work.tracked.request.isCancellationRequested {
-                finished.append((work, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
-                continue
-            }
-            guard let sqe = io_uring_get_sqe(ring) else {
-                // SQ full of unsubmitted entries: submit, then retry this one.
-                _ = io_uring_submit(ring)
-                prepared = 0
-                guard let sqe2 = io_uring_get_sqe(ring) else {
-                    s.resubmit.append(work)
+    /// Moves queued work into the ring while the depth allows: slots are taken
+    /// under the state lock, SQEs filled and submitted (every `batchSize`) under
+    /// the submission lock. A slot is filled before its SQE exists, so its CQE
+    /// always finds it.
+    private func pump() {
+        let (taken, cancelled) = state.withLock { s -> ([(Int, URingWork)], [(URingWork, Result<Int, MemWallError>)]) in
+            var taken: [(Int, URingWork)] = []
+            var cancelled: [(URingWork, Result<Int, MemWallError>)] = []
+            while s.inFlight < queueDepth && !s.stopping {
+                let work: URingWork
+                if let w = s.resubmit.popLast() {
+                    work = w
+                } else if s.queuedHead < s.queued.count {
+                    work = s.queued[s.queuedHead]
+                    s.queuedHead += 1
+                    if s.queuedHead == s.queued.count { s.queued.removeAll(keepingCapacity: true); s.queuedHead = 0 }
+                } else {
                     break
                 }
-                fill(sqe2, &work, &s)
-                prepared += 1
-                continue
+                if work.done == 0 && work.retries == 0 && work.tracked.request.isCancellationRequested {
+                    cancelled.append((work, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
+                    continue
+                }
+                let slot = s.freeSlots.removeLast()
+                s.slots[slot] = work
+                s.inFlight += 1
+                taken.append((slot, work))
             }
-            fill(sqe, &work, &s)
-            prepared += 1
-            if prepared >= batchSize {
-                submit(&s)
-                prepared = 0
-            }
+            return (taken, cancelled)
         }
-        if io_uring_sq_ready(ring) > 0 { submit(&s) }
-        return finished
+        deliver(cancelled)
+        guard !taken.isEmpty else { return }
+        let unplaced = submission.withLock { _ -> [Int] in
+            let ring = queue.ring
+            var unplaced: [Int] = []
+            var pending = 0
+            for (slot, work) in taken {
+                var sqe = io_uring_get_sqe(ring)
+                if sqe == nil {
+                    // SQEs left from a refused submit fill the ring: push them first.
+                    _ = submitLocked()
+                    pending = 0
+                    sqe = io_uring_get_sqe(ring)
+                }
+                guard let sqe else { unplaced.append(slot); continue }
+                fill(sqe, work, slot: slot)
+                pending += 1
+                if pending >= batchSize { _ = submitLocked(); pending = 0 }
+            }
+            if pending > 0 { _ = submitLocked() }
+            return unplaced
+        }
+        if !unplaced.isEmpty {
+            // No SQE could be had: give the slots back and retry after the next completion.
+            let dropped = state.withLock { s -> [(URingWork, Result<Int, MemWallError>)] in
+                var dropped: [(URingWork, Result<Int, MemWallError>)] = []
+                for slot in unplaced {
+                    if let w = s.slots[slot] {
+                        if s.stopping {
+                            dropped.append((w, .failure(MemWallError(.cancelled, "the io_uring transport shut down before it was submitted"))))
+                        } else {
+                            s.resubmit.append(w)
+                        }
+                    }
+                    s.slots[slot] = nil
+                    s.freeSlots.append(slot)
+                    s.inFlight -= 1
+                }
+                return dropped
+            }
+            deliver(dropped)
+        }
     }
 
-    private func fill(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ work: inout URingWork, _ s: inout State) {
-        let slot = s.freeSlots.removeLast()
+    private func fill(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ work: URingWork, slot: Int) {
         let address = UnsafeMutableRawPointer(bitPattern: work.op.bufferAddress + UInt(work.done))
         let count = UInt32(min(work.op.length - work.done, URingEngine.maximumChunk))
         let offset = UInt64(work.op.offset + Int64(work.done))
@@ -197,18 +227,18 @@ final class URingEngine: Sendable {
             sqe.pointee.flags |= UInt8(1 << IOSQE_FIXED_FILE_BIT)
         }
         io_uring_sqe_set_data64(sqe, UInt64(slot))
-        s.slots[slot] = work
-        s.inFlight += 1
     }
 
-    private func submit(_ s: inout State) {
+    /// `io_uring_submit`, with the submission lock held.
+    private func submitLocked() -> Int32 {
         var r: Int32
         repeat { r = io_uring_submit(queue.ring) } while r == -EINTR
         // EAGAIN/EBUSY: the kernel is short of resources or the CQ is full; the
         // SQEs stay in the ring and go with the next submit (after reaping).
         if r < 0 && r != -EAGAIN && r != -EBUSY {
-            s.submitError = .system("io_uring_submit", Errno(rawValue: -r), "submitting to the io_uring failed")
+            StandardError.write("memwall: io_uring_submit: \(Errno(rawValue: -r)); the SQEs stay queued and are retried\n")
         }
+        return r
     }
 
     /// The reaper: waits for CQEs, resumes short transfers, retries transient
@@ -236,7 +266,7 @@ final class URingEngine: Sendable {
                 if let c = cqes[i] { results.append((c.pointee.user_data, c.pointee.res)) }
             }
             io_uring_cq_advance(ring, UInt32(n))
-            let (finished, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool) in
+            let (finished, needsPump, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool, Bool) in
                 var out: [(URingWork, Result<Int, MemWallError>)] = []
                 for (tag, res) in results where tag != URingEngine.wakeTag {
                     let slot = Int(tag)
@@ -253,16 +283,11 @@ final class URingEngine: Sendable {
                         s.resubmit.append(work)
                     }
                 }
-                out += pump(&s)
-                if let e = s.submitError {
-                    s.submitError = nil
-                    // What pump prepared but could not submit is still in the SQ
-                    // and will go with the next successful submit; report nothing here.
-                    StandardError.write("memwall: \(e)\n")
-                }
-                return (out, s.stopping && s.inFlight == 0)
+                let more = !s.resubmit.isEmpty || s.queuedHead < s.queued.count
+                return (out, more && !s.stopping, s.stopping && s.inFlight == 0)
             }
             deliver(finished)
+            if needsPump { pump() }
             if exit { return }
         }
     }

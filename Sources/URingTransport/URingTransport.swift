@@ -199,52 +199,62 @@ public final class URingTransport: Transport {
     /// Hands the descriptors to the ring (up to the queue depth; the rest
     /// follow as completions free room) and returns at once.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
-        let resolved = try resolve(prepared)
-        let (request, work) = makeWork(prepared, resolved)
+        let (request, work) = try makeWork(prepared, try resolve(prepared))
         engine.enqueue(work)
         return request
     }
 
     /// Posts several lists with one `io_uring_enter` per batch of SQEs rather
-    /// than one per list. Every list is checked before any is enqueued.
+    /// than one per list. Every list is checked before anything is enqueued:
+    /// when one is refused, none of the batch is submitted.
     public func post(batch: [PreparedTransfer]) throws(MemWallError) -> [TransferRequest] {
-        var resolved: [([URingOp], [Int32])] = []
+        var resolved: [[URingOp]] = []
         resolved.reserveCapacity(batch.count)
         for p in batch { resolved.append(try resolve(p)) }
         var requests: [TransferRequest] = []
         var work: [URingWork] = []
         requests.reserveCapacity(batch.count)
-        for (p, r) in zip(batch, resolved) {
-            let (request, w) = makeWork(p, r)
-            requests.append(request)
-            work += w
+        do throws(MemWallError) {
+            for (p, ops) in zip(batch, resolved) {
+                let (request, w) = try makeWork(p, ops)
+                requests.append(request)
+                work += w
+            }
+        } catch {
+            // Nothing of the batch reaches the kernel: the lists already built
+            // finish as cancelled, which also gives back their regions.
+            for w in work {
+                w.tracked.complete(descriptor: w.index, .failure(MemWallError(.cancelled,
+                    "not submitted: another list of the same batch was refused (\(error.message))")))
+            }
+            throw error
         }
         engine.enqueue(work)
         return requests
     }
 
-    private func resolve(_ prepared: PreparedTransfer) throws(MemWallError) -> ([URingOp], [Int32]) {
+    private func resolve(_ prepared: PreparedTransfer) throws(MemWallError) -> [URingOp] {
         try checkOwnership(prepared)
         guard let ops = prepared.plan as? [URingOp] else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
         }
-        var buffers: [Int32] = []
-        buffers.reserveCapacity(ops.count)
-        for d in prepared.descriptors { buffers.append(try regions.attachment(of: d.local)) }
-        return (ops, buffers)
+        return ops
     }
 
-    private func makeWork(_ prepared: PreparedTransfer, _ resolved: ([URingOp], [Int32])) -> (TransferRequest, [URingWork]) {
+    /// Marks the regions in use (this is where an unregistered region is refused)
+    /// and builds the request and its work items.
+    private func makeWork(_ prepared: PreparedTransfer, _ ops: [URingOp]) throws(MemWallError) -> (TransferRequest, [URingWork]) {
+        let acquired = try regions.acquire(prepared.descriptors.map(\.local))
         let engine = self.engine
         let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: { [weak engine] in
             engine?.cancelRequested()
         })
-        let tracked = InFlightRequest(request: request, table: regions)
+        let tracked = InFlightRequest(request: request, uses: acquired.map(\.1))
         let isRead = prepared.operation == .read
         var work: [URingWork] = []
-        work.reserveCapacity(resolved.0.count)
-        for (i, op) in resolved.0.enumerated() {
-            work.append(URingWork(tracked: tracked, index: i, op: op, bufferIndex: resolved.1[i], isRead: isRead))
+        work.reserveCapacity(ops.count)
+        for (i, op) in ops.enumerated() {
+            work.append(URingWork(tracked: tracked, index: i, op: op, bufferIndex: acquired[i].0, isRead: isRead))
         }
         return (request, work)
     }

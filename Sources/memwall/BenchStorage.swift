@@ -252,24 +252,26 @@ enum StorageBench {
         var ios = 0
         let start = MonotonicClock.nanoseconds()
         let end = start + UInt64(seconds * 1e9)
-        var j = 0
         var finishedLanes: [Int] = []
         finishedLanes.reserveCapacity(qd)
-        var stop = false
-        while !stop {
-            let report = try inFlight[j].waitBlocking()
-            histogram.record(report.nanoseconds)
-            ios += 1
+        var idleScans = 0
+        while true {
+            // Any lane that finished is reposted at once, as fio does: waiting for
+            // the oldest would let the queue drain behind one slow I/O.
             finishedLanes.removeAll(keepingCapacity: true)
-            finishedLanes.append(j)
-            var k = (j + 1) % qd
-            while k != j, inFlight[k].poll() != .pending {
+            for k in 0..<qd where inFlight[k].poll() != .pending {
                 histogram.record(try inFlight[k].waitBlocking().nanoseconds)
-                ios += 1
                 finishedLanes.append(k)
-                k = (k + 1) % qd
             }
-            if MonotonicClock.nanoseconds() >= end { stop = true; break }
+            if finishedLanes.isEmpty {
+                idleScans += 1
+                // Yield the core to the completion thread; sleep only when I/O is slow.
+                if idleScans > 2_000 { usleep(10) } else { sched_yield() }
+                continue
+            }
+            idleScans = 0
+            ios += finishedLanes.count
+            if MonotonicClock.nanoseconds() >= end { break }
             let next = finishedLanes.map { lane -> PreparedTransfer in
                 let p = lanes[lane][cursor[lane]]
                 cursor[lane] = (cursor[lane] + 1) % lanes[lane].count
@@ -277,7 +279,6 @@ enum StorageBench {
             }
             let posted = try transport.post(batch: next)
             for (lane, r) in zip(finishedLanes, posted) { inFlight[lane] = r }
-            j = k
         }
         let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
         // Drain without counting: what was still in flight when time ran out.

@@ -126,5 +126,11 @@ struct StorageConformanceInLab {
         #expect(t.accessMode == .bufferedFallback)
         #expect(t.fallbackReason?.contains("O_DIRECT") == true)
         #expect(t.alignment == 1)
+        let required = "/tmp/.memwall-lab-required-\(getpid()).bin"
+        #expect {
+            _ = try StorageTarget(path: required, createWithSize: 4096, requireDirect: true)
+        } throws: { ($0 as? MemWallError)?.code == .unsupported }
+        #expect(access(required, F_OK) != 0, "a refused O_DIRECT open must not leave the file it created")
+        unlink(required)
     }
 }
