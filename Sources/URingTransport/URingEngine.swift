@@ -63,6 +63,8 @@ final class URingEngine: Sendable {
     private let state: Mutex<State>
     /// Serialises use of the submission queue (filling SQEs and io_uring_enter).
     private let submission = Mutex<Void>(())
+    /// Serialises taking CQEs off the completion queue (reaper or a polling caller).
+    private let completion = Mutex<Void>(())
 
     init(queue: consuming URingQueue, queueDepth: Int, batchSize: Int, funnel: SyscallFunnel) {
         self.queue = queue
@@ -241,15 +243,10 @@ final class URingEngine: Sendable {
         return r
     }
 
-    /// The reaper: waits for CQEs, resumes short transfers, retries transient
-    /// errors, completes descriptors, refills the ring; exits once stopped and drained.
+    /// The reaper: sleeps in the kernel until a CQE is there, then reaps;
+    /// exits once stopped and drained.
     private func reap() {
         let ring = queue.ring
-        let batch = 64
-        let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: batch)
-        defer { cqes.deallocate() }
-        var results: [(UInt64, Int32)] = []
-        results.reserveCapacity(batch)
         while true {
             var first: UnsafeMutablePointer<io_uring_cqe>?
             let w = io_uring_wait_cqe(ring, &first)
@@ -260,36 +257,67 @@ final class URingEngine: Sendable {
                 usleep(1000)
                 continue
             }
-            let n = Int(io_uring_peek_batch_cqe(ring, cqes, UInt32(batch)))
-            results.removeAll(keepingCapacity: true)
-            for i in 0..<n {
-                if let c = cqes[i] { results.append((c.pointee.user_data, c.pointee.res)) }
-            }
-            io_uring_cq_advance(ring, UInt32(n))
-            let (finished, needsPump, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool, Bool) in
-                var out: [(URingWork, Result<Int, MemWallError>)] = []
-                for (tag, res) in results where tag != URingEngine.wakeTag {
-                    let slot = Int(tag)
-                    guard slot < s.slots.count, var work = s.slots[slot] else { continue }
-                    s.slots[slot] = nil
-                    s.freeSlots.append(slot)
-                    s.inFlight -= 1
-                    if let outcome = settle(&work, res: res) {
-                        out.append((work, outcome))
-                    } else if s.stopping {
-                        out.append((work, .failure(MemWallError(.cancelled,
-                            "the io_uring transport shut down after \(work.done) of \(work.op.length) bytes"))))
-                    } else {
-                        s.resubmit.append(work)
-                    }
-                }
-                let more = !s.resubmit.isEmpty || s.queuedHead < s.queued.count
-                return (out, more && !s.stopping, s.stopping && s.inFlight == 0)
-            }
-            deliver(finished)
-            if needsPump { pump() }
-            if exit { return }
+            if reapReady().exit { return }
         }
+    }
+
+    /// Reaps until nothing is in flight (shutdown without a completion thread).
+    func drain() {
+        while !reapReady().exit { waitForCompletion(microseconds: 10_000) }
+    }
+
+    /// Sleeps until a CQE is in the completion queue or the time is up.
+    func waitForCompletion(microseconds: Int) {
+        var ts = __kernel_timespec(tv_sec: Int64(microseconds / 1_000_000), tv_nsec: Int64(microseconds % 1_000_000) * 1000)
+        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        _ = io_uring_wait_cqe_timeout(queue.ring, &cqe, &ts)
+    }
+
+    /// Takes every CQE that is there now (without waiting) and acts on it:
+    /// completes descriptors, queues resumptions and retries, refills the ring.
+    /// Safe from any thread: the reaper calls it after each wake-up, and a
+    /// caller that polls may call it to complete requests without a thread hop.
+    /// - Returns: CQEs taken, and whether the engine is stopped and drained.
+    @discardableResult
+    func reapReady() -> (count: Int, exit: Bool) {
+        let ring = queue.ring
+        let batch = 64
+        var results: [(UInt64, Int32)] = []
+        completion.withLock { _ in
+            withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: batch) { cqes in
+                guard let base = cqes.baseAddress else { return }
+                let n = Int(io_uring_peek_batch_cqe(ring, base, UInt32(batch)))
+                guard n > 0 else { return }
+                results.reserveCapacity(n)
+                for i in 0..<n {
+                    if let c = cqes[i] { results.append((c.pointee.user_data, c.pointee.res)) }
+                }
+                io_uring_cq_advance(ring, UInt32(n))
+            }
+        }
+        let (finished, needsPump, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool, Bool) in
+            var out: [(URingWork, Result<Int, MemWallError>)] = []
+            for (tag, res) in results where tag != URingEngine.wakeTag {
+                let slot = Int(tag)
+                guard slot < s.slots.count, var work = s.slots[slot] else { continue }
+                s.slots[slot] = nil
+                s.freeSlots.append(slot)
+                s.inFlight -= 1
+                if let outcome = settle(&work, res: res) {
+                    out.append((work, outcome))
+                } else if s.stopping {
+                    out.append((work, .failure(MemWallError(.cancelled,
+                        "the io_uring transport shut down after \(work.done) of \(work.op.length) bytes"))))
+                } else {
+                    s.resubmit.append(work)
+                }
+            }
+            let more = !s.resubmit.isEmpty || s.queuedHead < s.queued.count
+            return (out, more && !s.stopping, s.stopping && s.inFlight == 0)
+        }
+        deliver(finished)
+        if needsPump { pump() }
+        return (results.count, exit)
     }
 
     /// Decides what one CQE means: final (success or error) or "go again".

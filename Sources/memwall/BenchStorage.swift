@@ -49,6 +49,9 @@ struct BenchStorageCommand: AsyncParsableCommand {
     @Option(help: "SQEs per io_uring_enter.")
     var batch: Int = 8
 
+    @Option(help: "io_uring completions: 'poll' (this thread submits and reaps, as fio does) or 'thread' (the transport's completion thread).")
+    var completions: String = "poll"
+
     @Flag(help: "Allow writes to an existing file or block device (destroys its contents).")
     var allowWrite = false
 
@@ -64,6 +67,9 @@ struct BenchStorageCommand: AsyncParsableCommand {
         }
         guard seconds > 0, seconds <= 3600 else {
             throw ValidationError("invalid --seconds '\(seconds)': expected a duration in (0, 3600]")
+        }
+        guard completions == "poll" || completions == "thread" else {
+            throw ValidationError("invalid --completions '\(completions)': expected poll or thread")
         }
         guard batch >= 1 else { throw ValidationError("invalid --batch '\(batch)': expected at least 1") }
         for p in patterns.split(separator: ",") where StoragePattern(rawValue: String(p)) == nil {
@@ -114,7 +120,8 @@ struct BenchStorageCommand: AsyncParsableCommand {
     }
 
     private func makeTransport(queueDepth: Int) throws -> any Transport {
-        let config = URingConfiguration(queueDepth: queueDepth, batchSize: min(batch, queueDepth))
+        let config = URingConfiguration(queueDepth: queueDepth, batchSize: min(batch, queueDepth),
+                                        completionThread: completions == "thread")
         switch transport {
         case "pread-pool": return try ThreadPoolStorageTransport(queueDepth: queueDepth, reason: "pread/pwrite thread pool chosen with --transport pread-pool")
         case "auto": return try URingTransport.makeWithFallback(configuration: config)
@@ -124,7 +131,7 @@ struct BenchStorageCommand: AsyncParsableCommand {
 
     private func describe(_ t: any Transport) -> String {
         if let u = t as? URingTransport {
-            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"))"
+            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"); completions by \(u.configuration.completionThread ? "completion thread" : "polling caller"))"
         }
         return "\(t.name) (\(t.capabilities.implementation))"
     }
@@ -255,6 +262,7 @@ enum StorageBench {
         var finishedLanes: [Int] = []
         finishedLanes.reserveCapacity(qd)
         var idleScans = 0
+        let ring = transport as? URingTransport
         while true {
             // Any lane that finished is reposted at once, as fio does: waiting for
             // the oldest would let the queue drain behind one slow I/O.
@@ -264,6 +272,11 @@ enum StorageBench {
                 finishedLanes.append(k)
             }
             if finishedLanes.isEmpty {
+                // Poll the ring on this thread, as fio does, rather than wait for the completion thread.
+                if let ring {
+                    ring.reapCompletions(waitMicroseconds: 1000)
+                    continue
+                }
                 idleScans += 1
                 // Yield the core to the completion thread; sleep only when I/O is slow.
                 if idleScans > 2_000 { usleep(10) } else { sched_yield() }
@@ -282,7 +295,11 @@ enum StorageBench {
         }
         let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
         // Drain without counting: what was still in flight when time ran out.
-        for r in inFlight { _ = try? r.waitBlocking() }
+        for r in inFlight {
+            // In polling mode nothing completes unless this thread reaps.
+            while r.poll() == .pending { ring?.reapCompletions(waitMicroseconds: 1000) }
+            _ = try? r.waitBlocking()
+        }
         return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: transport.name,
                                  implementation: transport.capabilities.implementation.description, seconds: elapsed, ios: ios,
                                  iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
