@@ -74,7 +74,7 @@ fi
 if [ "$mode" = guest ]; then
   file=${MEMWALL_LAB_NVME:-/dev/nvme0n1}
   size=$(( $(blockdev --getsize64 "$file") ))
-  src_node=0; dst_node=1
+  src_node=0; dst_node=1; c_dst=1
   where="lab guest (QEMU TCG: node 1 CPU-less 250 ns/64 GB/s by HMAT, emulated NVMe $file)"
 else
   dir=${BENCH_DIR:-/var/tmp}
@@ -85,6 +85,8 @@ else
   fio --name=layout --filename="$file" --size="$size" --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=8 >/dev/null
   src_node=0; dst_node=$(.build/release/memwall bench memory --sizes 4k --seconds 0.01 --no-latency --quiet --json \
                           | python3 -c "import json,sys;n=json.load(sys.stdin)['nodes'];print(max(x['id'] for x in n))")
+  # The emulated far pool is DRAM on node 0: that is where the C reference copies to.
+  c_dst=0
   where="host $(uname -n) ($(nproc) CPUs; far node $dst_node $( [ "$dst_node" = 0 ] || echo '= emulated pool in DRAM'))"
 fi
 size_g=$(( size >> 20 ))M
@@ -96,30 +98,32 @@ fio_run() {  # rw bs qd -> "iops bytes_per_second"
     | python3 -c "import json,sys;r=json.load(sys.stdin)['jobs'][0]['read'];print(r['iops'],r['bw_bytes'])"
 }
 
-mw_run() {  # transport pattern qd -> "iops bytes_per_second"
+mw_run() {  # transport pattern qd [completions] -> "iops bytes_per_second"
   "$memwall" bench storage --file "$file" --size "$size_g" --transport "$1" --patterns "$2" --qd "$3" \
+      --completions "${4:-poll}" \
       --seconds "$secs" --quiet --json \
     | python3 -c "import json,sys;p=json.load(sys.stdin)['points'][0];print(p['iops'],p['gigabytesPerSecond']*1e9)"
 }
 
 avg() { python3 -c "import sys;v=[float(x) for x in sys.argv[1:]];print(sum(v)/len(v))" "$@"; }
 
-declare -a fr_iops mr_iops pr_iops fs_bw ms_bw
+declare -a fr_iops mr_iops mt_iops pr_iops fs_bw ms_bw
 for r in $(seq 1 "$rounds"); do
   echo "bench-local: round $r/$rounds: storage" >&2
   read -r a _ < <(fio_run randread 4k 32); fr_iops+=("$a")
   read -r a _ < <(mw_run io_uring randread 32); mr_iops+=("$a")
+  read -r a _ < <(mw_run io_uring randread 32 thread); mt_iops+=("$a")
   read -r a _ < <(mw_run pread-pool randread 32); pr_iops+=("$a")
   read -r _ b < <(fio_run read 1M 16); fs_bw+=("$b")
   read -r _ b < <(mw_run io_uring seqread 16); ms_bw+=("$b")
 done
-F_IOPS=$(avg "${fr_iops[@]}"); M_IOPS=$(avg "${mr_iops[@]}"); P_IOPS=$(avg "${pr_iops[@]}")
+F_IOPS=$(avg "${fr_iops[@]}"); M_IOPS=$(avg "${mr_iops[@]}"); P_IOPS=$(avg "${pr_iops[@]}"); T_IOPS=$(avg "${mt_iops[@]}")
 F_BW=$(avg "${fs_bw[@]}"); M_BW=$(avg "${ms_bw[@]}")
 
 echo "bench-local: memory" >&2
 declare -a c_bw m_bw
 for r in $(seq 1 "$rounds"); do
-  c_bw+=("$("$ref" $((64 << 20)) "$src_node" "$dst_node" "$secs")")
+  c_bw+=("$("$ref" $((64 << 20)) "$src_node" "$c_dst" "$secs")")
   m_bw+=("$("$memwall" bench memory --sizes 64M --seconds "$secs" --no-latency --quiet --json \
       | python3 -c "import json,sys;c=[x for x in json.load(sys.stdin)['copies'] if x['fromNode']==$src_node and x['toNode']==$dst_node][0];print(c['gigabytesPerSecond'], c['threads'])")")
 done
@@ -127,29 +131,31 @@ C_BW=$(avg "${c_bw[@]}")
 M_CP=$(avg $(for x in "${m_bw[@]}"; do echo "${x%% *}"; done))
 M_TH=${m_bw[0]##* }
 
-python3 - "$where" "$F_IOPS" "$M_IOPS" "$P_IOPS" "$F_BW" "$M_BW" "$C_BW" "$M_CP" "$M_TH" "$secs" "$rounds" "$mode" "$src_node" "$dst_node" "$file" <<'PY' > /tmp/memwall-bench-section.$$
+python3 - "$where" "$F_IOPS" "$M_IOPS" "$P_IOPS" "$F_BW" "$M_BW" "$C_BW" "$M_CP" "$M_TH" "$secs" "$rounds" "$mode" "$src_node" "$dst_node" "$file" "$T_IOPS" "$c_dst" "$(uptime | sed 's/.*load average: //')" <<'PY' > /tmp/memwall-bench-section.$$
 import sys, datetime
-where, fi, mi, pi, fb, mb, cb, mc, th, secs, rounds, mode, s, d, f = sys.argv[1:16]
+where, fi, mi, pi, fb, mb, cb, mc, th, secs, rounds, mode, s, d, f, ti, cd, load = sys.argv[1:19]
+ti = float(ti)
 fi, mi, pi, fb, mb, cb, mc = map(float, (fi, mi, pi, fb, mb, cb, mc))
 def ok(r, t): return "meets" if r >= t else "below"
 title = "### Lab guest" if mode == "guest" else "### Host"
 print(f"{title} ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC)\n")
-print(f"Where: {where}. Each figure is the mean of {rounds} interleaved rounds of {secs} s; release build.\n")
+print(f"Where: {where}. Each figure is the mean of {rounds} interleaved rounds of {secs} s; release build; load average at the end {load} (shared machine).\n")
 print("| measurement | memwall | reference | ratio | target |")
 print("|---|---|---|---|---|")
-print(f"| 4 KiB random read, QD32, O_DIRECT (IOPS) | {mi:,.0f} (io_uring) | {fi:,.0f} (fio io_uring) | {mi/fi:.2f}x | >= 1.0x: {ok(mi/fi,1.0)} |")
+print(f"| 4 KiB random read, QD32, O_DIRECT (IOPS) | {mi:,.0f} (io_uring, caller polls) | {fi:,.0f} (fio io_uring) | {mi/fi:.2f}x | >= 1.0x: {ok(mi/fi,1.0)} |")
+print(f"| same, completions by the transport's thread (IOPS) | {ti:,.0f} | {fi:,.0f} (fio io_uring) | {ti/fi:.2f}x | report |")
 print(f"| 1 MiB sequential read, QD16, O_DIRECT (GB/s) | {mb/1e9:.3f} (io_uring) | {fb/1e9:.3f} (fio io_uring) | {mb/fb:.2f}x | >= 0.95x: {ok(mb/fb,0.95)} |")
 print(f"| 4 KiB random read, QD32: io_uring vs own pread pool (IOPS) | {mi:,.0f} | {pi:,.0f} (pread-pool, 32 threads) | {mi/pi:.2f}x | report |")
-print(f"| 64 MiB copy node {s} -> node {d} (GB/s) | {mc:.2f} (numa transport, {th} threads) | {cb:.2f} (C memcpy, 1 thread) | {mc/cb:.2f}x | >= 0.9x: {ok(mc/cb,0.9)} |")
+print(f"| 64 MiB copy node {s} -> node {d} (GB/s) | {mc:.2f} (numa transport, {th} threads) | {cb:.2f} (C memcpy node {s} -> node {cd}, 1 thread) | {mc/cb:.2f}x | >= 0.9x: {ok(mc/cb,0.9)} |")
 print()
 print("Commands (the script runs them; FILE is " + (f"`{f}`" if mode == "guest" else "a scratch file laid out by fio") + "):\n")
 print("```")
 print(f"fio --name=ref --filename=FILE --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=io_uring --runtime={secs} --time_based --ramp_time=1 --norandommap")
-print(f"memwall bench storage --file FILE --transport io_uring --patterns randread --qd 32 --seconds {secs} --json")
+print(f"memwall bench storage --file FILE --transport io_uring --patterns randread --qd 32 --seconds {secs} --json   # --completions poll (default) / thread")
 print(f"memwall bench storage --file FILE --transport pread-pool --patterns randread --qd 32 --seconds {secs} --json")
 print(f"fio --name=ref --filename=FILE --rw=read --bs=1M --iodepth=16 --direct=1 --ioengine=io_uring --runtime={secs} --time_based --ramp_time=1")
 print(f"memwall bench storage --file FILE --transport io_uring --patterns seqread --qd 16 --seconds {secs} --json")
-print(f"Benchmarks/memcpy_ref {64<<20} {s} {d} {secs}     # cc -O2 Benchmarks/memcpy_ref.c -lnuma")
+print(f"Benchmarks/memcpy_ref {64<<20} {s} {cd} {secs}     # cc -O2 Benchmarks/memcpy_ref.c -lnuma")
 print(f"memwall bench memory --sizes 64M --seconds {secs} --no-latency --json")
 print("```")
 if mode == "guest":

@@ -5,11 +5,15 @@ import Transport
 ///
 /// Usage from a test target (Swift Testing):
 /// ```swift
-/// @Test(arguments: ConformanceCheck.allCases)
+/// @Test(arguments: TransportConformance.applicableChecks(for: fixture))
 /// func conformance(_ check: ConformanceCheck) async throws {
-///     if case .skipped(let why) = try await TransportConformance.run(check, on: fixture) {
-///         try Test.cancel(why)
-///     }
+///     let outcome = try await TransportConformance.run(check, on: fixture)
+///     if case .skipped(let why) = outcome { Issue.record("\(check) should apply: \(why)") }
+/// }
+/// // Checks that do not apply are one visible skip with their reasons (a
+/// // cancelled *case* of a parameterized test is reported as passed by swift test):
+/// @Test func checksThatDoNotApply() throws {
+///     try Test.cancel(Comment(rawValue: try #require(TransportConformance.skippedChecksSummary(for: fixture))))
 /// }
 /// ```
 /// A broken promise throws ``ConformanceFailure``; a check that does not apply
@@ -40,6 +44,33 @@ public enum TransportConformance {
         case .faultIOError: return try await c.fault(.error(.ioError), expectFailure: .ioError)
         case .noLeak: return try await c.noLeak()
         }
+    }
+
+    /// Why `check` does not apply to `fixture`, or `nil` when it does. Decided
+    /// from the fixture alone, so a test target can run only the checks that
+    /// apply and report the others as skipped with this reason.
+    public static func inapplicability(of check: ConformanceCheck, for fixture: ConformanceFixture) -> String? {
+        switch check {
+        case .alignmentErrors where fixture.alignment <= 1:
+            return "\(fixture.name) accepts any alignment (memory or buffered target), so there is no misalignment to refuse"
+        case .faultInterrupted, .faultWouldBlock, .faultShortTransfer, .faultNoMemory, .faultIOError:
+            return fixture.faultPoints.isEmpty
+                ? "\(fixture.name) makes no system call on its data path (a CPU copy), so there is no funnel result to fault"
+                : nil
+        default:
+            return nil
+        }
+    }
+
+    /// The checks that apply to `fixture`, in suite order.
+    public static func applicableChecks(for fixture: ConformanceFixture, among checks: [ConformanceCheck] = ConformanceCheck.allCases) -> [ConformanceCheck] {
+        checks.filter { inapplicability(of: $0, for: fixture) == nil }
+    }
+
+    /// One line naming every check that does not apply to `fixture` and why; `nil` when all apply.
+    public static func skippedChecksSummary(for fixture: ConformanceFixture, among checks: [ConformanceCheck] = ConformanceCheck.allCases) -> String? {
+        let skipped = checks.compactMap { c in inapplicability(of: c, for: fixture).map { "\(c): \($0)" } }
+        return skipped.isEmpty ? nil : skipped.joined(separator: "; ")
     }
 
     /// Runs every check in order and returns each outcome; stops at the first failure.
@@ -251,9 +282,7 @@ struct Checker {
     }
 
     func alignmentErrors() throws -> ConformanceOutcome {
-        guard a > 1 else {
-            return .skipped("\(fixture.name) accepts any alignment (memory or buffered target), so there is nothing to refuse")
-        }
+        if let why = TransportConformance.inapplicability(of: check, for: fixture) { return .skipped(why) }
         let t = try fixture.makeTransport(.system)
         let target = try fixture.makeTarget(TransportConformance.targetSize)
         let local = try fixture.makeLocal(64 * 1024)
@@ -400,9 +429,7 @@ struct Checker {
     }
 
     func fault(_ injected: InjectedFault, expectFailure: Errno?) async throws -> ConformanceOutcome {
-        guard !fixture.faultPoints.isEmpty else {
-            return .skipped("\(fixture.name) makes no system call on its data path (a CPU copy), so there is no funnel result to fault")
-        }
+        if let why = TransportConformance.inapplicability(of: check, for: fixture) { return .skipped(why) }
         var notes: [String] = []
         for op in [TransferOperation.write, .read] {
             guard let function = fixture.faultPoints[op] else { continue }

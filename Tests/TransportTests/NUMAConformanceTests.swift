@@ -26,12 +26,12 @@ import TransportConformance
         },
         makeLocal: { n throws(MemWallError) in try allocator.allocate(byteCount: n, on: allocator.realNodes[0]) })
 
-    @Test(arguments: ConformanceCheck.allCases)
+    @Test(arguments: TransportConformance.applicableChecks(for: fixture))
     func conformance(_ check: ConformanceCheck) async throws {
-        if case .skipped(let why) = try await TransportConformance.run(check, on: Self.fixture) {
-            try Test.cancel(Comment(rawValue: why))
-        }
+        try await runConformanceCheck(check, on: Self.fixture)
     }
+
+    @Test func checksThatDoNotApply() throws { try skipInapplicableChecks(of: Self.fixture) }
 }
 
 @Suite struct NUMAAllocatorTests {

@@ -38,12 +38,12 @@ struct NUMAConformanceInLab {
         #expect(NUMATransport(allocator: a).capabilities.implementation.isHardware)
     }
 
-    @Test(arguments: ConformanceCheck.allCases)
+    @Test(arguments: TransportConformance.applicableChecks(for: fixture))
     func conformance(_ check: ConformanceCheck) async throws {
-        if case .skipped(let why) = try await TransportConformance.run(check, on: Self.fixture) {
-            try Test.cancel(Comment(rawValue: why))
-        }
+        try await runConformanceCheck(check, on: Self.fixture)
     }
+
+    @Test func checksThatDoNotApply() throws { try skipInapplicableChecks(of: Self.fixture) }
 
     @Test func allocationOnNodeOneIsReallyThere() throws {
         let r = try Self.allocator.allocate(byteCount: 8 << 20, on: 1)
@@ -107,7 +107,7 @@ struct StorageConformanceInLab {
         let f = try Self.fixture("io_uring", { funnel throws(MemWallError) in
             try URingTransport(configuration: URingConfiguration(queueDepth: 32, batchSize: 8), funnel: funnel)
         }, uring: true)
-        if case .skipped(let why) = try await TransportConformance.run(check, on: f) { try Test.cancel(Comment(rawValue: why)) }
+        try await runConformanceCheck(check, on: f)
     }
 
     @Test(arguments: ConformanceCheck.allCases)
@@ -115,7 +115,7 @@ struct StorageConformanceInLab {
         let f = try Self.fixture("pread-pool", { funnel throws(MemWallError) in
             try ThreadPoolStorageTransport(queueDepth: 8, funnel: funnel)
         }, uring: false)
-        if case .skipped(let why) = try await TransportConformance.run(check, on: f) { try Test.cancel(Comment(rawValue: why)) }
+        try await runConformanceCheck(check, on: f)
     }
 
     @Test func tmpfsRefusesDirectAndIsLabelledBuffered() throws {

@@ -29,16 +29,12 @@ struct URingConformanceTests {
 
     @Test(arguments: ConformanceCheck.allCases)
     func conformanceFixed(_ check: ConformanceCheck) async throws {
-        if case .skipped(let why) = try await TransportConformance.run(check, on: Self.fixture(fixed: true)) {
-            try Test.cancel(Comment(rawValue: why))
-        }
+        try await runConformanceCheck(check, on: Self.fixture(fixed: true))
     }
 
     @Test(arguments: [ConformanceCheck.roundTrip, .scatterGather, .faultShortTransfer, .cancellation])
     func conformancePlain(_ check: ConformanceCheck) async throws {
-        if case .skipped(let why) = try await TransportConformance.run(check, on: Self.fixture(fixed: false)) {
-            try Test.cancel(Comment(rawValue: why))
-        }
+        try await runConformanceCheck(check, on: Self.fixture(fixed: false))
     }
 
     @Test func regionsBecomeFixedBuffers() throws {
@@ -163,15 +159,17 @@ struct URingConformanceTests {
         #expect(access(path, F_OK) != 0, "a refused open must not leave a file behind")
     }
 
-    @Test(arguments: [ConformanceCheck.roundTrip, .scatterGather, .alignmentErrors, .faultShortTransfer])
+    static let fixture = ConformanceFixture(
+        name: "io_uring on a buffered (O_DIRECT refused) file", alignment: 1,
+        faultPoints: [.read: "io_uring.read", .write: "io_uring.write"],
+        makeTransport: { funnel throws(MemWallError) in try URingTransport.makeWithFallback(funnel: funnel) },
+        makeTarget: { n throws(MemWallError) in .storage(try BufferedFallbackTests.bufferedFile(n)) })
+    static let checks: [ConformanceCheck] = [.roundTrip, .scatterGather, .alignmentErrors, .faultShortTransfer]
+
+    @Test(arguments: TransportConformance.applicableChecks(for: fixture, among: checks))
     func conformanceOnBufferedFile(_ check: ConformanceCheck) async throws {
-        let fixture = ConformanceFixture(
-            name: "io_uring on a buffered (O_DIRECT refused) file", alignment: 1,
-            faultPoints: [.read: "io_uring.read", .write: "io_uring.write"],
-            makeTransport: { funnel throws(MemWallError) in try URingTransport.makeWithFallback(funnel: funnel) },
-            makeTarget: { n throws(MemWallError) in .storage(try BufferedFallbackTests.bufferedFile(n)) })
-        if case .skipped(let why) = try await TransportConformance.run(check, on: fixture) {
-            try Test.cancel(Comment(rawValue: why))
-        }
+        try await runConformanceCheck(check, on: Self.fixture)
     }
+
+    @Test func checksThatDoNotApply() throws { try skipInapplicableChecks(of: Self.fixture, among: Self.checks) }
 }
