@@ -15,12 +15,18 @@ public struct NUMACopyPolicy: Sendable, Hashable {
     /// Requests of at most this many bytes are copied on the posting thread
     /// (a thread hand-off would cost more than the copy).
     public var inlineBytes: Int
+    /// Before the first threaded copy into a node, time a 32 MiB copy on one
+    /// thread and on all of the node's copy threads, and keep using several
+    /// only if they were at least 10 % faster. On a loaded or virtualised host
+    /// extra threads often cost more than they bring.
+    public var calibrate: Bool
 
     /// Creates a policy.
-    public init(bytesPerThread: Int = 16 << 20, maximumThreads: Int = 4, inlineBytes: Int = 128 << 10) {
+    public init(bytesPerThread: Int = 16 << 20, maximumThreads: Int = 4, inlineBytes: Int = 128 << 10, calibrate: Bool = true) {
         self.bytesPerThread = max(bytesPerThread, 1)
         self.maximumThreads = max(maximumThreads, 1)
         self.inlineBytes = max(inlineBytes, 0)
+        self.calibrate = calibrate
     }
 
     /// Threads for one copy of `bytes` when `available` threads run near the destination.
@@ -46,7 +52,7 @@ public final class NUMATransport: Transport {
     /// Thread policy for copies.
     public let policy: NUMACopyPolicy
     private let regions: RegionTable<Void>
-    private let pools: Mutex<[Int: BlockingWorkerPool]>
+    private let pools: Mutex<[Int: CopyPool]>
 
     /// Creates the transport over `allocator`'s nodes.
     public init(allocator: NUMAAllocator = NUMAAllocator(), policy: NUMACopyPolicy = NUMACopyPolicy()) {
@@ -95,8 +101,9 @@ public final class NUMATransport: Transport {
         }
         for (i, d) in prepared.descriptors.enumerated() {
             let destinationNode = isRead ? d.local.placement.node : d.target.memoryNode
-            let pool = try pool(near: destinationNode)
-            let threads = policy.threads(for: d.length, available: pool.threadCount)
+            let copyPool = try pool(near: destinationNode)
+            let pool = copyPool.pool
+            let threads = policy.threads(for: d.length, available: copyPool.usefulThreads)
             let join = ChunkJoin(parts: threads)
             let chunk = (d.length / threads + 63) & ~63  // cache-line multiples
             var jobs: [@Sendable () -> Void] = []
@@ -122,7 +129,7 @@ public final class NUMATransport: Transport {
     /// - Throws: `systemCall` when the copy threads cannot be started.
     public func copyThreads(bytes: Int, destinationNode: Int?) throws(MemWallError) -> Int {
         guard bytes > policy.inlineBytes else { return 1 }
-        return policy.threads(for: bytes, available: try pool(near: destinationNode).threadCount)
+        return policy.threads(for: bytes, available: try pool(near: destinationNode).usefulThreads)
     }
 
     /// Source and destination addresses of one descriptor.
@@ -133,19 +140,78 @@ public final class NUMATransport: Transport {
         return isRead ? (UnsafeRawPointer(far), local) : (UnsafeRawPointer(local), far)
     }
 
-    /// The copy pool pinned near `node` (created on first use).
-    func pool(near node: Int?) throws(MemWallError) -> BlockingWorkerPool {
+    /// The copy pool pinned near `node` (created, and calibrated, on first use).
+    func pool(near node: Int?) throws(MemWallError) -> CopyPool {
         let key = node ?? -1
         if let p = pools.withLock({ $0[key] }) { return p }
         let cpus = node.map { allocator.nearestCPUs(to: $0) } ?? []
         let count = max(1, min(policy.maximumThreads, cpus.isEmpty ? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) : cpus.count))
-        let fresh = try BlockingWorkerPool(name: "numa-copy-\(key)", threadCount: count, cpus: cpus)
+        let pool = try BlockingWorkerPool(name: "numa-copy-\(key)", threadCount: count, cpus: cpus)
+        var useful = count
+        if policy.calibrate && count > 1 {
+            useful = try CopyPool.calibrate(pool, destination: node, allocator: allocator)
+        }
+        let fresh = CopyPool(pool: pool, usefulThreads: useful)
         return pools.withLock { p in
             if let existing = p[key] { return existing }
             p[key] = fresh
             return fresh
         }
     }
+}
+
+/// Copy threads near one node, and how many of them pay off there.
+struct CopyPool: Sendable {
+    let pool: BlockingWorkerPool
+    /// 1 when calibration found several threads no faster than one.
+    let usefulThreads: Int
+
+    /// Times a 32 MiB copy into `destination` on one thread and across the
+    /// pool (best of three each); returns the pool's size if that was at least
+    /// 10 % faster, else 1.
+    static func calibrate(_ pool: BlockingWorkerPool, destination: Int?, allocator: NUMAAllocator) throws(MemWallError) -> Int {
+        let bytes = 32 << 20
+        let src = try MemoryRegion.allocate(byteCount: bytes)
+        // On the destination node when it has room; otherwise anywhere (a full
+        // emulated pool must not make the caller's copy fail).
+        var placed: MemoryRegion?
+        if let destination { placed = try? allocator.allocate(byteCount: bytes, on: destination) }
+        let dst: MemoryRegion
+        if let placed { dst = placed } else { dst = try MemoryRegion.allocate(byteCount: bytes) }
+        src.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 1) }
+        let from = UInt(bitPattern: src.baseAddress), to = UInt(bitPattern: dst.baseAddress)
+        var single = UInt64.max, parallel = UInt64.max
+        for _ in 0..<3 {
+            let t0 = MonotonicClock.nanoseconds()
+            memcpy(dst.baseAddress, src.baseAddress, bytes)
+            single = min(single, MonotonicClock.nanoseconds() - t0)
+            let n = pool.threadCount
+            let chunk = bytes / n
+            let left = Countdown(n)
+            let t1 = MonotonicClock.nanoseconds()
+            pool.submit(contentsOf: (0..<n).map { k -> @Sendable () -> Void in
+                {
+                    if let d = UnsafeMutableRawPointer(bitPattern: to + UInt(k * chunk)),
+                       let s = UnsafeRawPointer(bitPattern: from + UInt(k * chunk)) {
+                        memcpy(d, s, chunk)
+                    }
+                    left.tick()
+                }
+            })
+            left.waitForZero()
+            parallel = min(parallel, MonotonicClock.nanoseconds() - t1)
+        }
+        withExtendedLifetime((src, dst)) {}
+        return Double(parallel) * 1.1 < Double(single) ? pool.threadCount : 1
+    }
+}
+
+/// A count of outstanding jobs that a thread can wait to reach zero.
+final class Countdown: Sendable {
+    private let left: Atomic<Int>
+    init(_ n: Int) { left = Atomic(n) }
+    func tick() { left.subtract(1, ordering: .releasing) }
+    func waitForZero() { while left.load(ordering: .acquiring) > 0 { sched_yield() } }
 }
 
 extension TransferTarget {

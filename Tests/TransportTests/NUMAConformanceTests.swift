@@ -18,7 +18,7 @@ import TransportConformance
         faultPoints: [:],
         makeTransport: { _ throws(MemWallError) in
             // Small thresholds so the suite's sizes exercise the threaded path too.
-            NUMATransport(allocator: allocator, policy: NUMACopyPolicy(bytesPerThread: 256 << 10, maximumThreads: 4, inlineBytes: 16 << 10))
+            NUMATransport(allocator: allocator, policy: NUMACopyPolicy(bytesPerThread: 256 << 10, maximumThreads: 4, inlineBytes: 16 << 10, calibrate: false))
         },
         makeTarget: { n throws(MemWallError) in
             guard let far = allocator.farNode else { throw MemWallError(.unsupported, "no far node") }
@@ -162,7 +162,7 @@ import TransportConformance
 
     @Test func largeCopyAcrossThreadsIsExact() async throws {
         let a = NUMAAllocator()
-        let t = NUMATransport(allocator: a, policy: NUMACopyPolicy(bytesPerThread: 1 << 20, maximumThreads: 4))
+        let t = NUMATransport(allocator: a, policy: NUMACopyPolicy(bytesPerThread: 1 << 20, maximumThreads: 4, calibrate: false))
         let far = try #require(a.farNode)
         let src = try a.allocate(byteCount: (8 << 20) + 4096, on: a.realNodes[0])
         let dst = try a.allocate(byteCount: (8 << 20) + 4096, on: far.id)

@@ -21,7 +21,7 @@ struct NUMAConformanceInLab {
         alignment: 1,
         faultPoints: [:],
         makeTransport: { _ throws(MemWallError) in
-            NUMATransport(allocator: allocator, policy: NUMACopyPolicy(bytesPerThread: 256 << 10, maximumThreads: 2, inlineBytes: 16 << 10))
+            NUMATransport(allocator: allocator, policy: NUMACopyPolicy(bytesPerThread: 256 << 10, maximumThreads: 2, inlineBytes: 16 << 10, calibrate: false))
         },
         makeTarget: { n throws(MemWallError) in .memory(try allocator.allocate(byteCount: n, on: 1)) },
         makeLocal: { n throws(MemWallError) in try allocator.allocate(byteCount: n, on: 0) })
