@@ -9,6 +9,9 @@ MEMWALL = .build/debug/memwall
 demo: deps build
 	@echo "== memwall capabilities"
 	@$(MEMWALL) capabilities
+	@echo
+	@echo "== memwall topo"
+	@$(MEMWALL) topo
 
 test:
 	@scripts/test-all

@@ -10,6 +10,7 @@ struct MemWall: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             CapabilitiesCommand.self,
+            TopoCommand.self,
             BenchCommand.self,
         ]
     )
