@@ -65,7 +65,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
         for from in nodes {
             for to in nodes {
                 for size in sweep {
-                    let p = try MemoryBench.copy(transport: transport, allocator: allocator, from: from, to: to, bytes: size, seconds: seconds)
+                    let p = try await MemoryBench.copy(transport: transport, allocator: allocator, from: from, to: to, bytes: size, seconds: seconds)
                     copies.append(p)
                     done += 1
                     progress.update(done, "copy \(from.id)->\(to.id) \(ByteCount(size)): \(BenchOutput.fixed(p.gigabytesPerSecond)) GB/s")
@@ -170,7 +170,7 @@ enum MemoryBench {
     /// transport, in samples of several copies; reports the median sample and,
     /// measured the same way on the same buffers, a one-thread memcpy.
     static func copy(transport: NUMATransport, allocator: NUMAAllocator, from: NUMAAllocator.Node, to: NUMAAllocator.Node,
-                     bytes: Int, seconds: Double) throws -> CopyPoint {
+                     bytes: Int, seconds: Double) async throws -> CopyPoint {
         let src = try allocator.allocate(byteCount: bytes, on: from.id, transparentHugePages: true)
         let dst = try allocator.allocate(byteCount: bytes, on: to.id, transparentHugePages: true)
         src.withUnsafeMutableBytes { b in _ = b.initializeMemory(as: UInt8.self, repeating: 0xA5) }
@@ -179,9 +179,12 @@ enum MemoryBench {
         let prepared = try transport.prepare(.write, [TransferDescriptor(local: src, target: .memory(dst), length: bytes)])
         // Enough copies per sample that timer and hand-off noise stay small.
         let perSample = max(1, (32 << 20) / bytes)
-        try transport.post(prepared).waitBlocking()  // warm-up: threads started, TLB filled
-        let viaTransport = try sampleMedian(seconds: seconds / 2, bytesPerSample: bytes * perSample) { () throws in
-            for _ in 0..<perSample { try transport.post(prepared).waitBlocking() }
+        // Warm-up: threads started (and calibrated), TLB filled.
+        try await transport.post(prepared).wait()
+        // Waiting suspends this task rather than spinning, so the copy threads
+        // have the CPUs to themselves, as the one-thread memcpy does.
+        let viaTransport = try await sampleMedianAsync(seconds: seconds / 2, bytesPerSample: bytes * perSample) {
+            for _ in 0..<perSample { try await transport.post(prepared).wait() }
         }
         let s = src.baseAddress, d = dst.baseAddress
         let viaMemcpy = try sampleMedian(seconds: seconds / 2, bytesPerSample: bytes * perSample) {
@@ -192,6 +195,19 @@ enum MemoryBench {
                          gigabytesPerSecond: viaTransport.gbps, memcpyGigabytesPerSecond: viaMemcpy.gbps,
                          ratioToMemcpy: viaMemcpy.gbps > 0 ? viaTransport.gbps / viaMemcpy.gbps : 0,
                          samples: viaTransport.samples, emulated: from.isEmulated || to.isEmulated)
+    }
+
+    private static func sampleMedianAsync(seconds: Double, bytesPerSample: Int, _ body: () async throws -> Void) async throws -> (gbps: Double, samples: Int) {
+        var rates: [Double] = []
+        let end = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+        repeat {
+            let t0 = MonotonicClock.nanoseconds()
+            try await body()
+            let dt = max(MonotonicClock.nanoseconds() - t0, 1)
+            rates.append(Double(bytesPerSample) / Double(dt))
+        } while MonotonicClock.nanoseconds() < end || rates.count < 3
+        rates.sort()
+        return (rates[rates.count / 2], rates.count)
     }
 
     private static func sampleMedian(seconds: Double, bytesPerSample: Int, _ body: () throws -> Void) throws -> (gbps: Double, samples: Int) {
