@@ -58,8 +58,10 @@ public final class MemoryRegion: Sendable, CustomStringConvertible {
     public let id: RegionID
     /// Length in bytes (a multiple of the page size).
     public let byteCount: Int
-    /// Where the pages are meant to live.
-    public let placement: MemoryPlacement
+    /// Where the pages are meant to live. Changes only when a NUMA move
+    /// migrates the pages (the address and length never change).
+    public var placement: MemoryPlacement { placementState.withLock { $0 } }
+    private let placementState: Mutex<MemoryPlacement>
     // The pointer is immutable and the memory's lifetime is this object's; access
     // to the bytes is synchronised by the transfer protocol (one writer per range).
     nonisolated(unsafe) private let base: UnsafeMutableRawPointer
@@ -73,8 +75,14 @@ public final class MemoryRegion: Sendable, CustomStringConvertible {
         self.id = .make()
         self.base = base
         self.byteCount = byteCount
-        self.placement = placement
+        self.placementState = Mutex(placement)
         self.release = release
+    }
+
+    /// Records that the pages now live elsewhere (called by the NUMA transport
+    /// after it migrated them in place).
+    package func updatePlacement(_ newPlacement: MemoryPlacement) {
+        placementState.withLock { $0 = newPlacement }
     }
 
     /// Allocates `byteCount` bytes (rounded up to whole pages) of anonymous,

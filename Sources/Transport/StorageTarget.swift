@@ -45,6 +45,9 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
         self.path = path
         var flags = O_RDWR | O_CLOEXEC
         if createWithSize != nil { flags |= O_CREAT }
+        // Linux creates the file before it checks O_DIRECT support, so a refused
+        // open can leave an empty file; remember whether it is ours to remove.
+        let existedBefore = access(path, F_OK) == 0
         var fd: Int32
         var mode = StorageAccessMode.direct
         var reason: String?
@@ -53,6 +56,7 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
             fd = f
         case .failure(let e) where e == .invalidArgument:
             if requireDirect {
+                if createWithSize != nil && !existedBefore { unlink(path) }
                 throw MemWallError(.unsupported,
                     "the filesystem holding '\(path)' refuses O_DIRECT; use a block device or a filesystem such as ext4/xfs",
                     function: "open", errno: e)

@@ -15,6 +15,7 @@ struct MemWall: AsyncParsableCommand {
         subcommands: [
             CapabilitiesCommand.self,
             TopoCommand.self,
+            BenchCommand.self,
             KVCommand.self,
         ]
     )

@@ -1,0 +1,120 @@
+import MemWallCore
+import Synchronization
+
+/// The registration bookkeeping every transport needs: which regions are
+/// registered, what the transport attached to each (a fixed-buffer slot, an
+/// RDMA key), and how many posted descriptors still use each one — so that
+/// deregistering a region the kernel may still write is refused.
+public final class RegionTable<Attachment: Sendable>: Sendable {
+    private struct Entry {
+        var region: MemoryRegion
+        var attachment: Attachment
+        var use: RegionUse
+    }
+    private let entries = Mutex<[RegionID: Entry]>([:])
+    private let transportName: String
+
+    /// - Parameter transportName: Named in error messages.
+    public init(transportName: String) { self.transportName = transportName }
+
+    /// Adds `region`; `attach` runs under the table lock, only when the region is new.
+    /// - Throws: `alreadyExists` for a region registered twice, or what `attach` throws.
+    public func register(_ region: MemoryRegion, attach: () throws(MemWallError) -> Attachment) throws(MemWallError) {
+        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) in
+            guard t[region.id] == nil else {
+                throw MemWallError(.alreadyExists,
+                    "\(region) is already registered with '\(transportName)'; register each region once and reuse it")
+            }
+            t[region.id] = Entry(region: region, attachment: try attach(), use: RegionUse())
+        }
+    }
+
+    /// Removes `region` and returns its attachment for the caller to release.
+    /// - Throws: `notFound` for an unknown region; `invalidArgument` while requests use it.
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) -> Attachment {
+        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) -> Attachment in
+            guard let e = t[region.id] else {
+                throw MemWallError(.notFound, "\(region) is not registered with '\(transportName)'")
+            }
+            let busy = e.use.count
+            guard busy == 0 else {
+                throw MemWallError(.invalidArgument,
+                    "\(region) is used by \(busy) descriptor(s) in flight on '\(transportName)'; wait for them before deregistering")
+            }
+            t[region.id] = nil
+            return e.attachment
+        }
+    }
+
+    /// The attachment of a registered region.
+    /// - Throws: `notFound` naming the region and the call to make first.
+    public func attachment(of region: MemoryRegion) throws(MemWallError) -> Attachment {
+        guard let a = entries.withLock({ $0[region.id]?.attachment }) else {
+            throw notRegistered(region)
+        }
+        return a
+    }
+
+    /// For each local region (one per descriptor), its attachment and its use
+    /// counter, already incremented — under one lock, so a region cannot be
+    /// deregistered between the check and the mark.
+    /// - Throws: `notFound` for an unregistered region (nothing is marked then).
+    public func acquire(_ locals: [MemoryRegion]) throws(MemWallError) -> [(Attachment, RegionUse)] {
+        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) -> [(Attachment, RegionUse)] in
+            var out: [(Attachment, RegionUse)] = []
+            out.reserveCapacity(locals.count)
+            for r in locals {
+                guard let e = t[r.id] else { throw notRegistered(r) }
+                out.append((e.attachment, e.use))
+            }
+            for (_, use) in out { use.acquire() }
+            return out
+        }
+    }
+
+    private func notRegistered(_ region: MemoryRegion) -> MemWallError {
+        MemWallError(.notFound,
+            "\(region) is not registered with '\(transportName)'; call register(_:) on the transport first")
+    }
+
+    /// Every registered region with its attachment (for teardown).
+    public var all: [(MemoryRegion, Attachment)] {
+        entries.withLock { $0.values.map { ($0.region, $0.attachment) } }
+    }
+
+    /// Number of registered regions.
+    public var count: Int { entries.withLock { $0.count } }
+}
+
+/// How many posted descriptors use one registered region; released without a lock.
+public final class RegionUse: Sendable {
+    private let inFlight = Atomic<Int>(0)
+    /// Creates a counter at zero.
+    public init() {}
+    /// Descriptors in flight now.
+    public var count: Int { inFlight.load(ordering: .acquiring) }
+    /// One more descriptor uses the region.
+    public func acquire() { inFlight.add(1, ordering: .relaxed) }
+    /// One descriptor finished with the region.
+    public func release() { inFlight.subtract(1, ordering: .releasing) }
+}
+
+/// One posted request as its transport tracks it: each descriptor gives back
+/// its region's use just before it completes (so a caller woken by the
+/// completion may deregister at once).
+package final class InFlightRequest: Sendable {
+    package let request: TransferRequest
+    private let uses: [RegionUse]
+
+    /// - Parameter uses: One per descriptor, from ``RegionTable/acquire(_:)``.
+    package init(request: TransferRequest, uses: [RegionUse]) {
+        self.request = request
+        self.uses = uses
+    }
+
+    /// Reports descriptor `index`; call exactly once per descriptor.
+    package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
+        uses[index].release()
+        request.complete(descriptor: index, result)
+    }
+}

@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+
+/// One descriptor resolved for a storage transport: raw addresses kept as
+/// integers so the plan is `Sendable`; the descriptor's region and target,
+/// held by the ``PreparedTransfer``, keep them valid.
+package struct ResolvedStorageOp: Sendable {
+    package var fileDescriptor: Int32
+    package var bufferAddress: UInt
+    package var length: Int
+    package var offset: Int64
+    package var target: StorageTarget
+
+    /// Checks the descriptor and resolves it.
+    package static func resolve(_ d: TransferDescriptor, index: Int) throws(MemWallError) -> ResolvedStorageOp {
+        guard case .storage(let target) = d.target else {
+            throw MemWallError(.unsupported, "descriptor \(index) does not name a file or block device")
+        }
+        let address = d.local.baseAddress + d.localOffset
+        try target.checkAlignment(bufferAddress: address, offset: d.targetOffset, length: d.length)
+        return ResolvedStorageOp(fileDescriptor: target.fileDescriptor, bufferAddress: UInt(bitPattern: address),
+                                 length: d.length, offset: d.targetOffset, target: target)
+    }
+}
+
+/// Moves bytes between registered memory and files with `pread`/`pwrite` on a
+/// pool of blocking threads: the stand-in when io_uring is refused (seccomp,
+/// ENOSYS, `io_uring_disabled`, memlock), and the baseline io_uring is measured against.
+///
+/// Queue depth is the number of threads, so QD32 keeps 32 requests at the device.
+/// Every call goes through the ``SyscallFunnel`` ("pread", "pwrite"); EINTR is
+/// retried by the funnel (and here when the funnel leaves it to us), EAGAIN here (bounded), short transfers are resumed.
+public final class ThreadPoolStorageTransport: Transport {
+    /// Declared as emulation of the io_uring path, with the reason given at creation.
+    public let capabilities: TransportCapabilities
+    /// Fed by every finished request.
+    public let costEstimator = PathCostEstimator()
+    /// Blocking threads, one per unit of queue depth.
+    public let queueDepth: Int
+    private let funnel: SyscallFunnel
+    private let pool: BlockingWorkerPool
+    private let regions: RegionTable<Void>
+    /// Transient EAGAINs tolerated per descriptor before it fails.
+    static let maximumRetries = 64
+
+    /// Starts the thread pool.
+    /// - Parameters:
+    ///   - queueDepth: Concurrent system calls (threads), at least 1.
+    ///   - reason: Why this stands in for io_uring; shown wherever the transport is.
+    ///   - funnel: System-call door (tests inject faults here).
+    /// - Throws: `invalidArgument` for a queue depth below 1.
+    public init(queueDepth: Int = 32, reason: String = "pread/pwrite thread pool standing in for io_uring",
+                funnel: SyscallFunnel = .system) throws(MemWallError) {
+        guard queueDepth >= 1 else {
+            throw .invalid("queue depth", queueDepth, expected: "at least 1 (requests kept in flight at once)")
+        }
+        self.queueDepth = queueDepth
+        self.funnel = funnel
+        self.capabilities = TransportCapabilities(name: "pread-pool", targets: [.storage],
+                                                  implementation: .emulation(reason: reason))
+        self.regions = RegionTable(transportName: "pread-pool")
+        self.pool = try BlockingWorkerPool(name: "mw-pread", threadCount: queueDepth)
+    }
+
+    /// Registers a region (bookkeeping only: pread needs no pinning).
+    public func register(_ region: MemoryRegion) throws(MemWallError) {
+        try regions.register(region) { () throws(MemWallError) in () }
+    }
+
+    /// Deregisters a region no request in flight uses.
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        try regions.deregister(region)
+    }
+
+    /// Checks bounds, alignment (O_DIRECT targets) and registration.
+    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
+        try validateDescriptors(descriptors)
+        var ops: [ResolvedStorageOp] = []
+        ops.reserveCapacity(descriptors.count)
+        for (i, d) in descriptors.enumerated() {
+            _ = try regions.attachment(of: d.local)
+            ops.append(try ResolvedStorageOp.resolve(d, index: i))
+        }
+        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name, plan: ops)
+    }
+
+    /// Queues every descriptor on the pool; returns at once.
+    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try checkOwnership(prepared)
+        guard let ops = prepared.plan as? [ResolvedStorageOp] else {
+            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
+        }
+        let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator)
+        let tracked = InFlightRequest(request: request, uses: uses)
+        let isRead = prepared.operation == .read
+        let funnel = self.funnel
+        var jobs: [@Sendable () -> Void] = []
+        jobs.reserveCapacity(ops.count)
+        for (i, op) in ops.enumerated() {
+            jobs.append {
+                if tracked.request.isCancellationRequested {
+                    tracked.complete(descriptor: i, .failure(MemWallError(.cancelled, "cancelled before it was issued")))
+                    return
+                }
+                tracked.complete(descriptor: i, ThreadPoolStorageTransport.perform(op, isRead: isRead, funnel: funnel))
+            }
+        }
+        pool.submit(contentsOf: jobs)
+        return request
+    }
+
+    /// Runs one descriptor to the end: resumes short transfers, retries EAGAIN.
+    static func perform(_ op: ResolvedStorageOp, isRead: Bool, funnel: SyscallFunnel) -> Result<Int, MemWallError> {
+        guard let base = UnsafeMutableRawPointer(bitPattern: op.bufferAddress) else {
+            return .failure(MemWallError(.invalidArgument, "null buffer address"))
+        }
+        var done = 0
+        var retries = 0
+        let function = isRead ? "pread" : "pwrite"
+        while done < op.length {
+            let r = isRead
+                ? funnel.pread(op.fileDescriptor, base + done, op.length - done, op.offset + Int64(done))
+                : funnel.pwrite(op.fileDescriptor, base + done, op.length - done, op.offset + Int64(done))
+            switch r {
+            case .success(0):
+                return .failure(MemWallError(.shortTransfer,
+                    "\(function) of '\(op.target.path)' returned 0 after \(done) of \(op.length) bytes at offset \(op.offset): the file is shorter than the descriptor",
+                    function: function))
+            case .success(let n):
+                done += n
+            case .failure(let e) where (e == .wouldBlock || e == .interrupted) && retries < maximumRetries:
+                retries += 1
+                sched_yield()
+            case .failure(let e):
+                return .failure(.system(function, e,
+                    "\(function) of \(op.length) bytes at offset \(op.offset) of '\(op.target.path)' failed after \(done) bytes"))
+            }
+        }
+        return .success(done)
+    }
+}

@@ -1,0 +1,308 @@
+import ArgumentParser
+import Foundation
+import MemWallCore
+import Transport
+import URingTransport
+
+/// `memwall bench storage`: O_DIRECT sequential and random reads/writes over a
+/// queue-depth sweep through the io_uring transport (or its pread fallback),
+/// reporting what fio reports: IOPS, GB/s, latency percentiles.
+struct BenchStorageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "io_uring O_DIRECT sequential (1 MiB) and random (4 KiB) I/O over a queue-depth sweep: IOPS, GB/s, latency percentiles.",
+        discussion: """
+        Reads need data: a file this command creates is first written end to end (as fio lays
+        out its files). Writing to an existing file or a block device destroys its contents and
+        needs --allow-write. Under a filesystem that refuses O_DIRECT the page cache is used and
+        every line says "buffered".
+        """
+    )
+
+    @Option(help: "File or block device to test (default: a scratch file in --dir, removed afterwards).")
+    var file: String?
+
+    @Option(help: "Directory for the scratch file.")
+    var dir: String = "/var/tmp"
+
+    @Option(help: "Bytes of the file to use (e.g. 512M, 1G); a new file is created this large.")
+    var size: String = "1G"
+
+    @Option(name: .customLong("qd"), help: "Queue depths to sweep, comma-separated.")
+    var queueDepths: String = "1,4,16,32"
+
+    @Option(help: "Workloads: randread, randwrite, seqread, seqwrite (comma-separated).")
+    var patterns: String = "randread,seqread"
+
+    @Option(name: .customLong("random-bs"), help: "Block size of random I/O.")
+    var randomBlockSize: String = "4k"
+
+    @Option(name: .customLong("seq-bs"), help: "Block size of sequential I/O.")
+    var sequentialBlockSize: String = "1M"
+
+    @Option(help: "Seconds per point.")
+    var seconds: Double = 3
+
+    @Option(help: "io_uring, pread-pool, or auto (io_uring, falling back to pread-pool when refused).")
+    var transport: String = "io_uring"
+
+    @Option(help: "SQEs per io_uring_enter.")
+    var batch: Int = 8
+
+    @Option(help: "io_uring completions: 'poll' (this thread submits and reaps, as fio does) or 'thread' (the transport's completion thread).")
+    var completions: String = "poll"
+
+    @Flag(help: "Allow writes to an existing file or block device (destroys its contents).")
+    var allowWrite = false
+
+    @Flag(help: "Stable JSON on standard output.")
+    var json = false
+
+    @Flag(help: "No progress on standard error.")
+    var quiet = false
+
+    func validate() throws {
+        guard ["io_uring", "pread-pool", "auto"].contains(transport) else {
+            throw ValidationError("invalid --transport '\(transport)': expected io_uring, pread-pool or auto")
+        }
+        guard seconds > 0, seconds <= 3600 else {
+            throw ValidationError("invalid --seconds '\(seconds)': expected a duration in (0, 3600]")
+        }
+        guard completions == "poll" || completions == "thread" else {
+            throw ValidationError("invalid --completions '\(completions)': expected poll or thread")
+        }
+        guard batch >= 1 else { throw ValidationError("invalid --batch '\(batch)': expected at least 1") }
+        for p in patterns.split(separator: ",") where StoragePattern(rawValue: String(p)) == nil {
+            throw ValidationError("invalid pattern '\(p)': expected randread, randwrite, seqread or seqwrite")
+        }
+        _ = try BenchOutput.integerList(queueDepths, what: "--qd")
+    }
+
+    func run() async throws {
+        let depths = try BenchOutput.integerList(queueDepths, what: "--qd")
+        let workloads = patterns.split(separator: ",").compactMap { StoragePattern(rawValue: String($0)) }
+        let span = try ByteCount.parse(size).rawValue
+        let randomBS = try ByteCount.parse(randomBlockSize).rawValue
+        let seqBS = try ByteCount.parse(sequentialBlockSize).rawValue
+        let scratchPath = file == nil ? "\(dir)/memwall-bench-storage-\(getpid()).bin" : nil
+        let path = file ?? scratchPath!
+        defer { if let scratchPath { unlink(scratchPath) } }
+        let creating = file == nil || access(path, F_OK) != 0
+        if workloads.contains(where: \.isWrite) && !creating && !allowWrite {
+            throw ValidationError("'\(path)' exists and write workloads would destroy its contents; pass --allow-write, or use read workloads only")
+        }
+        let target = try StorageTarget(path: path, createWithSize: creating ? Int64(span) : nil)
+        let usable = Int(min(Int64(span), target.byteCount))
+        guard usable >= max(randomBS, seqBS) else {
+            throw MemWallError(.outOfBounds, "'\(path)' has \(ByteCount(Int(target.byteCount))); the benchmark needs at least \(ByteCount(max(randomBS, seqBS)))")
+        }
+        if creating {
+            if !quiet { StandardError.write("[bench storage] writing \(ByteCount(usable)) to \(path) so reads hit real blocks\n") }
+            try await layOut(target, bytes: usable)
+        }
+        var progress = ProgressReporter("bench storage", total: depths.count * workloads.count, enabled: !quiet)
+        var points: [StorageBenchPoint] = []
+        var transportLabel = ""
+        for w in workloads {
+            for qd in depths {
+                let t = try makeTransport(queueDepth: qd)
+                transportLabel = describe(t)
+                let bs = w.isRandom ? randomBS : seqBS
+                let point = try StorageBench.run(transport: t, target: target, pattern: w, blockSize: bs,
+                                                 queueDepth: qd, seconds: seconds, span: usable)
+                points.append(point)
+                progress.update(points.count, "\(w.rawValue) QD\(qd): \(BenchOutput.fixed(point.iops, 0)) IOPS")
+            }
+        }
+        let report = StorageBenchReport(path: path, bytesUsed: usable, accessMode: target.accessMode.rawValue,
+                                        transport: transportLabel, points: points)
+        if json { try BenchOutput.printJSON(report) } else { printTable(report) }
+    }
+
+    private func makeTransport(queueDepth: Int) throws -> any Transport {
+        let config = URingConfiguration(queueDepth: queueDepth, batchSize: min(batch, queueDepth),
+                                        completionThread: completions == "thread")
+        switch transport {
+        case "pread-pool": return try ThreadPoolStorageTransport(queueDepth: queueDepth, reason: "pread/pwrite thread pool chosen with --transport pread-pool")
+        case "auto": return try URingTransport.makeWithFallback(configuration: config)
+        default: return try URingTransport(configuration: config)
+        }
+    }
+
+    private func describe(_ t: any Transport) -> String {
+        if let u = t as? URingTransport {
+            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"); completions by \(u.configuration.completionThread ? "completion thread" : "polling caller"))"
+        }
+        return "\(t.name) (\(t.capabilities.implementation))"
+    }
+
+    /// Writes the whole span once, 1 MiB at a time, QD 8.
+    private func layOut(_ target: StorageTarget, bytes: Int) async throws {
+        let t = try URingTransport.makeWithFallback(configuration: URingConfiguration(queueDepth: 8, batchSize: 8))
+        let chunk = min(1 << 20, bytes / target.alignment * target.alignment)
+        let region = try MemoryRegion.allocate(byteCount: chunk)
+        region.withUnsafeMutableBytes { b in for i in 0..<b.count { b[i] = UInt8(truncatingIfNeeded: i &* 131 &+ 17) } }
+        try t.register(region)
+        defer { try? t.deregister(region) }
+        var offset = 0
+        while offset + chunk <= bytes {
+            let n = min(64, (bytes - offset) / chunk)
+            let list = (0..<n).map { k in TransferDescriptor(local: region, target: .storage(target), targetOffset: Int64(offset + k * chunk), length: chunk) }
+            try await t.transfer(.write, list)
+            offset += n * chunk
+        }
+    }
+
+    private func printTable(_ r: StorageBenchReport) {
+        print("memwall bench storage: \(r.path) (\(ByteCount(r.bytesUsed)) used, \(r.accessMode)) via \(r.transport)")
+        print("pattern     bs        QD        IOPS      GB/s    p50 us    p99 us  p99.9 us    max us")
+        for p in r.points {
+            print(p.pattern.padding(toLength: 10, withPad: " ", startingAt: 0)
+                  + BenchOutput.pad(ByteCount(p.blockSize).description, 8)
+                  + BenchOutput.pad("\(p.queueDepth)", 6)
+                  + BenchOutput.pad(BenchOutput.fixed(p.iops, 0), 12)
+                  + BenchOutput.pad(BenchOutput.fixed(p.gigabytesPerSecond, 3), 10)
+                  + BenchOutput.pad(BenchOutput.fixed(Double(p.latency.p50) / 1000, 1), 10)
+                  + BenchOutput.pad(BenchOutput.fixed(Double(p.latency.p99) / 1000, 1), 10)
+                  + BenchOutput.pad(BenchOutput.fixed(Double(p.latency.p999) / 1000, 1), 10)
+                  + BenchOutput.pad(BenchOutput.fixed(Double(p.latency.max) / 1000, 1), 10))
+        }
+        if r.transport.contains("emulation") || r.accessMode != StorageAccessMode.direct.rawValue {
+            print("note: this run used emulation or the page cache (see above); it does not measure the O_DIRECT io_uring path")
+        }
+    }
+}
+
+/// The four fio-style workloads.
+enum StoragePattern: String, Codable, CaseIterable {
+    case randread, randwrite, seqread, seqwrite
+    var isRandom: Bool { self == .randread || self == .randwrite }
+    var isWrite: Bool { self == .randwrite || self == .seqwrite }
+    var operation: TransferOperation { isWrite ? .write : .read }
+}
+
+/// Latency percentiles in nanoseconds.
+struct LatencySummary: Codable {
+    var p50: UInt64
+    var p99: UInt64
+    var p999: UInt64
+    var max: UInt64
+    var mean: Double
+
+    init(_ h: LatencyHistogram) {
+        p50 = h.percentile(50); p99 = h.percentile(99); p999 = h.percentile(99.9); max = h.max; mean = h.mean
+    }
+}
+
+/// One point of the sweep.
+struct StorageBenchPoint: Codable {
+    var pattern: String
+    var blockSize: Int
+    var queueDepth: Int
+    var transport: String
+    var implementation: String
+    var seconds: Double
+    var ios: Int
+    var iops: Double
+    /// Decimal GB/s (10^9 bytes), as fio prints "GB/s".
+    var gigabytesPerSecond: Double
+    var latency: LatencySummary
+}
+
+/// The whole run.
+struct StorageBenchReport: Codable {
+    var path: String
+    var bytesUsed: Int
+    var accessMode: String
+    var transport: String
+    var points: [StorageBenchPoint]
+}
+
+/// The measuring loop: `queueDepth` lanes, each with its own buffer and its
+/// own prepared transfers (prepared once, posted many times); whenever lanes
+/// finish they are reposted together, so the device sees a steady depth.
+enum StorageBench {
+    static func run(transport: any Transport, target: StorageTarget, pattern: StoragePattern, blockSize bs: Int,
+                    queueDepth qd: Int, seconds: Double, span: Int) throws -> StorageBenchPoint {
+        let region = try MemoryRegion.allocate(byteCount: bs * qd)
+        try transport.register(region)
+        defer { try? transport.deregister(region) }
+        let blocks = span / bs
+        guard blocks >= qd else {
+            throw MemWallError(.outOfBounds,
+                "\(ByteCount(span)) holds \(blocks) blocks of \(ByteCount(bs)), fewer than queue depth \(qd); use a larger --size or a smaller --qd")
+        }
+        var lanes: [[PreparedTransfer]] = Array(repeating: [], count: qd)
+        if pattern.isRandom {
+            // Distinct random blocks, up to 64 Ki of them, spread over the whole span.
+            var rng = SystemRandomNumberGenerator()
+            let count = min(blocks, 65_536)
+            for k in 0..<count {
+                let block = count == blocks ? k : Int.random(in: 0..<blocks, using: &rng)
+                lanes[k % qd].append(try transport.prepare(pattern.operation, [
+                    TransferDescriptor(local: region, localOffset: (k % qd) * bs, target: .storage(target),
+                                       targetOffset: Int64(block) * Int64(bs), length: bs)]))
+            }
+            if count == blocks { for j in lanes.indices { lanes[j].shuffle(using: &rng) } }
+        } else {
+            // Lane j takes blocks j, j+qd, …: reposting lanes in order walks the file in order.
+            let count = max(blocks / qd * qd, qd)
+            for k in 0..<count {
+                lanes[k % qd].append(try transport.prepare(pattern.operation, [
+                    TransferDescriptor(local: region, localOffset: (k % qd) * bs, target: .storage(target),
+                                       targetOffset: Int64(k % blocks) * Int64(bs), length: bs)]))
+            }
+        }
+        var cursor = Array(repeating: 1, count: qd)
+        var inFlight = try transport.post(batch: lanes.map { $0[0] })
+        var histogram = LatencyHistogram()
+        var ios = 0
+        let start = MonotonicClock.nanoseconds()
+        let end = start + UInt64(seconds * 1e9)
+        var finishedLanes: [Int] = []
+        finishedLanes.reserveCapacity(qd)
+        var idleScans = 0
+        let ring = transport as? URingTransport
+        while true {
+            // Any lane that finished is reposted at once, as fio does: waiting for
+            // the oldest would let the queue drain behind one slow I/O.
+            finishedLanes.removeAll(keepingCapacity: true)
+            for k in 0..<qd where inFlight[k].poll() != .pending {
+                histogram.record(try inFlight[k].waitBlocking().nanoseconds)
+                finishedLanes.append(k)
+            }
+            if finishedLanes.isEmpty {
+                // Poll the ring on this thread, as fio does, rather than wait for the completion thread.
+                if let ring {
+                    ring.reapCompletions(waitMicroseconds: 1000)
+                    continue
+                }
+                idleScans += 1
+                // Yield the core to the completion thread; sleep only when I/O is slow.
+                if idleScans > 2_000 { usleep(10) } else { sched_yield() }
+                continue
+            }
+            idleScans = 0
+            ios += finishedLanes.count
+            if MonotonicClock.nanoseconds() >= end { break }
+            let next = finishedLanes.map { lane -> PreparedTransfer in
+                let p = lanes[lane][cursor[lane]]
+                cursor[lane] = (cursor[lane] + 1) % lanes[lane].count
+                return p
+            }
+            let posted = try transport.post(batch: next)
+            for (lane, r) in zip(finishedLanes, posted) { inFlight[lane] = r }
+        }
+        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        // Drain without counting: what was still in flight when time ran out.
+        for r in inFlight {
+            // In polling mode nothing completes unless this thread reaps.
+            while r.poll() == .pending { ring?.reapCompletions(waitMicroseconds: 1000) }
+            _ = try? r.waitBlocking()
+        }
+        return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: transport.name,
+                                 implementation: transport.capabilities.implementation.description, seconds: elapsed, ios: ios,
+                                 iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
+                                 latency: LatencySummary(histogram))
+    }
+}
