@@ -1,7 +1,7 @@
 # MemWall — two commands on a fresh Debian/Ubuntu machine:
 #   make demo   install what is missing, build, run the main job on a built-in default
 #   make test   install, build, run every test on the host and in the lab guest
-.PHONY: demo test build deps lab lab-deps bench clean
+.PHONY: demo test build deps lab lab-deps bench bench-core clean
 
 SWIFT ?= swift
 MEMWALL = .build/debug/memwall
@@ -32,6 +32,19 @@ lab-deps:
 lab: deps lab-deps
 	$(SWIFT) build --build-tests
 	scripts/lab -- ".build/debug/MemWallPackageTests.xctest --testing-library swift-testing --filter InLab"
+
+# Every benchmark side by side with its reference tool, ratios into
+# Benchmarks/RESULTS.md (each script rewrites only its own subsection).
+bench: deps lab-deps
+	$(SWIFT) build -c release --product memwall
+	scripts/bench-local.sh
+	scripts/bench-local.sh --lab
+	scripts/bench-topo.sh
+	scripts/bench-kv.sh
+
+# package-benchmark micro-benchmarks of the hot paths (funnel, histogram).
+bench-core:
+	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
 
 clean:
 	rm -rf .build .lab
