@@ -8,7 +8,8 @@ public struct RemoteTransportOptions: Sendable, Hashable {
     /// connection before further descriptors wait in software.
     public var sendQueueDepth: Int
     /// Ask for a completion on every `signalInterval`-th work request (and on
-    /// the last of each request); the ones between complete implicitly.
+    /// the last of each post); the ones between complete implicitly. Capped
+    /// at the send-queue depth.
     public var signalInterval: Int
     /// A descriptor that gets no answer within this time fails with
     /// `timedOut`, and its connection is closed (as RDMA moves a queue pair
@@ -17,14 +18,20 @@ public struct RemoteTransportOptions: Sendable, Hashable {
     /// How the completion side waits: spin on the completion queue (lowest
     /// latency, one busy core, like perftest) or sleep on the completion channel.
     public var busyPoll: Bool
+    /// RDMA: with `true` (the default) a completion thread per connection
+    /// resumes waiters; with `false` nothing polls until the caller calls
+    /// ``RDMATransport/progress()`` — the lowest-latency mode, as perftest
+    /// polls on the posting thread. The emulation always uses its threads.
+    public var completionThread: Bool
 
     /// Creates options.
     public init(sendQueueDepth: Int = 256, signalInterval: Int = 16, operationTimeout: Duration = .seconds(10),
-                busyPoll: Bool = false) {
+                busyPoll: Bool = false, completionThread: Bool = true) {
         self.sendQueueDepth = sendQueueDepth
         self.signalInterval = signalInterval
         self.operationTimeout = operationTimeout
         self.busyPoll = busyPoll
+        self.completionThread = completionThread
     }
 
     /// Checks the values.
@@ -33,8 +40,8 @@ public struct RemoteTransportOptions: Sendable, Hashable {
         guard (1 ... 16384).contains(sendQueueDepth) else {
             throw .invalid("send-queue depth", sendQueueDepth, expected: "1 to 16384 work requests")
         }
-        guard (1 ... sendQueueDepth).contains(signalInterval) else {
-            throw .invalid("signal interval", signalInterval, expected: "1 to the send-queue depth (\(sendQueueDepth))")
+        guard signalInterval >= 1 else {
+            throw .invalid("signal interval", signalInterval, expected: "at least 1 (it is capped at the send-queue depth)")
         }
         guard operationTimeout > .zero else {
             throw .invalid("operation timeout", operationTimeout, expected: "a positive duration")

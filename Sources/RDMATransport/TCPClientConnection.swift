@@ -243,6 +243,21 @@ final class TCPClientConnection: RemoteConnectionHandle {
             return state.withLock { s in s.pending.values.first { $0.deadline < now }?.operation }
         }
 
+        /// Takes the not-yet-sent descriptors of `request` out of the queue; they end as cancelled.
+        func purge(_ request: TransferRequest) {
+            let removed = state.withLock { s -> [Operation] in
+                var kept: [Item] = []
+                var out: [Operation] = []
+                for item in s.queue[s.head...] {
+                    if case .operation(let op) = item, op.request === request { out.append(op) } else { kept.append(item) }
+                }
+                s.queue = kept
+                s.head = 0
+                return out
+            }
+            for op in removed { op.finish(.failure(MemWallError(.cancelled, "cancelled before it was sent"))) }
+        }
+
         func enqueue(_ ops: [Operation], notify: UInt32?) -> MemWallError? {
             let closed = state.withLock { s -> MemWallError? in
                 if let c = s.closed { return c }
@@ -330,6 +345,9 @@ final class TCPClientConnection: RemoteConnectionHandle {
         sender.join()
         receiver.join()
     }
+
+    /// Cancels what of `request` has not been sent yet.
+    func purge(_ request: TransferRequest) { core.purge(request) }
 
     /// Queues descriptors (and a trailing notification) in order.
     func enqueue(_ ops: [Operation], notify: UInt32?) {

@@ -1,0 +1,254 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CIBVerbs
+import MemWallCore
+import Synchronization
+import Transport
+
+/// One-sided RDMA READ and WRITE into regions peers exported by name, over
+/// libibverbs RC queue pairs connected with librdmacm.
+///
+/// One protection domain per transport; local regions are registered once
+/// (local write only) and reused for every transfer; an exported region gets
+/// one more registration per access set — remote write only when it was
+/// exported for writing — shared by every named slot cut from it. The
+/// receiver's CPU copies nothing: the NIC places WRITE data in the exported
+/// memory and serves READs from it.
+public final class RDMATransport: RemoteMemoryTransport {
+    /// Declares "rdma": remote targets, in hardware.
+    public let capabilities: TransportCapabilities
+    /// Per-path estimate fed by finished requests.
+    public let costEstimator = PathCostEstimator()
+    /// Options in force.
+    public let options: RemoteTransportOptions
+    /// The RDMA device in use ("rxe0").
+    public var deviceName: String { device.name }
+
+    let device: VerbsDevice
+    let domain: ProtectionDomain
+    let maxReadDepth: Int
+    private let registrations = RegistrationTable()
+    private let exportRegistrations = Mutex<[ExportKey: VerbsMemoryRegistration]>([:])
+    private let exports = ExportTable()
+    private let notifications = NotificationQueue()
+    private let listeners = Mutex<[RDMAListener]>([])
+    private let connections = Mutex<[WeakConnection]>([])
+
+    private struct ExportKey: Hashable {
+        var region: ObjectIdentifier
+        var access: UInt8
+    }
+
+    private struct WeakConnection: Sendable {
+        weak var connection: RDMAConnection?
+    }
+
+    /// Names of RDMA devices on this host (empty when there is no RDMA).
+    public static func availableDevices() -> [String] { VerbsDevice.availableNames() }
+
+    /// Opens `device` and allocates its protection domain.
+    /// - Throws: `notFound` for a device that does not exist (naming those that do),
+    ///   `invalidArgument` for bad options, `systemCall` from ibv_alloc_pd.
+    public init(device name: String, options: RemoteTransportOptions = RemoteTransportOptions()) throws(MemWallError) {
+        try options.validate()
+        let device = try VerbsDevice.open(named: name)
+        self.device = device
+        self.domain = try ProtectionDomain(device: device)
+        self.maxReadDepth = device.maxReadDepth()
+        self.options = options
+        self.capabilities = TransportCapabilities(name: "rdma", targets: [.remote], implementation: .hardware)
+    }
+
+    deinit { close() }
+
+    /// Stops listening and disconnects accepted peers. Connections this side
+    /// opened close when their ``RemotePeer`` is disconnected or released.
+    public func close() {
+        let ls = listeners.withLock { l -> [RDMAListener] in defer { l = [] }; return l }
+        for l in ls { l.stop() }
+    }
+
+    // MARK: Registration and exports
+
+    /// Registers `region` with the NIC for local access (no remote rights).
+    public func register(_ region: MemoryRegion) throws(MemWallError) {
+        guard !registrations.contains(region) else {
+            throw MemWallError(.alreadyExists, "\(region.id) is already registered; register each region once and reuse it")
+        }
+        let mr = try VerbsMemoryRegistration(domain: domain, region: region, remoteAccess: [])
+        try registrations.add(LocalRegistration(region: region, memoryRegistration: mr))
+    }
+
+    /// Deregisters `region` (and the registrations its exports used).
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        try registrations.remove(region, transport: name, exported: exports.uses(region))
+        let id = ObjectIdentifier(region)
+        exportRegistrations.withLock { t in
+            for k in t.keys where k.region == id { t.removeValue(forKey: k) }
+        }
+    }
+
+    /// Number of verbs memory registrations alive (local plus export), for tests and reports.
+    public var registrationCount: Int {
+        registrations.count + exportRegistrations.withLock { $0.count }
+    }
+
+    /// Exports a range of a registered region. The registration for
+    /// (region, access) is made once and shared by every name cut from it.
+    public func export(_ region: MemoryRegion, offset: Int, length: Int, as name: String, access: RemoteAccess) throws(MemWallError) {
+        try ExportTable.validate(region, offset: offset, length: length, name: name, access: access)
+        _ = try registrations.lookup(region, transport: self.name)
+        let key = ExportKey(region: ObjectIdentifier(region), access: access.rawValue)
+        let mr: VerbsMemoryRegistration
+        if let cached = exportRegistrations.withLock({ $0[key] }) {
+            mr = cached
+        } else {
+            let made = try VerbsMemoryRegistration(domain: domain, region: region, remoteAccess: access)
+            mr = exportRegistrations.withLock { t in
+                if let other = t[key] { return other }
+                t[key] = made
+                return made
+            }
+        }
+        let address = UInt64(UInt(bitPattern: region.baseAddress)) + UInt64(offset)
+        try exports.add(LocalExport(name: name, region: region, offset: offset, length: length, access: access,
+                                    key: mr.rkey, address: address, registration: mr))
+    }
+
+    /// Withdraws `name` from peers that connect later. Peers that already
+    /// hold its rkey keep access until the region is deregistered.
+    public func unexport(_ name: String) throws(MemWallError) { try exports.remove(name) }
+
+    /// Names currently exported.
+    public var exportedRegions: [ExportedRegionInfo] { exports.snapshot }
+
+    // MARK: Connections
+
+    /// Listens with librdmacm on `address:port` of this transport's device.
+    public func listen(address: String = "127.0.0.1", port: UInt16) throws(MemWallError) -> UInt16 {
+        let l = try RDMAListener(address: address, port: port, device: device, domain: domain, exports: exports,
+                                 notifications: notifications, maxReadDepth: maxReadDepth)
+        listeners.withLock { $0.append(l) }
+        return l.port
+    }
+
+    /// Connects with librdmacm, establishes an RC queue pair and receives the export table.
+    public func connect(address: String, port: UInt16, timeout: Duration = .seconds(5)) throws(MemWallError) -> RemotePeer {
+        let conn = try RDMAConnection(address: address, port: port, timeout: timeout, device: device, domain: domain,
+                                      maxReadDepth: maxReadDepth, options: options)
+        connections.withLock { c in
+            c.removeAll { $0.connection == nil }
+            c.append(WeakConnection(connection: conn))
+        }
+        return RemotePeer(address: conn.peerName, exports: conn.exports, connection: conn)
+    }
+
+    /// Polls every connection this side opened once, on the calling thread.
+    ///
+    /// Needed only with ``RemoteTransportOptions/completionThread`` off: then
+    /// nothing completes until someone calls this, as in perftest's loops.
+    /// - Returns: Completions handled.
+    @discardableResult
+    public func progress() -> Int {
+        let conns = connections.withLock { $0.compactMap(\.connection) }
+        var n = 0
+        for c in conns { n += c.progress() }
+        return n
+    }
+
+    /// Waits for the next notification (a WRITE_WITH_IMM's immediate value).
+    public func nextNotification(timeout: Duration) async throws(MemWallError) -> RemoteNotification {
+        try await notifications.next(timeout: timeout)
+    }
+
+    /// Blocking form of ``nextNotification(timeout:)`` for plain threads.
+    public func nextNotificationBlocking(timeout: Duration) throws(MemWallError) -> RemoteNotification {
+        try notifications.nextBlocking(timeout: timeout)
+    }
+
+    // MARK: Data path
+
+    struct PlanItem: Sendable {
+        let connection: RDMAConnection
+        let registration: LocalRegistration
+        let lkey: UInt32
+        let remoteAddress: UInt64
+        let rkey: UInt32
+    }
+
+    /// Validates descriptors and resolves lkeys, remote addresses and rkeys once.
+    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
+        try validateDescriptors(descriptors)
+        var items: [PlanItem] = []
+        items.reserveCapacity(descriptors.count)
+        for (i, d) in descriptors.enumerated() {
+            guard case .remote(let seg) = d.target else { continue }
+            guard let conn = seg.connection as? RDMAConnection else {
+                throw MemWallError(.invalidArgument,
+                    "descriptor \(i): segment '\(seg.name)' was resolved by another transport; resolve it with a peer of '\(name)'")
+            }
+            guard d.length <= Int(UInt32.max) else {
+                throw .invalid("length of descriptor \(i)", d.length, expected: "at most 4 GiB - 1 per RDMA work request")
+            }
+            try RemoteAccessCheck.check(operation, seg, index: i)
+            let reg = try registrations.lookup(d.local, transport: name)
+            items.append(PlanItem(connection: conn, registration: reg, lkey: reg.memoryRegistration?.lkey ?? 0,
+                                  remoteAddress: seg.remoteAddress &+ UInt64(d.targetOffset), rkey: seg.remoteKey))
+        }
+        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: items)
+    }
+
+    /// Posts the work requests (up to the send-queue depth at once); returns at once.
+    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try post(prepared, notifyValue: nil)
+    }
+
+    /// Posts a WRITE followed by a zero-length WRITE_WITH_IMM carrying `value`;
+    /// RC ordering makes the peer see it only after the data landed.
+    public func post(_ prepared: PreparedTransfer, notify value: UInt32) throws(MemWallError) -> TransferRequest {
+        guard prepared.operation == .write else {
+            throw MemWallError(.invalidArgument, "notifications follow WRITE transfers; this one is a \(prepared.operation)")
+        }
+        return try post(prepared, notifyValue: value)
+    }
+
+    private func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
+        try checkOwnership(prepared)
+        guard let items = prepared.plan as? [PlanItem], items.count == prepared.descriptors.count else {
+            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")
+        }
+        for item in items where !item.connection.isConnected {
+            throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
+        }
+        var conns: [RDMAConnection] = []
+        for item in items where !conns.contains(where: { $0 === item.connection }) { conns.append(item.connection) }
+        let box = WeakRequest()
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator) { [conns] in
+            guard let r = box.request else { return }
+            for c in conns { c.purge(r) }
+        }
+        box.request = request
+        let kind: RDMAConnection.Operation.Kind = prepared.operation == .read ? .read : .write
+        for c in conns {
+            var ops: [RDMAConnection.Operation] = []
+            ops.reserveCapacity(items.count + 1)
+            var last: PlanItem?
+            for (i, item) in items.enumerated() where item.connection === c {
+                let d = prepared.descriptors[i]
+                item.registration.retain()
+                ops.append(.init(request: request, index: i, opcode: kind,
+                                 localAddress: UInt64(UInt(bitPattern: d.local.baseAddress + d.localOffset)), lkey: item.lkey,
+                                 length: d.length, remoteAddress: item.remoteAddress, rkey: item.rkey, immediate: 0,
+                                 registration: item.registration))
+                last = item
+            }
+            if let notifyValue, let last {
+                ops.append(.init(request: nil, index: 0, opcode: .notify, localAddress: 0, lkey: 0, length: 0,
+                                 remoteAddress: last.remoteAddress, rkey: last.rkey, immediate: notifyValue, registration: nil))
+            }
+            c.submit(ops)
+        }
+        return request
+    }
+}
