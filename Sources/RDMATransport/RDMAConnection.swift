@@ -61,8 +61,17 @@ final class RDMAConnection: RemoteConnectionHandle {
         var backlogCount: Int { backlog.count - backlogHead }
     }
 
+    /// How the connection learns that the peer went away.
+    enum Control: Sendable {
+        /// librdmacm events (DISCONNECTED) on this channel.
+        case connectionManager(CMEventChannel)
+        /// End of stream on the socket the queue pairs were exchanged over.
+        case socket(Int32)
+    }
+
     final class Core: Sendable {
         let queuePair: QueuePair
+        let control: Control
         let peerName: String
         let depth: Int
         let signalInterval: Int
@@ -74,8 +83,9 @@ final class RDMAConnection: RemoteConnectionHandle {
         nonisolated(unsafe) private let sges: UnsafeMutablePointer<ibv_sge>
         private let disconnectIssued = Atomic<Bool>(false)
 
-        init(queuePair: QueuePair, peerName: String, options: RemoteTransportOptions) {
+        init(queuePair: QueuePair, control: Control, peerName: String, options: RemoteTransportOptions) {
             self.queuePair = queuePair
+            self.control = control
             self.peerName = peerName
             self.depth = options.sendQueueDepth
             self.signalInterval = min(options.signalInterval, options.sendQueueDepth)
@@ -88,6 +98,7 @@ final class RDMAConnection: RemoteConnectionHandle {
         deinit {
             wrs.deallocate()
             sges.deallocate()
+            if case .socket(let fd) = control { Glibc.close(fd) }
         }
 
         var isOpen: Bool { state.withLock { $0.closed == nil } }
@@ -196,7 +207,8 @@ final class RDMAConnection: RemoteConnectionHandle {
             finishOrphans()
             if !disconnectIssued.exchange(true, ordering: .acquiringAndReleasing) {
                 // The QP goes to the error state: the NIC stops, and posted work is flushed.
-                _ = rdma_disconnect(queuePair.identifier.id)
+                queuePair.moveToError()
+                if case .socket(let fd) = control { shutdown(fd, Int32(SHUT_RDWR)) }
             }
         }
 
@@ -294,7 +306,7 @@ final class RDMAConnection: RemoteConnectionHandle {
 
         /// The completion thread: polls, sleeps on the channel when idle, and
         /// watches the connection manager for the peer's disconnect.
-        func runCompletions(events: CMEventChannel) {
+        func runCompletions() {
             let cq = queuePair.completionQueue
             var idle = 0
             while true {
@@ -302,7 +314,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                 idle += 1
                 if busyPoll && idle % 4096 != 0 { continue }
                 if !busyPoll && idle < 200 { sched_yield(); continue }
-                watchEvents(events)
+                watchEvents()
                 checkTimeout()
                 if isDrained || abandonIfStale(grace: 2_000_000_000) {
                     if !isOpen { return }
@@ -314,35 +326,80 @@ final class RDMAConnection: RemoteConnectionHandle {
             }
         }
 
-        func watchEvents(_ events: CMEventChannel) {
-            while let ev = events.next(milliseconds: 0) {
-                if ev.kind == RDMA_CM_EVENT_DISCONNECTED || ev.kind == RDMA_CM_EVENT_DEVICE_REMOVAL {
-                    fail(MemWallError(.disconnected, "\(peerName) closed the connection (\(ev.name))"))
+        func watchEvents() {
+            switch control {
+            case .connectionManager(let events):
+                while let ev = events.next(milliseconds: 0) {
+                    if ev.kind == RDMA_CM_EVENT_DISCONNECTED || ev.kind == RDMA_CM_EVENT_DEVICE_REMOVAL {
+                        fail(MemWallError(.disconnected, "\(peerName) closed the connection (\(ev.name))"))
+                    }
+                }
+            case .socket(let fd):
+                guard isOpen else { return }
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 0) > 0 else { return }
+                var byte: UInt8 = 0
+                let n = recv(fd, &byte, 1, 0)
+                if n == 0 || (n < 0 && Errno.current != .wouldBlock && Errno.current != .interrupted) {
+                    fail(MemWallError(.disconnected, "\(peerName) closed the connection (its control socket ended)"))
                 }
             }
         }
     }
 
     let core: Core
-    private let events: CMEventChannel
     private let thread: WorkerThread?
     /// `"rxe0/127.0.0.1:18515"`.
     let peerName: String
     /// The export table the peer sent.
     let exports: [ExportedRegionInfo]
 
-    /// Resolves, connects, receives the export table and starts polling.
+    /// Connects (with librdmacm, or by exchanging queue-pair endpoints over a
+    /// socket), receives the export table and starts polling.
     init(address: String, port: UInt16, timeout: Duration, device: VerbsDevice, domain: ProtectionDomain,
-         maxReadDepth: Int, options: RemoteTransportOptions) throws(MemWallError) {
-        var sa = try SocketAddress.ipv4(address, port: port)
+         maxReadDepth: Int, options: RemoteTransportOptions, manager: RDMAConnectionManager) throws(MemWallError) {
+        let sa = try SocketAddress.ipv4(address, port: port)
         let name = "\(device.name)/\(SocketAddress.describe(sa))"
+        let (qp, control, exports) = switch manager {
+        case .rdmacm:
+            try Self.connectWithConnectionManager(sa, name: name, timeout: timeout, device: device, domain: domain,
+                                                  maxReadDepth: maxReadDepth, depth: options.sendQueueDepth)
+        case .socketExchange:
+            try Self.connectWithSocketExchange(sa, name: name, timeout: timeout, device: device, domain: domain,
+                                               maxReadDepth: maxReadDepth, depth: options.sendQueueDepth)
+        }
+        self.exports = exports
+        self.peerName = name
+        let core = Core(queuePair: qp, control: control, peerName: name, options: options)
+        self.core = core
+        if options.completionThread {
+            self.thread = try WorkerThread(name: "mw-rdma-cq") { core.runCompletions() }
+        } else {
+            self.thread = nil
+        }
+    }
+
+    private static func connectWithConnectionManager(_ sa: sockaddr_in, name: String, timeout: Duration, device: VerbsDevice,
+                                                     domain: ProtectionDomain, maxReadDepth: Int, depth: Int)
+        throws(MemWallError) -> (QueuePair, Control, [ExportedRegionInfo]) {
+        var sa = sa
         let deadline = MonotonicClock.nanoseconds() &+ timeout.nanosecondsClamped
         let ms = Int32(clamping: max(timeout.nanosecondsClamped / 1_000_000, 1))
         let channel = try CMEventChannel()
         let id = try CMIdentifier(channel: channel)
+        // For a loopback destination, bind the source to loopback as well, so the
+        // connection manager picks the device bound to lo.
+        let isLoopback = UInt32(bigEndian: sa.sin_addr.s_addr) >> 24 == 127
+        var src = sa
+        src.sin_port = 0
         _ = try withUnsafeMutablePointer(to: &sa) { p throws(MemWallError) in
             try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp throws(MemWallError) in
-                try CCall.minusOne(rdma_resolve_addr(id.id, nil, sp, ms), "rdma_resolve_addr", "cannot resolve \(name) to an RDMA device")
+                try withUnsafeMutablePointer(to: &src) { q throws(MemWallError) in
+                    try q.withMemoryRebound(to: sockaddr.self, capacity: 1) { srcp throws(MemWallError) in
+                        try CCall.minusOne(rdma_resolve_addr(id.id, isLoopback ? srcp : nil, sp, ms), "rdma_resolve_addr",
+                                           "cannot resolve \(name) to an RDMA device")
+                    }
+                }
             }
         }
         try channel.expect(RDMA_CM_EVENT_ADDR_RESOLVED, on: id.key, deadline: deadline, step: "address resolution", peer: name)
@@ -350,10 +407,10 @@ final class RDMAConnection: RemoteConnectionHandle {
             throw MemWallError(.invalidArgument,
                 "\(name) is reached through RDMA device '\(id.deviceName ?? "none")', not '\(device.name)'; use that device or another address")
         }
-        try CCall.minusOne(rdma_resolve_route(id.id, ms), "rdma_resolve_route", "cannot resolve a route to \(name)")
+        try CCall.minusOne(rdma_resolve_route(id.id, ms), "rdma_resolve_route",
+                           "cannot resolve a route to \(name); on a device bound to lo, use the socket exchange (--cm socket)")
         try channel.expect(RDMA_CM_EVENT_ROUTE_RESOLVED, on: id.key, deadline: deadline, step: "route resolution", peer: name)
 
-        let depth = options.sendQueueDepth
         let cq = try CompletionQueue(device: device, entries: depth + 8)
         let qp = try QueuePair(identifier: id, domain: domain, completionQueue: cq, sendDepth: depth, receiveDepth: 4)
         // The export table arrives as the first SEND; its buffer is posted before connecting.
@@ -379,22 +436,41 @@ final class RDMAConnection: RemoteConnectionHandle {
             usleep(50)
         }
         guard got else {
-            _ = rdma_disconnect(id.id)
+            qp.moveToError()
             throw MemWallError(.timedOut, "\(name) accepted but sent no export table within \(timeout); is it a MemWall peer?")
         }
         guard wc.status == IBV_WC_SUCCESS else {
-            _ = rdma_disconnect(id.id)
+            qp.moveToError()
             throw MemWallError(.disconnected, "receiving the export table from \(name) failed: \(String(cString: ibv_wc_status_str(wc.status)))")
         }
-        self.exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(start: tableRegion.baseAddress, count: Int(wc.byte_len)), peer: name)
-        self.peerName = name
-        self.events = channel
-        let core = Core(queuePair: qp, peerName: name, options: options)
-        self.core = core
-        if options.completionThread {
-            self.thread = try WorkerThread(name: "mw-rdma-cq") { core.runCompletions(events: channel) }
-        } else {
-            self.thread = nil
+        let exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(start: tableRegion.baseAddress, count: Int(wc.byte_len)), peer: name)
+        return (qp, .connectionManager(channel), exports)
+    }
+
+    private static func connectWithSocketExchange(_ sa: sockaddr_in, name: String, timeout: Duration, device: VerbsDevice,
+                                                  domain: ProtectionDomain, maxReadDepth: Int, depth: Int)
+        throws(MemWallError) -> (QueuePair, Control, [ExportedRegionInfo]) {
+        guard let (gidIndex, gid) = device.gidIndex(for: sa.sin_addr) else {
+            throw MemWallError(.unsupported,
+                "\(device.name) has no GID for \(SocketAddress.describe(sa)); bind the device to the interface holding that address")
+        }
+        let mtu = try device.activeMTU()
+        let fd = try SocketIO.makeStreamSocket()
+        do throws(MemWallError) {
+            try SocketIO.connect(fd, to: sa, timeout: timeout)
+            SocketIO.setReceiveTimeout(fd, timeout)
+            let cq = try CompletionQueue(device: device, entries: depth + 8)
+            let qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: depth, receiveDepth: 4)
+            let psn = UInt32.random(in: 0 ..< (1 << 24))
+            let mine = qp.endpoint(psn: psn, gid: gid)
+            try RDMAExchange.sendHello(fd, mine, peer: name)
+            let (remote, exports) = try RDMAExchange.receiveReply(fd, peer: name, timeout: timeout)
+            try qp.connect(to: remote, localPSN: psn, gidIndex: gidIndex, mtu: mtu, readDepth: maxReadDepth)
+            SocketIO.setReceiveTimeout(fd, nil)
+            return (qp, .socket(fd), exports)
+        } catch {
+            Glibc.close(fd)
+            throw error
         }
     }
 
@@ -417,7 +493,7 @@ final class RDMAConnection: RemoteConnectionHandle {
     func progress() -> Int {
         let n = core.pollOnce()
         if n == 0 {
-            core.watchEvents(events)
+            core.watchEvents()
             core.checkTimeout()
         }
         return n

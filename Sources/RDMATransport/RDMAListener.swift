@@ -19,12 +19,13 @@ final class RDMAListener: Sendable {
     /// One accepted connection.
     final class Accepted: Sendable {
         let queuePair: QueuePair
-        let table: VerbsMemoryRegistration
+        /// The registered buffer the export table is sent from (rdmacm only).
+        let table: VerbsMemoryRegistration?
         let peer: String
         let receiveSlots: Int
         let disconnected = Atomic<Bool>(false)
 
-        init(queuePair: QueuePair, table: VerbsMemoryRegistration, peer: String, receiveSlots: Int) {
+        init(queuePair: QueuePair, table: VerbsMemoryRegistration?, peer: String, receiveSlots: Int) {
             self.queuePair = queuePair
             self.table = table
             self.peer = peer
@@ -32,6 +33,7 @@ final class RDMAListener: Sendable {
         }
 
         func sendTable(length: Int) throws(MemWallError) {
+            guard let table else { return }
             var sge = ibv_sge(addr: UInt64(UInt(bitPattern: table.region.baseAddress)), length: UInt32(length), lkey: table.lkey)
             var wr = ibv_send_wr()
             wr.wr_id = UInt64.max
@@ -98,7 +100,7 @@ final class RDMAListener: Sendable {
             }
             // Closing: disconnect every peer, then let the objects go (QP before its identifier).
             let conns = accepted.withLock { a -> [Accepted] in defer { a = [:] }; return Array(a.values) }
-            for c in conns { _ = rdma_disconnect(c.queuePair.identifier.id) }
+            for c in conns { c.queuePair.moveToError() }
         }
 
         private func handle(_ ev: CMEvent) {
@@ -114,17 +116,15 @@ final class RDMAListener: Sendable {
                 }
             case RDMA_CM_EVENT_ESTABLISHED:
                 let (conn, table) = (accepted.withLock { $0[ev.id] }, ExportTableCodec.encode(exports.snapshot))
-                guard let conn else { return }
-                let n = min(table.count, conn.table.region.byteCount)
-                conn.table.region.withUnsafeMutableBytes(offset: 0, length: n) { dst in
+                guard let conn, let buffer = conn.table else { return }
+                let n = min(table.count, buffer.region.byteCount)
+                buffer.region.withUnsafeMutableBytes(offset: 0, length: n) { dst in
                     table.withUnsafeBytes { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0 ..< n])) }
                 }
-                if (try? conn.sendTable(length: max(n, 4))) == nil { _ = rdma_disconnect(conn.queuePair.identifier.id) }
+                if (try? conn.sendTable(length: max(n, 4))) == nil { conn.queuePair.moveToError() }
             case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_TIMEWAIT_EXIT:
                 if let conn = accepted.withLock({ $0.removeValue(forKey: ev.id) }) {
-                    if !conn.disconnected.exchange(true, ordering: .relaxed) {
-                        _ = rdma_disconnect(conn.queuePair.identifier.id)
-                    }
+                    if !conn.disconnected.exchange(true, ordering: .relaxed) { conn.queuePair.moveToError() }
                 }
             default:
                 break

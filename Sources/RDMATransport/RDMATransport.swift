@@ -24,6 +24,8 @@ public final class RDMATransport: RemoteMemoryTransport {
     public let options: RemoteTransportOptions
     /// The RDMA device in use ("rxe0").
     public var deviceName: String { device.name }
+    /// How connections are set up.
+    public let connectionManager: RDMAConnectionManager
 
     let device: VerbsDevice
     let domain: ProtectionDomain
@@ -32,7 +34,7 @@ public final class RDMATransport: RemoteMemoryTransport {
     private let exportRegistrations = Mutex<[ExportKey: VerbsMemoryRegistration]>([:])
     private let exports = ExportTable()
     private let notifications = NotificationQueue()
-    private let listeners = Mutex<[RDMAListener]>([])
+    private let listeners = Mutex<[any RDMAListening]>([])
     private let connections = Mutex<[WeakConnection]>([])
 
     private struct ExportKey: Hashable {
@@ -48,10 +50,15 @@ public final class RDMATransport: RemoteMemoryTransport {
     public static func availableDevices() -> [String] { VerbsDevice.availableNames() }
 
     /// Opens `device` and allocates its protection domain.
+    /// - Parameters:
+    ///   - connectionManager: librdmacm (default), or the socket exchange where
+    ///     rdmacm cannot route (soft-RoCE on lo). Both ends must use the same.
     /// - Throws: `notFound` for a device that does not exist (naming those that do),
     ///   `invalidArgument` for bad options, `systemCall` from ibv_alloc_pd.
-    public init(device name: String, options: RemoteTransportOptions = RemoteTransportOptions()) throws(MemWallError) {
+    public init(device name: String, options: RemoteTransportOptions = RemoteTransportOptions(),
+                connectionManager: RDMAConnectionManager = .rdmacm) throws(MemWallError) {
         try options.validate()
+        self.connectionManager = connectionManager
         let device = try VerbsDevice.open(named: name)
         self.device = device
         self.domain = try ProtectionDomain(device: device)
@@ -65,7 +72,7 @@ public final class RDMATransport: RemoteMemoryTransport {
     /// Stops listening and disconnects accepted peers. Connections this side
     /// opened close when their ``RemotePeer`` is disconnected or released.
     public func close() {
-        let ls = listeners.withLock { l -> [RDMAListener] in defer { l = [] }; return l }
+        let ls = listeners.withLock { l -> [any RDMAListening] in defer { l = [] }; return l }
         for l in ls { l.stop() }
     }
 
@@ -127,8 +134,14 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     /// Listens with librdmacm on `address:port` of this transport's device.
     public func listen(address: String = "127.0.0.1", port: UInt16) throws(MemWallError) -> UInt16 {
-        let l = try RDMAListener(address: address, port: port, device: device, domain: domain, exports: exports,
-                                 notifications: notifications, maxReadDepth: maxReadDepth)
+        let l: any RDMAListening = switch connectionManager {
+        case .rdmacm:
+            try RDMAListener(address: address, port: port, device: device, domain: domain, exports: exports,
+                             notifications: notifications, maxReadDepth: maxReadDepth)
+        case .socketExchange:
+            try RDMASocketListener(address: address, port: port, device: device, domain: domain, exports: exports,
+                                   notifications: notifications, maxReadDepth: maxReadDepth)
+        }
         listeners.withLock { $0.append(l) }
         return l.port
     }
@@ -136,7 +149,7 @@ public final class RDMATransport: RemoteMemoryTransport {
     /// Connects with librdmacm, establishes an RC queue pair and receives the export table.
     public func connect(address: String, port: UInt16, timeout: Duration = .seconds(5)) throws(MemWallError) -> RemotePeer {
         let conn = try RDMAConnection(address: address, port: port, timeout: timeout, device: device, domain: domain,
-                                      maxReadDepth: maxReadDepth, options: options)
+                                      maxReadDepth: maxReadDepth, options: options, manager: connectionManager)
         connections.withLock { c in
             c.removeAll { $0.connection == nil }
             c.append(WeakConnection(connection: conn))
@@ -171,6 +184,7 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     struct PlanItem: Sendable {
         let connection: RDMAConnection
+        // (lkey, remote address and rkey resolved once, at prepare)
         let registration: LocalRegistration
         let lkey: UInt32
         let remoteAddress: UInt64
@@ -252,3 +266,12 @@ public final class RDMATransport: RemoteMemoryTransport {
         return request
     }
 }
+
+/// What the transport needs of either kind of listener.
+protocol RDMAListening: Sendable {
+    var port: UInt16 { get }
+    func stop()
+}
+
+extension RDMAListener: RDMAListening {}
+extension RDMASocketListener: RDMAListening {}

@@ -46,6 +46,17 @@ enum SocketIO {
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Sets (or clears, with nil) how long a blocking read waits.
+    static func setReceiveTimeout(_ fd: Int32, _ timeout: Duration?) {
+        var tv = timeval()
+        if let timeout {
+            let ns = max(timeout.nanosecondsClamped, 1_000_000)
+            tv.tv_sec = Int(ns / 1_000_000_000)
+            tv.tv_usec = Int(ns % 1_000_000_000 / 1000)
+        }
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Connects with a deadline.
     /// - Throws: `disconnected` (refused: nothing listens), `timedOut`, `systemCall`.
     static func connect(_ fd: Int32, to sa: sockaddr_in, timeout: Duration) throws(MemWallError) {

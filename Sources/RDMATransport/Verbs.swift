@@ -278,32 +278,97 @@ final class CMIdentifier: Sendable {
     deinit { rdma_destroy_id(id) }
 }
 
-/// A reliable-connected queue pair, created on a connection identifier.
+/// How a queue pair learns its peer: what one side sends the other in the
+/// socket exchange (the connection manager does this itself on `rdmacm`).
+struct QueuePairEndpoint: Sendable, Hashable {
+    var queuePairNumber: UInt32
+    var packetSequenceNumber: UInt32
+    var gid: [UInt8]
+
+    static let wireSize = 24
+
+    func encode() -> [UInt8] {
+        var out: [UInt8] = []
+        withUnsafeBytes(of: queuePairNumber.littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: packetSequenceNumber.littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: gid.prefix(16))
+        while out.count < Self.wireSize { out.append(0) }
+        return out
+    }
+
+    init(queuePairNumber: UInt32, packetSequenceNumber: UInt32, gid: [UInt8]) {
+        self.queuePairNumber = queuePairNumber
+        self.packetSequenceNumber = packetSequenceNumber
+        self.gid = gid
+    }
+
+    init(bytes: UnsafeRawPointer) {
+        queuePairNumber = UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self))
+        packetSequenceNumber = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        gid = Array(UnsafeRawBufferPointer(start: bytes + 8, count: 16))
+    }
+}
+
+extension VerbsDevice {
+    /// The GID table index holding `address` as an IPv4-mapped GID (RoCE), or nil.
+    func gidIndex(for address: in_addr, port: UInt8 = 1) -> (Int, [UInt8])? {
+        var want = [UInt8](repeating: 0, count: 16)
+        want[10] = 0xFF
+        want[11] = 0xFF
+        withUnsafeBytes(of: address.s_addr) { for i in 0 ..< 4 { want[12 + i] = $0[i] } }
+        var found: (Int, [UInt8])?
+        for i in 0 ..< 64 {
+            var gid = ibv_gid()
+            guard ibv_query_gid(context, port, Int32(i), &gid) == 0 else { break }
+            let bytes = withUnsafeBytes(of: gid.raw) { Array($0) }
+            // rxe lists each address once per RoCE version; the later entry is RoCE v2.
+            if bytes == want { found = (i, bytes) }
+        }
+        return found
+    }
+
+    /// The port's active MTU.
+    func activeMTU(port: UInt8 = 1) throws(MemWallError) -> ibv_mtu {
+        var attr = ibv_port_attr()
+        try CCall.returnsErrno(___ibv_query_port(context, port, &attr), "ibv_query_port", "cannot query port \(port) of \(name)")
+        return attr.active_mtu
+    }
+}
+
+/// A reliable-connected queue pair.
 ///
-/// It has no public operations: only ``RDMAConnection``, built after the
-/// connection is established, posts on it.
+/// It has no public operations: only ``RDMAConnection`` (built after the
+/// connection is established) and the listener post on it. With rdmacm it
+/// lives on a connection identifier; with the socket exchange it is created
+/// on the protection domain and walked through INIT → RTR → RTS here.
 final class QueuePair: Sendable {
-    let identifier: CMIdentifier
+    let identifier: CMIdentifier?
     let domain: ProtectionDomain
     let completionQueue: CompletionQueue
     nonisolated(unsafe) let qp: UnsafeMutablePointer<ibv_qp>
     let sendDepth: Int
     let receiveDepth: Int
 
-    init(identifier: CMIdentifier, domain: ProtectionDomain, completionQueue: CompletionQueue,
-         sendDepth: Int, receiveDepth: Int) throws(MemWallError) {
-        self.identifier = identifier
-        self.domain = domain
-        self.completionQueue = completionQueue
+    private static func initAttributes(_ cq: CompletionQueue, sendDepth: Int, receiveDepth: Int) -> ibv_qp_init_attr {
         var attr = ibv_qp_init_attr()
-        attr.send_cq = completionQueue.cq
-        attr.recv_cq = completionQueue.cq
+        attr.send_cq = cq.cq
+        attr.recv_cq = cq.cq
         attr.qp_type = IBV_QPT_RC
         attr.sq_sig_all = 0
         attr.cap.max_send_wr = UInt32(sendDepth)
         attr.cap.max_recv_wr = UInt32(receiveDepth)
         attr.cap.max_send_sge = 1
         attr.cap.max_recv_sge = 1
+        return attr
+    }
+
+    /// Creates the queue pair on an rdmacm identifier (rdmacm drives its states).
+    init(identifier: CMIdentifier, domain: ProtectionDomain, completionQueue: CompletionQueue,
+         sendDepth: Int, receiveDepth: Int) throws(MemWallError) {
+        self.identifier = identifier
+        self.domain = domain
+        self.completionQueue = completionQueue
+        var attr = Self.initAttributes(completionQueue, sendDepth: sendDepth, receiveDepth: receiveDepth)
         try CCall.minusOne(rdma_create_qp(identifier.id, domain.pd, &attr), "rdma_create_qp",
                            "cannot create a queue pair with \(sendDepth) send and \(receiveDepth) receive entries on \(domain.device.name)")
         guard let qp = identifier.id.pointee.qp else {
@@ -312,6 +377,72 @@ final class QueuePair: Sendable {
         self.qp = qp
         self.sendDepth = sendDepth
         self.receiveDepth = receiveDepth
+    }
+
+    /// Creates the queue pair on the protection domain and moves it to INIT.
+    init(domain: ProtectionDomain, completionQueue: CompletionQueue, sendDepth: Int, receiveDepth: Int) throws(MemWallError) {
+        self.identifier = nil
+        self.domain = domain
+        self.completionQueue = completionQueue
+        var attr = Self.initAttributes(completionQueue, sendDepth: sendDepth, receiveDepth: receiveDepth)
+        self.qp = try CCall.nonNull(ibv_create_qp(domain.pd, &attr), "ibv_create_qp",
+                                    "cannot create a queue pair with \(sendDepth) send and \(receiveDepth) receive entries on \(domain.device.name)")
+        self.sendDepth = sendDepth
+        self.receiveDepth = receiveDepth
+        var a = ibv_qp_attr()
+        a.qp_state = IBV_QPS_INIT
+        a.pkey_index = 0
+        a.port_num = 1
+        a.qp_access_flags = IBV_ACCESS_REMOTE_READ.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_LOCAL_WRITE.rawValue
+        let mask = IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue | IBV_QP_ACCESS_FLAGS.rawValue
+        try CCall.returnsErrno(ibv_modify_qp(qp, &a, Int32(mask)), "ibv_modify_qp", "cannot move the queue pair to INIT")
+    }
+
+    /// This side's endpoint for the socket exchange.
+    func endpoint(psn: UInt32, gid: [UInt8]) -> QueuePairEndpoint {
+        QueuePairEndpoint(queuePairNumber: qp.pointee.qp_num, packetSequenceNumber: psn, gid: gid)
+    }
+
+    /// INIT → RTR → RTS towards `remote`.
+    func connect(to remote: QueuePairEndpoint, localPSN: UInt32, gidIndex: Int, mtu: ibv_mtu, readDepth: Int) throws(MemWallError) {
+        var a = ibv_qp_attr()
+        a.qp_state = IBV_QPS_RTR
+        a.path_mtu = mtu
+        a.dest_qp_num = remote.queuePairNumber
+        a.rq_psn = remote.packetSequenceNumber
+        a.max_dest_rd_atomic = UInt8(clamping: readDepth)
+        a.min_rnr_timer = 12
+        a.ah_attr.is_global = 1
+        withUnsafeMutableBytes(of: &a.ah_attr.grh.dgid.raw) { dst in
+            for i in 0 ..< min(16, remote.gid.count) { dst[i] = remote.gid[i] }
+        }
+        a.ah_attr.grh.sgid_index = UInt8(clamping: gidIndex)
+        a.ah_attr.grh.hop_limit = 64
+        a.ah_attr.port_num = 1
+        var mask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
+            | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
+        try CCall.returnsErrno(ibv_modify_qp(qp, &a, Int32(mask)), "ibv_modify_qp", "cannot move the queue pair to RTR")
+        a = ibv_qp_attr()
+        a.qp_state = IBV_QPS_RTS
+        a.timeout = 14
+        a.retry_cnt = 7
+        a.rnr_retry = 7
+        a.sq_psn = localPSN
+        a.max_rd_atomic = UInt8(clamping: readDepth)
+        mask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue | IBV_QP_RNR_RETRY.rawValue
+            | IBV_QP_SQ_PSN.rawValue | IBV_QP_MAX_QP_RD_ATOMIC.rawValue
+        try CCall.returnsErrno(ibv_modify_qp(qp, &a, Int32(mask)), "ibv_modify_qp", "cannot move the queue pair to RTS")
+    }
+
+    /// Moves the queue pair to the error state: the NIC stops it and flushes posted work.
+    func moveToError() {
+        if let identifier {
+            _ = rdma_disconnect(identifier.id)
+            return
+        }
+        var a = ibv_qp_attr()
+        a.qp_state = IBV_QPS_ERR
+        _ = ibv_modify_qp(qp, &a, Int32(IBV_QP_STATE.rawValue))
     }
 
     /// Posts a receive for `length` bytes at `address` (0 length: a notification slot).
@@ -328,5 +459,7 @@ final class QueuePair: Sendable {
         try CCall.returnsErrno(rc, "ibv_post_recv", "cannot post a receive on the queue pair")
     }
 
-    deinit { rdma_destroy_qp(identifier.id) }
+    deinit {
+        if let identifier { rdma_destroy_qp(identifier.id) } else { ibv_destroy_qp(qp) }
+    }
 }
