@@ -82,9 +82,10 @@ let package = Package(
                     dependencies: ["KVPlacement", "Transport", "NUMATransport", "URingTransport",
                                    "Topology", "MemWallCore"],
                     swiftSettings: swiftSettings),
-        .testTarget(name: "LabTests",
-                    dependencies: ["MemWallCore", "Topology", "CNUMA", "CURing", "CIBVerbs",
-                                   "CHwloc", "CMemWallShim"],
+        // Host probes, the CLI's handling of bad input, and the lab guest's identity.
+        .testTarget(name: "ProbeTests",
+                    dependencies: ["MemWallCore", "Transport", "NUMATransport", "URingTransport",
+                                   "RDMATransport", "CURing", "CMemWallShim"],
                     swiftSettings: swiftSettings),
     ]
 )

@@ -29,7 +29,9 @@ public struct ByteCount: RawRepresentable, Hashable, Comparable, Sendable, Custo
         var i = 0
         while abs(v) >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
         if v == v.rounded() { return "\(Int(v)) \(units[i])" }
-        return "\(formatDecimal(v, places: 2)) \(units[i])"
+        var text = formatDecimal(v, places: 2)
+        while text.hasSuffix("0") { text.removeLast() }
+        return "\(text) \(units[i])"
     }
 
     /// Parses `4096`, `4k`, `4KiB`, `64M`, `1.5GiB`, `2 g` (binary multiples; `KB` is
