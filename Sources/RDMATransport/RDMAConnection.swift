@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CIBVerbs
-internal import CRDMACM
+import CIBVerbs
+import CRDMACM
 import MemWallCore
 import Synchronization
 import Transport

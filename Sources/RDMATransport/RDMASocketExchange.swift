@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CIBVerbs
+import CIBVerbs
 import MemWallCore
 import Synchronization
 import Transport

@@ -9,7 +9,7 @@ struct MemWall: AsyncParsableCommand {
         abstract: "Move data across an inference host's memory hierarchy: DRAM, CXL, NVMe, RDMA.",
         version: "0.1.0",
         subcommands: [
-            CapabilitiesCommand.self,
+            CapabilitiesCommand.self, BenchRDMACommand.self, RDMAServeCommand.self,
         ]
     )
 }

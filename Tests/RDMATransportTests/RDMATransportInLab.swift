@@ -19,7 +19,8 @@ func makeRDMA(_ options: RemoteTransportOptions = RemoteTransportOptions()) thro
 
 @Suite("RDMA verbs on soft-RoCE", .enabled(if: inLab, "runs in the lab guest (make lab)"), .timeLimit(.minutes(5)))
 struct RDMATransportInLab {
-    static func pair(options: RemoteTransportOptions = RemoteTransportOptions()) throws -> RemotePair {
+    // Generous: under TCG, with the whole suite in parallel on two vCPUs, soft-RoCE is slow.
+    static func pair(options: RemoteTransportOptions = RemoteTransportOptions(operationTimeout: .seconds(60))) throws -> RemotePair {
         try RemotePair.make(server: try makeRDMA(options), client: try makeRDMA(options))
     }
 
@@ -46,7 +47,7 @@ struct RDMATransportInLab {
 
     @Test("a prepared list of 300 descriptors posts many times, with a small send queue and selective signalling")
     func descriptorLists() async throws {
-        try await RemoteConformance.descriptorLists(try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 16, signalInterval: 8)))
+        try await RemoteConformance.descriptorLists(try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 16, signalInterval: 8, operationTimeout: .seconds(60))))
     }
 
     @Test("a WRITE_WITH_IMM notification arrives only after all data landed")
