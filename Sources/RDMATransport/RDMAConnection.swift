@@ -275,10 +275,12 @@ final class RDMAConnection: RemoteConnectionHandle {
 
         /// Fails everything when the oldest posted request is older than the timeout.
         func checkTimeout() {
-            let now = MonotonicClock.nanoseconds()
             let late = state.withLock { s -> Bool in
                 guard s.closed == nil, s.fifoHead < s.fifo.count else { return false }
-                return now &- s.fifo[s.fifoHead].postedAt > timeout
+                // Read the clock under the lock: an entry posted meanwhile must not look older than now.
+                let posted = s.fifo[s.fifoHead].postedAt
+                let now = MonotonicClock.nanoseconds()
+                return now > posted && now - posted > timeout
             }
             if late {
                 fail(MemWallError(.timedOut,
@@ -289,9 +291,9 @@ final class RDMAConnection: RemoteConnectionHandle {
 
         /// After a close, posted work that the NIC never flushed is failed after a grace period.
         func abandonIfStale(grace: UInt64) -> Bool {
-            let now = MonotonicClock.nanoseconds()
             let left = state.withLock { s -> [Operation]? in
-                guard let c = s.closed, now &- s.closedAt > grace else { return nil }
+                let now = MonotonicClock.nanoseconds()
+                guard let c = s.closed, now >= s.closedAt, now - s.closedAt >= grace else { return nil }
                 let ops = s.fifo[s.fifoHead...].map(\.operation)
                 s.fifo = []
                 s.fifoHead = 0

@@ -54,8 +54,14 @@ final class VerbsDevice: Sendable {
             if s == name { return VerbsDevice(context: ctx, name: s) }
             names.append(s)
         }
+        // Name what does exist, with port states, as `memwall capabilities` shows them.
+        let probe = RDMAProbe.probe()
+        let described = probe.devices.map { d in
+            d.name + " (" + (d.ports.isEmpty ? (d.error ?? "no ports") : d.ports.map { "port \($0.number) \($0.state)" }.joined(separator: ", ")) + ")"
+        }
         throw MemWallError(.notFound,
-            "RDMA device '\(name)' does not exist; devices here: " + (names.isEmpty ? "none" : names.joined(separator: ", ")))
+            "RDMA device '\(name)' does not exist; devices here: "
+                + (described.isEmpty ? (names.isEmpty ? "none" : names.joined(separator: ", ")) : described.joined(separator: ", ")))
     }
 
     /// Largest number of outstanding RDMA READs a queue pair may issue (max_qp_init_rd_atom).
