@@ -208,7 +208,7 @@ final class RDMAConnection: RemoteConnectionHandle {
             if !disconnectIssued.exchange(true, ordering: .acquiringAndReleasing) {
                 // The QP goes to the error state: the NIC stops, and posted work is flushed.
                 queuePair.moveToError()
-                if case .socket(let fd) = control { shutdown(fd, Int32(SHUT_RDWR)) }
+                if case .socket(let fd) = control { shutdown(fd, SocketIO.shutdownBoth) }
             }
         }
 

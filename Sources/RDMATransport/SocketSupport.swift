@@ -30,6 +30,9 @@ enum SocketAddress {
 
 /// Socket calls the emulation needs, through the fault-injecting funnel where bytes move.
 enum SocketIO {
+    /// `SHUT_RDWR` (2 on Linux): Glibc's Swift module does not export it in every build mode.
+    static let shutdownBoth: Int32 = 2
+
     /// A TCP socket with Nagle off (small acknowledgements must not wait) and large buffers.
     static func makeStreamSocket() throws(MemWallError) -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -96,7 +96,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
                 return (true, q, p)
             }
             guard first else { return }
-            shutdown(fd, Int32(SHUT_RDWR))
+            shutdown(fd, SocketIO.shutdownBoth)
             for item in queued { if case .operation(let op) = item { op.finish(.failure(error)) } }
             for p in pending { p.operation.finish(.failure(error)) }
             wake.signal()

@@ -97,7 +97,7 @@ final class TCPListener: Sendable {
     func stop() {
         guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         // shutdown() on a listening socket wakes a blocked accept() with EINVAL.
-        shutdown(core.fd, Int32(SHUT_RDWR))
+        shutdown(core.fd, SocketIO.shutdownBoth)
         thread.join()
         let conns = core.connections.withLock { c -> [TCPServerConnection] in defer { c = [:] }; return Array(c.values) }
         for c in conns { c.stop() }
@@ -136,13 +136,13 @@ final class TCPServerConnection: Sendable {
             run()
             onExit(ObjectIdentifier(self))
         }
-        if t == nil { shutdown(fd, Int32(SHUT_RDWR)) }
+        if t == nil { shutdown(fd, SocketIO.shutdownBoth) }
         thread.withLock { $0 = t }
     }
 
     func stop() {
         stopped.store(true, ordering: .releasing)
-        shutdown(fd, Int32(SHUT_RDWR))
+        shutdown(fd, SocketIO.shutdownBoth)
         let t = thread.withLock { $0 }
         t?.join()
     }

@@ -204,7 +204,7 @@ final class StalledPeer: Sendable {
     }
 
     deinit {
-        shutdown(fd, Int32(SHUT_RDWR))
+        shutdown(fd, SocketIO.shutdownBoth)
         thread.join()
         Glibc.close(fd)
     }
