@@ -29,7 +29,8 @@ bin="$here/.build/release/memwall"
 
 # `memwall bench rdma` once the bench group is registered; `memwall rdma` on the issue branch.
 bench_cmd() {
-  if "$bin" bench rdma --help >/dev/null 2>&1; then echo "$bin bench rdma"; else echo "$bin rdma"; fi
+  # (`--help` cannot tell: the root prints its own help for an unknown subcommand.)
+  if "$bin" --help 2>/dev/null | grep -qE '^ +bench( |$)'; then echo "$bin bench rdma"; else echo "$bin rdma"; fi
 }
 
 json_field() { # json_field FILE PYTHON-EXPR (rows as r)

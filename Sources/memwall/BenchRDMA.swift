@@ -35,6 +35,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Option(name: .long, help: "Requests kept in flight for bandwidth (perftest -t).")
     var txDepth: Int = 128
 
+    @Option(name: .long, help: "Bandwidth: messages per request, posted as one work-request list with selective signalling (perftest -l).")
+    var postList: Int = 16
+
     @Option(name: .long, help: "Use a peer started with 'memwall rdma-serve --export bench:SIZE:rw' at HOST:PORT.")
     var connect: String?
 
@@ -71,6 +74,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
     func validate() throws {
         guard iterations >= 1 else { throw ValidationError("invalid --iterations '\(iterations)': expected at least 1") }
         guard (1 ... 16384).contains(txDepth) else { throw ValidationError("invalid --tx-depth '\(txDepth)': expected 1 to 16384") }
+        guard (1 ... 1024).contains(postList) else { throw ValidationError("invalid --post-list '\(postList)': expected 1 to 1024") }
     }
 
     func run() async throws {
@@ -113,10 +117,14 @@ struct BenchRDMACommand: AsyncParsableCommand {
             let operation: TransferOperation = op == "read" ? .read : .write
             for m in modes {
                 for size in sizeList {
-                    let prepared = try client.prepare(operation, [TransferDescriptor(local: local, target: .remote(segment), length: size)])
-                    let row = m == "bw"
-                        ? try Self.bandwidth(client, prepared, iterations: iterations, window: txDepth, progress: progress)
-                        : try Self.latency(client, prepared, iterations: iterations, progress: progress)
+                    let one = TransferDescriptor(local: local, target: .remote(segment), length: size)
+                    let row: Row
+                    if m == "bw" {
+                        let list = try client.prepare(operation, Array(repeating: one, count: postList))
+                        row = try Self.bandwidth(client, list, messageBytes: size, iterations: iterations, window: txDepth, progress: progress)
+                    } else {
+                        row = try Self.latency(client, try client.prepare(operation, [one]), iterations: iterations, progress: progress)
+                    }
                     rows.append(row)
                     step += 1
                     reporter.update(step, "\(op) \(m) \(ByteCount(size))")
@@ -136,9 +144,13 @@ struct BenchRDMACommand: AsyncParsableCommand {
         }
     }
 
-    /// Keeps `window` requests in flight, `iterations` in all; perftest's bw loop.
-    static func bandwidth(_ t: any RemoteMemoryTransport, _ prepared: PreparedTransfer, iterations: Int, window: Int,
-                          progress: () -> Void) throws -> Row {
+    /// Keeps `window` messages in flight, `iterations` messages in all; perftest's bw loop.
+    /// Each request carries `prepared.descriptors.count` messages of `messageBytes`.
+    static func bandwidth(_ t: any RemoteMemoryTransport, _ prepared: PreparedTransfer, messageBytes: Int, iterations messages: Int,
+                          window messageWindow: Int, progress: () -> Void) throws -> Row {
+        let perRequest = prepared.descriptors.count
+        let iterations = max(1, (messages + perRequest - 1) / perRequest)
+        let window = max(1, messageWindow / perRequest)
         var inFlight: [TransferRequest] = []
         inFlight.reserveCapacity(window)
         var head = 0
@@ -165,10 +177,11 @@ struct BenchRDMACommand: AsyncParsableCommand {
             if head > 1024 { inFlight.removeFirst(head); head = 0 }
         }
         let ns = Double(MonotonicClock.nanoseconds() - start)
-        let bytes = Double(prepared.totalBytes) * Double(iterations)
-        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: prepared.totalBytes, iterations: iterations,
+        let sent = iterations * perRequest
+        let bytes = Double(messageBytes) * Double(sent)
+        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: sent,
                    mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
-                   messagesPerSecond: Double(iterations) / ns * 1e9)
+                   messagesPerSecond: Double(sent) / ns * 1e9)
     }
 
     /// One request at a time; perftest's lat loop.
