@@ -88,22 +88,29 @@ lab_inner() {
     ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
     local ps=$!
     sleep 1
-    local pt; pt=$(ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" 127.0.0.1 2>/dev/null | awk -v s="$s" '$1==s {print $4}')
+    ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
     wait "$ps" || true
-    $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --json > "$tmp/bw.json"
-    local mw; mw=$(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']")
-    python3 -c "print('| WRITE bw (MB/s, higher is better) | $s | $BW_ITERS | %.2f | %.2f | %.2f |' % ($pt, $mw, $mw/$pt))"
+    sed 's/^/# ib_write_bw: /' "$tmp/pt.txt" >&2
+    local pt; pt=$(awk -v s="$s" '$1==s {print $4}' "$tmp/pt.txt")
+    for pl in 1 16; do
+      $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --post-list "$pl" --json > "$tmp/bw.json"
+      local mw; mw=$(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']")
+      python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| WRITE bw MB/s, higher is better (memwall post list $pl) | $s | $BW_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt))"
+    done
   done
   IFS=, read -ra lats <<< "$LAT_SIZES"
   for s in "${lats[@]}"; do
     ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
     local ps=$!
     sleep 1
-    local pt; pt=$(ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" 127.0.0.1 2>/dev/null | awk -v s="$s" '$1==s {print $5}')
+    ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
     wait "$ps" || true
+    sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
+    # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
+    local pt; pt=$(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")
     $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode lat --ops read --sizes "$s" -n "$LAT_ITERS" --json > "$tmp/lat.json"
     local mw; mw=$(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']")
-    python3 -c "print('| READ lat t_typical (usec, lower is better) | $s | $LAT_ITERS | %.2f | %.2f | %.2f |' % ($pt, $mw, $mw/$pt))"
+    python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| READ lat t_typical usec, lower is better | $s | $LAT_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt if pt == pt and pt > 0 else float('nan')))"
   done
   kill "$serve" 2>/dev/null || true
   echo
