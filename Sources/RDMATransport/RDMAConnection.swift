@@ -37,6 +37,13 @@ final class RDMAConnection: RemoteConnectionHandle {
             registration?.release()
             request.complete(descriptor: index, r)
         }
+
+        /// This prepared operation, posted for `request` (counts as in flight on its registration).
+        func bound(to request: TransferRequest) -> Operation {
+            registration?.retain()
+            return Operation(request: request, index: index, opcode: opcode, localAddress: localAddress, lkey: lkey, length: length,
+                             remoteAddress: remoteAddress, rkey: rkey, immediate: immediate, registration: registration)
+        }
     }
 
     private struct Posted: Sendable {

@@ -164,10 +164,19 @@ public final class RDMATransport: RemoteMemoryTransport {
     /// - Returns: Completions handled.
     @discardableResult
     public func progress() -> Int {
-        let conns = connections.withLock { $0.compactMap(\.connection) }
         var n = 0
-        for c in conns { n += c.progress() }
+        // Iterate under the lock without copying: polling never calls back into this transport.
+        connections.withLock { cs in
+            for c in cs { if let conn = c.connection { n += conn.progress() } }
+        }
         return n
+    }
+
+    /// Polls the connection to one peer once (no lock, no allocation): the hot-loop form of ``progress()``.
+    /// - Returns: Completions handled; 0 for a peer of another transport.
+    @discardableResult
+    public func progress(_ peer: RemotePeer) -> Int {
+        (peer.connection as? RDMAConnection)?.progress() ?? 0
     }
 
     /// Waits for the next notification (a WRITE_WITH_IMM's immediate value).
@@ -182,20 +191,25 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     // MARK: Data path
 
-    struct PlanItem: Sendable {
-        let connection: RDMAConnection
-        // (lkey, remote address and rkey resolved once, at prepare)
-        let registration: LocalRegistration
-        let lkey: UInt32
-        let remoteAddress: UInt64
-        let rkey: UInt32
+    /// What `prepare` resolves once: per connection, the work requests to post
+    /// (all but the request they belong to).
+    final class Plan: Sendable {
+        struct Group: Sendable {
+            let connection: RDMAConnection
+            let templates: [RDMAConnection.Operation]
+            /// Where a notification is aimed (any valid remote address and rkey of that peer).
+            let notifyAddress: UInt64
+            let notifyKey: UInt32
+        }
+        let groups: [Group]
+        init(groups: [Group]) { self.groups = groups }
     }
 
     /// Validates descriptors and resolves lkeys, remote addresses and rkeys once.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        var items: [PlanItem] = []
-        items.reserveCapacity(descriptors.count)
+        var groups: [(RDMAConnection, [RDMAConnection.Operation])] = []
+        let kind: RDMAConnection.Operation.Kind = operation == .read ? .read : .write
         for (i, d) in descriptors.enumerated() {
             guard case .remote(let seg) = d.target else { continue }
             guard let conn = seg.connection as? RDMAConnection else {
@@ -207,10 +221,17 @@ public final class RDMATransport: RemoteMemoryTransport {
             }
             try RemoteAccessCheck.check(operation, seg, index: i)
             let reg = try registrations.lookup(d.local, transport: name)
-            items.append(PlanItem(connection: conn, registration: reg, lkey: reg.memoryRegistration?.lkey ?? 0,
-                                  remoteAddress: seg.remoteAddress &+ UInt64(d.targetOffset), rkey: seg.remoteKey))
+            let op = RDMAConnection.Operation(request: nil, index: i, opcode: kind,
+                                              localAddress: UInt64(UInt(bitPattern: d.local.baseAddress + d.localOffset)),
+                                              lkey: reg.memoryRegistration?.lkey ?? 0, length: d.length,
+                                              remoteAddress: seg.remoteAddress &+ UInt64(d.targetOffset), rkey: seg.remoteKey,
+                                              immediate: 0, registration: reg)
+            if let g = groups.firstIndex(where: { $0.0 === conn }) { groups[g].1.append(op) } else { groups.append((conn, [op])) }
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: items)
+        let plan = Plan(groups: groups.map { c, ops in
+            Plan.Group(connection: c, templates: ops, notifyAddress: ops.last?.remoteAddress ?? 0, notifyKey: ops.last?.rkey ?? 0)
+        })
+        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: plan)
     }
 
     /// Posts the work requests (up to the send-queue depth at once); returns at once.
@@ -229,39 +250,25 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     private func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
         try checkOwnership(prepared)
-        guard let items = prepared.plan as? [PlanItem], items.count == prepared.descriptors.count else {
+        guard let plan = prepared.plan as? Plan else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")
         }
-        for item in items where !item.connection.isConnected {
-            throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
+        for g in plan.groups where !g.connection.isConnected {
+            throw MemWallError(.disconnected, "the connection to \(g.connection.peerName) is closed; connect again and prepare anew")
         }
-        var conns: [RDMAConnection] = []
-        for item in items where !conns.contains(where: { $0 === item.connection }) { conns.append(item.connection) }
         let box = WeakRequest()
-        let request = TransferRequest(prepared: prepared, estimator: costEstimator) { [conns] in
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator) {
             guard let r = box.request else { return }
-            for c in conns { c.purge(r) }
+            for g in plan.groups { g.connection.purge(r) }
         }
         box.request = request
-        let kind: RDMAConnection.Operation.Kind = prepared.operation == .read ? .read : .write
-        for c in conns {
-            var ops: [RDMAConnection.Operation] = []
-            ops.reserveCapacity(items.count + 1)
-            var last: PlanItem?
-            for (i, item) in items.enumerated() where item.connection === c {
-                let d = prepared.descriptors[i]
-                item.registration.retain()
-                ops.append(.init(request: request, index: i, opcode: kind,
-                                 localAddress: UInt64(UInt(bitPattern: d.local.baseAddress + d.localOffset)), lkey: item.lkey,
-                                 length: d.length, remoteAddress: item.remoteAddress, rkey: item.rkey, immediate: 0,
-                                 registration: item.registration))
-                last = item
-            }
-            if let notifyValue, let last {
+        for g in plan.groups {
+            var ops = g.templates.map { $0.bound(to: request) }
+            if let notifyValue {
                 ops.append(.init(request: nil, index: 0, opcode: .notify, localAddress: 0, lkey: 0, length: 0,
-                                 remoteAddress: last.remoteAddress, rkey: last.rkey, immediate: notifyValue, registration: nil))
+                                 remoteAddress: g.notifyAddress, rkey: g.notifyKey, immediate: notifyValue, registration: nil))
             }
-            c.submit(ops)
+            g.connection.submit(ops)
         }
         return request
     }
