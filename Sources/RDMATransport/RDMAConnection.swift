@@ -143,7 +143,7 @@ final class RDMAConnection: RemoteConnectionHandle {
         private func pump(_ s: inout State) {
             while s.closed == nil && s.backlogCount > 0 && s.outstanding < depth {
                 let n = min(depth - s.outstanding, s.backlogCount)
-                let now = MonotonicClock.nanoseconds()
+                let now = CoarseClock.nanoseconds()
                 for k in 0 ..< n {
                     let op = s.backlog[s.backlogHead + k]
                     let seq = s.nextSeq
@@ -191,7 +191,7 @@ final class RDMAConnection: RemoteConnectionHandle {
         private func close(_ s: inout State, _ error: MemWallError) {
             guard s.closed == nil else { return }
             s.closed = error
-            s.closedAt = MonotonicClock.nanoseconds()
+            s.closedAt = CoarseClock.nanoseconds()
             s.orphans.append(contentsOf: s.backlog[s.backlogHead...])
             s.backlog = []
             s.backlogHead = 0
@@ -286,7 +286,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                 guard s.closed == nil, s.fifoHead < s.fifo.count else { return false }
                 // Read the clock under the lock: an entry posted meanwhile must not look older than now.
                 let posted = s.fifo[s.fifoHead].postedAt
-                let now = MonotonicClock.nanoseconds()
+                let now = CoarseClock.nanoseconds()
                 return now > posted && now - posted > timeout
             }
             if late {
@@ -299,7 +299,7 @@ final class RDMAConnection: RemoteConnectionHandle {
         /// After a close, posted work that the NIC never flushed is failed after a grace period.
         func abandonIfStale(grace: UInt64) -> Bool {
             let left = state.withLock { s -> [Operation]? in
-                let now = MonotonicClock.nanoseconds()
+                let now = CoarseClock.nanoseconds()
                 guard let c = s.closed, now >= s.closedAt, now - s.closedAt >= grace else { return nil }
                 let ops = s.fifo[s.fifoHead...].map(\.operation)
                 s.fifo = []
@@ -522,4 +522,16 @@ final class RDMAConnection: RemoteConnectionHandle {
 
     func submit(_ ops: [Operation]) { core.submit(ops) }
     func purge(_ request: TransferRequest) { core.purge(request) }
+}
+
+/// The kernel's coarse monotonic clock (tick resolution, read from the vDSO
+/// without touching a clock device): enough for second-scale timeouts, and
+/// cheap on every post even where the precise clock is an emulated device.
+enum CoarseClock {
+    @inline(__always)
+    static func nanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
 }

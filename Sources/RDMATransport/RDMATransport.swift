@@ -172,6 +172,16 @@ public final class RDMATransport: RemoteMemoryTransport {
         return n
     }
 
+    /// A poller bound to one peer's connection, for hot loops: no lock, no
+    /// allocation and no dynamic cast per call.
+    /// - Throws: `invalidArgument` for a peer connected by another transport.
+    public func completionPoller(for peer: RemotePeer) throws(MemWallError) -> CompletionPoller {
+        guard let c = peer.connection as? RDMAConnection else {
+            throw MemWallError(.invalidArgument, "\(peer) was not connected by '\(name)'")
+        }
+        return CompletionPoller(connection: c)
+    }
+
     /// Polls the connection to one peer once (no lock, no allocation): the hot-loop form of ``progress()``.
     /// - Returns: Completions handled; 0 for a peer of another transport.
     @discardableResult
@@ -272,6 +282,19 @@ public final class RDMATransport: RemoteMemoryTransport {
         }
         return request
     }
+}
+
+/// Polls one connection's completion queue on the caller's thread (see
+/// ``RemoteTransportOptions/completionThread``).
+public final class CompletionPoller: Sendable {
+    private let connection: RDMAConnection
+
+    init(connection: RDMAConnection) { self.connection = connection }
+
+    /// One pass over the completion queue.
+    /// - Returns: Completions handled.
+    @inline(__always) @discardableResult
+    public func poll() -> Int { connection.progress() }
 }
 
 /// What the transport needs of either kind of listener.

@@ -107,7 +107,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
         let local = try MemoryRegion.allocate(byteCount: maxSize)
         local.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = UInt8(truncatingIfNeeded: i) } }
         try client.register(local)
-        let progress: () -> Void = (client as? RDMATransport).map { t in { _ = t.progress(peer) } } ?? { sched_yield() }
+        let poller = try (client as? RDMATransport)?.completionPoller(for: peer)
+        let progress: () -> Void = poller.map { p in { _ = p.poll() } } ?? { sched_yield() }
         let label = "\(client.name), \(client.capabilities.implementation)"
         if !json { print("memwall bench rdma — \(label), peer \(peer.address)") }
         var rows: [Row] = []

@@ -131,7 +131,14 @@ enum TwoProcessChecks {
         let prepared = try client.prepare(.write, big)
         var failure: MemWallError?
         for _ in 0 ..< 40 where failure == nil {
-            let req = try client.post(prepared)
+            let req: TransferRequest
+            do {
+                req = try client.post(prepared)
+            } catch {
+                // The death was already noticed: posting is refused at once.
+                failure = error
+                break
+            }
             if case .pending = req.poll() { serve.kill() }
             do { try await req.wait() } catch { failure = error }
             #expect(req.descriptorStatuses.allSatisfy { $0.isFinal })
