@@ -9,6 +9,12 @@ MEMWALL = .build/debug/memwall
 demo: deps build
 	@echo "== memwall capabilities"
 	@$(MEMWALL) capabilities
+	@echo
+	@echo "== memwall topo"
+	@$(MEMWALL) topo
+	@echo
+	@echo "== memwall kv replay (shipped trace: first 2,000 requests of Mooncake's conversation trace)"
+	@$(MEMWALL) kv replay traces/conversation-head-2000.jsonl --tiers dram:500,far:1500,nvme:8000 --policy lru,lfuda
 
 test:
 	@scripts/test-all

@@ -70,7 +70,7 @@ let package = Package(
 
         .testTarget(name: "MemWallCoreTests", dependencies: ["MemWallCore"],
                     swiftSettings: swiftSettings),
-        .testTarget(name: "TopologyTests", dependencies: ["Topology", "MemWallCore"],
+        .testTarget(name: "TopologyTests", dependencies: ["Topology", "MemWallCore"], exclude: ["Fixtures"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "TransportTests",
                     dependencies: ["Transport", "NUMATransport", "URingTransport", "MemWallCore"],

@@ -31,6 +31,7 @@ public struct ByteCount: RawRepresentable, Hashable, Comparable, Sendable, Custo
         if v == v.rounded() { return "\(Int(v)) \(units[i])" }
         var text = formatDecimal(v, places: 2)
         while text.hasSuffix("0") { text.removeLast() }
+        if text.hasSuffix(".") { text.removeLast() }
         return "\(text) \(units[i])"
     }
 

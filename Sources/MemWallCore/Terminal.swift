@@ -31,6 +31,7 @@ public struct ProgressReporter: Sendable {
     private var lastPrint: UInt64 = 0
     private let interval: UInt64
     private let enabled: Bool
+    private var finished = false
 
     /// - Parameters:
     ///   - label: What is being done, e.g. "bench storage".
@@ -45,10 +46,11 @@ public struct ProgressReporter: Sendable {
 
     /// Reports that `done` of `total` steps are finished, with a short note.
     public mutating func update(_ done: Int, _ note: String = "") {
-        guard enabled else { return }
+        guard enabled, !finished else { return }
         let now = MonotonicClock.nanoseconds()
         guard done >= total || now &- lastPrint >= interval else { return }
         lastPrint = now
+        finished = done >= total
         let pct = done * 100 / total
         let line = "[\(label)] \(done)/\(total) (\(pct)%) \(note)"
         if StandardError.isTerminal {

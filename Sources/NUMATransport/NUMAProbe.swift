@@ -2,7 +2,7 @@
 import Glibc
 #endif
 @preconcurrency import CNUMA
-import Foundation
+import FoundationEssentials
 import MemWallCore
 import Transport
 

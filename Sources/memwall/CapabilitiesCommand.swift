@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import MemWallCore
 import NUMATransport
 import RDMATransport
@@ -102,8 +105,8 @@ struct CapabilitiesReport: Codable {
     var text: String {
         var out: [String] = ["MemWall capabilities (kernel \(kernel))", ""]
         func row(_ name: String, _ status: String, _ detail: String) {
-            out.append(name.padding(toLength: 10, withPad: " ", startingAt: 0)
-                       + status.padding(toLength: 11, withPad: " ", startingAt: 0) + detail)
+            out.append(padded(name, 10)
+                       + padded(status, 11) + detail)
         }
         if numa.available {
             let nodes = numa.nodes.map { n in
@@ -145,9 +148,14 @@ struct CapabilitiesReport: Codable {
         out.append("MemWall will use:")
         for key in ["memory", "storage", "remote", "topology"] {
             guard let dec = decisions[key] else { continue }
-            out.append("  " + key.padding(toLength: 10, withPad: " ", startingAt: 0)
+            out.append("  " + padded(key, 10)
                        + (dec.mode == "emulation" ? "EMULATION  " : "hardware   ") + dec.detail)
         }
         return out.joined(separator: "\n")
     }
+}
+
+/// `text` followed by spaces up to `width` characters (column layout without Foundation).
+func padded(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
 }

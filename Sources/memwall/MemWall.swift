@@ -1,4 +1,8 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
 
 /// `memwall`: topology discovery, microbenchmarks and KV-cache tools for
 /// inference hosts with CXL memory, RDMA NICs and NVMe.
@@ -9,7 +13,29 @@ struct MemWall: AsyncParsableCommand {
         abstract: "Move data across an inference host's memory hierarchy: DRAM, CXL, NVMe, RDMA.",
         version: "0.1.0",
         subcommands: [
-            CapabilitiesCommand.self, BenchRDMACommand.self, RDMAServeCommand.self,
+            CapabilitiesCommand.self,
+            TopoCommand.self,
+            KVCommand.self,
+            BenchRDMACommand.self, RDMAServeCommand.self,
         ]
     )
+
+    /// Runs the chosen subcommand. MemWall's own errors print as one
+    /// `error: …` line with exit status 1; argument errors keep the parser's
+    /// message and usage (exit status 64).
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as MemWallError {
+            StandardError.write("error: \(error)\n")
+            Glibc.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

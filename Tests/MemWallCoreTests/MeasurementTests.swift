@@ -20,6 +20,7 @@ struct ByteCountTests {
         #expect(ByteCount(4096).description == "4 KiB")
         #expect(ByteCount(3 << 29).description == "1.5 GiB")
         #expect(ByteCount(100).description == "100 B")
+        #expect(ByteCount(3 * 1024 * 1024 - 1).description == "3 MiB", "rounding up must not leave a bare decimal point")
         #expect(formatDecimal(2.005, places: 2) == "2.01" || formatDecimal(2.005, places: 2) == "2.00")
         #expect(formatDecimal(-0.5, places: 1) == "-0.5")
     }

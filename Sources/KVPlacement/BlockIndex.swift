@@ -1,0 +1,777 @@
+import MemWallCore
+
+/// A reference from a request's block table to one cached block.
+public struct BlockRef: Sendable, Hashable {
+    /// The block's key.
+    public var key: BlockKey
+    /// Its slot in the engine, or -1 when the block could not be cached (every
+    /// tier full of blocks in use); the request then computes it without caching it.
+    public var slot: Int32
+    /// True when the block is held by the cache.
+    public var isCached: Bool { slot >= 0 }
+}
+
+/// The outcome of admitting a request's blocks.
+public struct BlockAdmission: Sendable {
+    /// One reference per block, in order; release them with ``BlockIndex/release(_:)``.
+    public var blocks: [BlockRef]
+    /// Leading blocks that were already cached (their KV need not be computed).
+    public var hitBlocks: Int
+    /// Of those, how many were found in each tier (before any promotion).
+    public var hitsByTier: [Int]
+}
+
+/// Receives every change to where a block's bytes live, so they can be moved
+/// for real. Called by the index while it holds its state consistent; an error
+/// aborts the operation that caused the move.
+protocol BlockPayloadStore: AnyObject {
+    /// Bytes for `slot` must now exist in `tier` (fresh contents).
+    func store(slot: Int32, key: BlockKey, tier: Int) throws(MemWallError)
+    /// Move `slot`'s bytes from tier `from` to tier `to`.
+    func move(slot: Int32, key: BlockKey, from: Int, to: Int) throws(MemWallError)
+    /// `slot` left the cache from `tier`; its space is free.
+    func remove(slot: Int32, key: BlockKey, tier: Int)
+    /// Copy `source`'s bytes (in DRAM) into the freshly stored `destination` (copy-on-write).
+    func copy(from source: Int32, to destination: Int32) throws(MemWallError)
+}
+
+/// The block index with prefix sharing, tiers, pins and tail-first eviction.
+///
+/// One cached block costs one 56-byte entry plus its share of the key table,
+/// the candidate heaps and the policy's memory (see ``metadataBytes``). A
+/// block is a candidate to leave its tier only when no request references it,
+/// it is not pinned, and none of its children is in the same tier; since a
+/// child is never in a faster tier than its parent, chains are always taken
+/// tail first, and a parent is never dropped while a child is cached.
+///
+/// Not thread-safe: one owner (the replay loop, one router worker) or
+/// ``KVCache``, which serialises access under a lock.
+public final class BlockIndex {
+    var core: BlockIndexCore
+
+    /// Creates an empty index.
+    /// - Parameters:
+    ///   - tiers: Fastest first; see ``TierSpec/validate(_:)``.
+    ///   - policy: Which block leaves a full tier first.
+    ///   - blockSize: Tokens per block (1…65535).
+    /// - Throws: `invalidArgument` for a bad tier list or block size.
+    public init(tiers: [TierSpec], policy: EvictionPolicyName = .lru, blockSize: Int = 512) throws(MemWallError) {
+        core = try BlockIndexCore(tiers: tiers, policy: policy, blockSize: blockSize)
+    }
+
+    /// The tiers, fastest first.
+    public var tiers: [TierSpec] { core.tiers }
+    /// Tokens per full block.
+    public var blockSize: Int { core.blockSize }
+    /// The eviction policy's name.
+    public var policyName: String { core.policyName }
+    /// Blocks cached now.
+    public var cachedBlockCount: Int { core.cachedBlockCount }
+    /// Counters, with current occupancy.
+    public var statistics: KVStatistics { core.statistics }
+    /// Bytes of metadata the index holds now: entry array, free list, key
+    /// table, candidate heaps and policy state, counted by allocated capacity.
+    public var metadataBytes: Int { core.metadataBytes }
+    /// Bytes of one block entry (the per-block part of ``metadataBytes``).
+    public static var entryStride: Int { BlockIndexCore.entryStride }
+
+    /// Number of leading `keys` that are cached, without touching anything.
+    public func cachedPrefixLength(_ keys: some Collection<BlockKey>) -> Int { core.cachedPrefixLength(keys) }
+    /// The tier holding `key`, if cached.
+    public func tier(of key: BlockKey) -> Int? { core.tier(of: key) }
+    /// The slot holding `key`, or `nil` when it is not cached.
+    func slot(of key: BlockKey) -> Int32? {
+        let s = core.table_find(key)
+        return s < 0 ? nil : s
+    }
+
+    /// Requests currently referencing `key` (0 when it is not cached).
+    public func referenceCount(of key: BlockKey) -> Int { core.referenceCount(of: key) }
+    /// Tokens held in `key`'s block, or `nil` when it is not cached.
+    public func tokenCount(of key: BlockKey) -> Int? { core.tokenCount(of: key) }
+
+    /// Admits a request given as precomputed, prefix-chained block ids (full blocks).
+    ///
+    /// Cached leading blocks are hits: referenced, touched, and promoted to
+    /// the fastest tier when it has room. The remaining blocks are stored
+    /// (the caller computes their KV), making room by demoting or dropping
+    /// candidates. Every returned reference holds the block until ``release(_:)``.
+    /// - Throws: Only when moving bytes fails (real-bytes mode).
+    public func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission { try core.admit(keys) }
+
+    /// Drops a request's references; blocks nobody uses become candidates to leave.
+    /// References that are uncached, or no longer name the block they named, are ignored.
+    public func release(_ blocks: [BlockRef]) { core.release(blocks) }
+
+    /// Moves the cached prefix of `keys` to the fastest tier ahead of use, without referencing it.
+    /// - Returns: Blocks promoted.
+    @discardableResult
+    public func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int { try core.prefetch(keys) }
+
+    /// Pins cached blocks (shared system prompts) so they never leave, or unpins them.
+    /// - Returns: How many of `keys` were cached (and so changed).
+    @discardableResult
+    public func setPinned(_ keys: some Collection<BlockKey>, _ pinned: Bool) -> Int { core.setPinned(keys, pinned) }
+
+    /// Splits `tokens` into blocks and admits them: full blocks and a partly
+    /// filled tail, all keyed by chained hashes of their tokens and `extraKey`.
+    /// - Returns: The request's block table and how many leading tokens were cached.
+    public func admit(tokens: [UInt32], extraKey: UInt64 = 0) throws(MemWallError) -> (table: BlockTable, hitTokens: Int) {
+        try core.admit(tokens: tokens, extraKey: extraKey)
+    }
+
+    /// Appends one token to a request's table.
+    ///
+    /// A full (or absent) tail starts a new block. A partly filled tail that
+    /// other requests share is copied first (copy-on-write) so their view does
+    /// not change; one the request holds alone is re-keyed in place. When the
+    /// new content already exists in the cache, the request shares it instead.
+    /// - Throws: Only when moving or copying bytes fails (real-bytes mode).
+    public func append(token: UInt32, to table: inout BlockTable) throws(MemWallError) {
+        try core.append(token: token, to: &table)
+    }
+
+    /// Checks every structural invariant; returns a description of the first broken one.
+    /// Used by tests after random operations; O(cached blocks).
+    public func invariantViolation() -> String? { core.invariantViolation() }
+
+    var payloads: (any BlockPayloadStore)? {
+        get { core.payloads }
+        set { core.payloads = newValue }
+    }
+}
+
+/// The state and algorithms of ``BlockIndex``, kept in one struct so the hot
+/// path pays for one exclusivity check per operation, not one per field access.
+///
+/// (Design notes, shared with ``BlockIndex``:) prefix sharing, tiers, pins and tail-first eviction.
+///
+/// One cached block costs one 56-byte ``Entry`` plus its share of the key
+/// table, the candidate heaps and the policy's memory (see ``metadataBytes``).
+/// A block is a candidate to leave its tier only when no request references
+/// it, it is not pinned, and none of its children is in the same tier; since
+/// a child is never in a faster tier than its parent, chains are always taken
+/// tail first, and a parent is never dropped while a child is cached.
+///
+/// Not thread-safe: one owner (the replay loop, one router worker) or
+/// ``KVCache``, which serialises access under a lock.
+struct BlockIndexCore {
+    struct Entry {
+        var key: UInt64
+        var score: UInt64
+        var parent: Int32           // slot, -1 for a first block
+        var refCount: Int32
+        var heapPosition: Int32     // position in its tier's candidate heap, -1 if absent
+        var hits: UInt32
+        var children: (UInt32, UInt32, UInt32, UInt32)   // cached children per tier
+        var tokenCount: UInt16
+        var tier: UInt8
+        var flags: UInt8            // Entry.live | Entry.pinned
+
+        static let live: UInt8 = 1
+        static let pinned: UInt8 = 2
+
+        @inline(__always) func childCount(tier t: Int) -> UInt32 {
+            switch t { case 0: children.0; case 1: children.1; case 2: children.2; default: children.3 }
+        }
+        @inline(__always) mutating func addChild(tier t: Int, _ delta: Int32) {
+            switch t {
+            case 0: children.0 = UInt32(Int32(children.0) + delta)
+            case 1: children.1 = UInt32(Int32(children.1) + delta)
+            case 2: children.2 = UInt32(Int32(children.2) + delta)
+            default: children.3 = UInt32(Int32(children.3) + delta)
+            }
+        }
+        var totalChildren: UInt32 { children.0 + children.1 + children.2 + children.3 }
+    }
+
+    /// The tiers, fastest first.
+    let tiers: [TierSpec]
+    /// Tokens per full block (for token-level admission and reports).
+    let blockSize: Int
+    /// The policy's name.
+    var policyName: String { policy.name }
+
+    private var entries: [Entry]
+    private var freeSlots: [Int32]
+    private var table: KeyTable
+    private var heaps: [[HeapItem]]
+    private var occupancy: [Int]
+    private var policy: any EvictionPolicy
+    private var clock: UInt64 = 0
+    private(set) var stats: KVStatistics
+    var payloads: (any BlockPayloadStore)?
+    /// When set, every stored/moved/removed block is appended to ``pendingEvents``.
+    var recordsEvents = false
+    var pendingEvents: [KVEvent] = []
+
+    /// Creates an empty index.
+    /// - Parameters:
+    ///   - tiers: Fastest first; see ``TierSpec/validate(_:)``.
+    ///   - policy: Which block leaves a full tier first.
+    ///   - blockSize: Tokens per block (1…65535).
+    /// - Throws: `invalidArgument` for a bad tier list or block size.
+    init(tiers: [TierSpec], policy: EvictionPolicyName = .lru, blockSize: Int = 512) throws(MemWallError) {
+        try TierSpec.validate(tiers)
+        guard blockSize > 0, blockSize <= Int(UInt16.max) else {
+            throw .invalid("block size", blockSize, expected: "1 to \(UInt16.max) tokens")
+        }
+        let total = tiers.reduce(0) { $0 + $1.capacityBlocks }
+        self.tiers = tiers
+        self.blockSize = blockSize
+        self.policy = policy.make(capacity: total)
+        entries = []
+        entries.reserveCapacity(min(total, 1 << 20))
+        freeSlots = []
+        table = KeyTable(capacity: total)
+        heaps = tiers.map { t in var h: [HeapItem] = []; h.reserveCapacity(t.capacityBlocks); return h }
+        occupancy = Array(repeating: 0, count: tiers.count)
+        stats = KVStatistics(tiers: tiers.count)
+        stats.capacity = tiers.map(\.capacityBlocks)
+    }
+
+    // MARK: Queries
+
+    /// Number of leading `keys` that are cached, without touching anything.
+    func cachedPrefixLength(_ keys: some Collection<BlockKey>) -> Int {
+        var n = 0
+        for k in keys {
+            if table.find(k.rawValue) < 0 { break }
+            n += 1
+        }
+        return n
+    }
+
+    /// Whether `key` is cached, and in which tier.
+    func tier(of key: BlockKey) -> Int? {
+        let s = table.find(key.rawValue)
+        return s < 0 ? nil : Int(entries[Int(s)].tier)
+    }
+
+    /// Requests currently referencing `key` (0 when it is not cached).
+    func referenceCount(of key: BlockKey) -> Int {
+        let s = table.find(key.rawValue)
+        return s < 0 ? 0 : Int(entries[Int(s)].refCount)
+    }
+
+    /// Tokens held in `key`'s block, or `nil` when it is not cached.
+    func tokenCount(of key: BlockKey) -> Int? {
+        let s = table.find(key.rawValue)
+        return s < 0 ? nil : Int(entries[Int(s)].tokenCount)
+    }
+
+    /// Blocks cached now.
+    var cachedBlockCount: Int { table.count }
+
+    /// Counters, with current occupancy.
+    var statistics: KVStatistics {
+        var s = stats
+        s.occupancy = occupancy
+        return s
+    }
+
+    /// Bytes of metadata the index holds now: entry array, free list, key
+    /// table, candidate heaps and policy state, counted by their allocated
+    /// capacity (not by their use).
+    var metadataBytes: Int {
+        entries.capacity * MemoryLayout<Entry>.stride
+            + freeSlots.capacity * MemoryLayout<Int32>.stride
+            + table.storageBytes
+            + heaps.reduce(0) { $0 + $1.capacity * MemoryLayout<HeapItem>.stride }
+            + policy.storageBytes
+    }
+
+    /// Bytes of one entry (the per-block part of ``metadataBytes``).
+    static var entryStride: Int { MemoryLayout<Entry>.stride }
+
+    // MARK: Admission
+
+    /// Admits a request given as precomputed, prefix-chained block ids (full blocks).
+    ///
+    /// Cached leading blocks are hits: referenced, touched, and promoted to
+    /// the fastest tier when it has room. The remaining blocks are stored
+    /// (the caller computes their KV), making room by demoting or dropping
+    /// candidates. Every returned reference holds the block until ``release(_:)``.
+    /// - Throws: Only when moving bytes fails (real-bytes mode).
+    mutating func admit(_ keys: some Collection<BlockKey>, tailTokens: Int? = nil) throws(MemWallError) -> BlockAdmission {
+        clock &+= 1
+        let lastIndex = keys.count - 1
+        var position = 0
+        var refs: [BlockRef] = []
+        refs.reserveCapacity(keys.count)
+        var hitsByTier = Array(repeating: 0, count: tiers.count)
+        var hitBlocks = 0
+        var rest = keys[...]
+        // Leading hits: reference and touch them.
+        while let k = rest.first {
+            let slot = table.find(k.rawValue)
+            if slot < 0 { break }
+            let t = Int(entries[Int(slot)].tier)
+            hitsByTier[t] += 1
+            hitBlocks += 1
+            touch(slot)
+            refs.append(BlockRef(key: k, slot: slot))
+            rest = rest.dropFirst()
+            position += 1
+        }
+        stats.lookups += keys.count
+        for t in 0..<hitsByTier.count { stats.hitsByTier[t] += hitsByTier[t] }
+        // Promote hits that sit in slower tiers, parents first (keeps child tier ≥ parent
+        // tier), before storing the misses: new blocks then follow their parent into DRAM.
+        if hitsByTier.count > 1 && hitBlocks > hitsByTier[0] {
+            for i in 0..<hitBlocks {
+                try promote(refs[i].slot)
+            }
+        }
+        var parent: Int32 = refs.last?.slot ?? -1
+        for k in rest {
+            defer { position += 1 }
+            stats.misses += 1
+            if parent < -1 {
+                refs.append(BlockRef(key: k, slot: -1))   // an earlier block could not be cached
+                stats.uncached += 1
+                continue
+            }
+            var slot = table.find(k.rawValue)
+            if slot >= 0 {
+                // Cached under another chain (an id reused by the trace): share it.
+                touch(slot)
+            } else {
+                let tokens = position == lastIndex ? (tailTokens ?? blockSize) : blockSize
+                slot = try store(key: k.rawValue, parent: parent, tokenCount: tokens, score: nil)
+            }
+            if slot < 0 {
+                stats.uncached += 1
+                parent = -2
+            } else {
+                parent = slot
+            }
+            refs.append(BlockRef(key: k, slot: slot))
+        }
+        return BlockAdmission(blocks: refs, hitBlocks: hitBlocks, hitsByTier: hitsByTier)
+    }
+
+    /// Drops a request's references; blocks nobody uses become candidates to leave.
+    /// References that are uncached, or no longer name the block they named, are ignored.
+    mutating func release(_ blocks: [BlockRef]) {
+        for r in blocks.reversed() where r.slot >= 0 {
+            let s = Int(r.slot)
+            guard s < entries.count, entries[s].flags & Entry.live != 0, entries[s].key == r.key.rawValue,
+                  entries[s].refCount > 0 else { continue }
+            entries[s].refCount -= 1
+            refreshCandidacy(r.slot)
+        }
+    }
+
+    /// Moves the cached prefix of `keys` to the fastest tier ahead of use, without referencing it.
+    /// - Returns: Blocks promoted.
+    @discardableResult
+    mutating func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int {
+        // Hold the chain while it moves, so making room for a child cannot demote its parent.
+        var chain: [Int32] = []
+        for k in keys {
+            let s = table.find(k.rawValue)
+            if s < 0 { break }
+            entries[Int(s)].refCount += 1
+            refreshCandidacy(s)
+            chain.append(s)
+        }
+        defer {
+            for s in chain {
+                entries[Int(s)].refCount -= 1
+                refreshCandidacy(s)
+            }
+        }
+        var moved = 0
+        for s in chain where entries[Int(s)].tier != 0 {
+            try promote(s)
+            if entries[Int(s)].tier == 0 { moved += 1 } else { break }
+        }
+        return moved
+    }
+
+    /// Pins cached blocks (shared system prompts) so they never leave, or unpins them.
+    /// - Returns: How many of `keys` were cached (and so changed).
+    @discardableResult
+    mutating func setPinned(_ keys: some Collection<BlockKey>, _ pinned: Bool) -> Int {
+        var n = 0
+        for k in keys {
+            let s = table.find(k.rawValue)
+            guard s >= 0 else { continue }
+            if pinned { entries[Int(s)].flags |= Entry.pinned } else { entries[Int(s)].flags &= ~Entry.pinned }
+            refreshCandidacy(s)
+            n += 1
+        }
+        return n
+    }
+
+    // MARK: Token-level admission and appends (copy-on-write)
+
+    /// Splits `tokens` into blocks and admits them: full blocks and a partly
+    /// filled tail, all keyed by chained hashes of their tokens and `extraKey`.
+    /// - Returns: The request's block table and how many leading tokens were cached.
+    mutating func admit(tokens: [UInt32], extraKey: UInt64 = 0) throws(MemWallError) -> (table: BlockTable, hitTokens: Int) {
+        var keys: [BlockKey] = []
+        var counts: [Int] = []
+        var parent: BlockKey?
+        var i = 0
+        while i < tokens.count {
+            let end = min(i + blockSize, tokens.count)
+            let k = BlockKey.chained(parent: parent, tokens: tokens[i..<end], extraKey: extraKey)
+            keys.append(k)
+            counts.append(end - i)
+            parent = k
+            i = end
+        }
+        let a = try admit(keys, tailTokens: counts.last)
+        var hitTokens = 0
+        for j in 0..<a.hitBlocks { hitTokens += counts[j] }
+        return (BlockTable(blocks: a.blocks, tokenCount: tokens.count, extraKey: extraKey), hitTokens)
+    }
+
+    /// Appends one token to a request's table.
+    ///
+    /// A full (or absent) tail starts a new block. A partly filled tail that
+    /// other requests share is copied first (copy-on-write) so their view does
+    /// not change; one the request holds alone is re-keyed in place. When the
+    /// new content already exists in the cache, the request shares it instead.
+    /// - Throws: Only when moving or copying bytes fails (real-bytes mode).
+    mutating func append(token: UInt32, to table: inout BlockTable) throws(MemWallError) {
+        clock &+= 1
+        let tailTokens = table.tokenCount - (table.blocks.count - 1) * blockSize
+        if table.blocks.isEmpty || tailTokens >= blockSize {
+            let parentRef = table.blocks.last
+            let key = BlockKey.start(parent: parentRef?.key, extraKey: table.extraKey).appending(token: token)
+            var parentSlot: Int32 = -1
+            if let p = parentRef { parentSlot = p.isCached ? p.slot : -2 }
+            let ref = try obtain(key: key, parent: parentSlot, tokenCount: 1, copyFrom: nil)
+            table.blocks.append(ref)
+            table.tokenCount += 1
+            return
+        }
+        let old = table.blocks[table.blocks.count - 1]
+        let newKey = old.key.appending(token: token)
+        let count = tailTokens + 1
+        guard old.isCached, Int(old.slot) < entries.count, entries[Int(old.slot)].flags & Entry.live != 0,
+              entries[Int(old.slot)].key == old.key.rawValue, entries[Int(old.slot)].refCount > 0 else {
+            // The tail was never cached: it stays private to this request.
+            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: -1)
+            table.tokenCount += 1
+            return
+        }
+        let s = Int(old.slot)
+        let parentSlot = entries[s].parent
+        if entries[s].refCount > 1 || table_contains(newKey) {
+            // Shared tail: copy before writing (or share the block that already has the new content).
+            if entries[s].refCount > 1 && !table_contains(newKey) { stats.copiesOnWrite += 1 }
+            let ref = try obtain(key: newKey, parent: parentSlot, tokenCount: count, copyFrom: old.slot)
+            release([old])
+            table.blocks[table.blocks.count - 1] = ref
+        } else {
+            // Exclusive tail: re-key in place.
+            let parentKey = parentSlot >= 0 ? BlockKey(rawValue: entries[Int(parentSlot)].key) : nil
+            let t = Int(entries[s].tier)
+            emit(.removed(key: old.key, parent: parentKey, tier: t))
+            self.table.remove(old.key.rawValue)
+            entries[s].key = newKey.rawValue
+            entries[s].tokenCount = UInt16(count)
+            self.table.insert(newKey.rawValue, slot: old.slot)
+            emit(.stored(key: newKey, parent: parentKey, tier: t, tokenCount: count))
+            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: old.slot)
+        }
+        table.tokenCount += 1
+    }
+
+    private func table_contains(_ key: BlockKey) -> Bool { table.find(key.rawValue) >= 0 }
+
+    func table_find(_ key: BlockKey) -> Int32 { table.find(key.rawValue) }
+
+    /// References the block `key`, storing it (optionally copying bytes from `copyFrom`) when absent.
+    private mutating func obtain(key: BlockKey, parent: Int32, tokenCount: Int, copyFrom: Int32?) throws(MemWallError) -> BlockRef {
+        var slot = table.find(key.rawValue)
+        if slot >= 0 {
+            touch(slot)
+            return BlockRef(key: key, slot: slot)
+        }
+        stats.misses += 1
+        if parent < -1 {
+            stats.uncached += 1
+            return BlockRef(key: key, slot: -1)
+        }
+        slot = try store(key: key.rawValue, parent: parent, tokenCount: tokenCount, score: nil)
+        if slot < 0 {
+            stats.uncached += 1
+        } else if let src = copyFrom, let payloads, entries[Int(slot)].tier == 0, entries[Int(src)].tier == 0 {
+            try payloads.copy(from: src, to: slot)
+        }
+        return BlockRef(key: key, slot: slot)
+    }
+
+    // MARK: Placement
+
+    /// Marks a hit: one more reference, new score.
+    @inline(__always)
+    private mutating func touch(_ slot: Int32) {
+        let s = Int(slot)
+        entries[s].refCount += 1
+        entries[s].hits &+= 1
+        entries[s].score = policy.scoreForHit(key: BlockKey(rawValue: entries[s].key), hits: entries[s].hits, clock: clock)
+        if entries[s].heapPosition >= 0 { heapRemove(tier: Int(entries[s].tier), at: Int(entries[s].heapPosition)) }
+    }
+
+    /// Stores a new block, referenced once, in the fastest tier not faster than its
+    /// parent's that can make room. Returns -1 when no tier can.
+    private mutating func store(key: UInt64, parent: Int32, tokenCount: Int, score: UInt64?) throws(MemWallError) -> Int32 {
+        let first = parent >= 0 ? Int(entries[Int(parent)].tier) : 0
+        var tier = -1
+        for t in first..<tiers.count where try makeRoom(in: t) {
+            tier = t
+            break
+        }
+        guard tier >= 0 else { return -1 }
+        let (sc, hits) = policy.scoreForNewBlock(key: BlockKey(rawValue: key), clock: clock)
+        let e = Entry(key: key, score: score ?? sc, parent: parent, refCount: 1, heapPosition: -1, hits: hits,
+                      children: (0, 0, 0, 0), tokenCount: UInt16(tokenCount), tier: UInt8(tier), flags: Entry.live)
+        let slot: Int32
+        if let f = freeSlots.popLast() {
+            slot = f
+            entries[Int(f)] = e
+        } else {
+            slot = Int32(entries.count)
+            entries.append(e)
+        }
+        table.insert(key, slot: slot)
+        occupancy[tier] += 1
+        stats.stores += 1
+        if parent >= 0 {
+            entries[Int(parent)].addChild(tier: tier, 1)
+            refreshCandidacy(parent)
+        }
+        if let payloads {
+            do throws(MemWallError) {
+                try payloads.store(slot: slot, key: BlockKey(rawValue: key), tier: tier)
+            } catch {
+                drop(slot)
+                throw error
+            }
+        }
+        if recordsEvents {
+            emit(.stored(key: BlockKey(rawValue: key), parent: parentKey(slot), tier: tier, tokenCount: tokenCount))
+        }
+        return slot
+    }
+
+    /// Frees one block's worth of space in `tier`, demoting (or, from the last
+    /// tier, dropping) the policy's lowest-scored candidate. False when every
+    /// block there is in use, pinned, or a parent of another block in the tier.
+    private mutating func makeRoom(in tier: Int) throws(MemWallError) -> Bool {
+        while occupancy[tier] >= tiers[tier].capacityBlocks {
+            guard let victim = heapPopMin(tier: tier) else { return false }
+            if tier + 1 < tiers.count, try makeRoom(in: tier + 1) {
+                try move(victim, to: tier + 1)
+                stats.demotions += 1
+            } else if entries[Int(victim)].totalChildren == 0 {
+                drop(victim)
+            } else {
+                refreshCandidacy(victim)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Brings a cached block to tier 0 if its parent is there and tier 0 can make room.
+    private mutating func promote(_ slot: Int32) throws(MemWallError) {
+        let s = Int(slot)
+        let from = Int(entries[s].tier)
+        guard from > 0 else { return }
+        let p = entries[s].parent
+        if p >= 0 && entries[Int(p)].tier != 0 { return }
+        // Keep this block out of its own tier's heap while room is made in tier 0.
+        if entries[s].heapPosition >= 0 { heapRemove(tier: from, at: Int(entries[s].heapPosition)) }
+        guard try makeRoom(in: 0) else { refreshCandidacy(slot); return }
+        try move(slot, to: 0)
+        stats.promotions += 1
+    }
+
+    private mutating func move(_ slot: Int32, to newTier: Int) throws(MemWallError) {
+        let s = Int(slot)
+        let from = Int(entries[s].tier)
+        try payloads?.move(slot: slot, key: BlockKey(rawValue: entries[s].key), from: from, to: newTier)
+        if entries[s].heapPosition >= 0 { heapRemove(tier: from, at: Int(entries[s].heapPosition)) }
+        occupancy[from] -= 1
+        occupancy[newTier] += 1
+        entries[s].tier = UInt8(newTier)
+        let p = entries[s].parent
+        if p >= 0 {
+            entries[Int(p)].addChild(tier: from, -1)
+            entries[Int(p)].addChild(tier: newTier, 1)
+            refreshCandidacy(p)
+        }
+        refreshCandidacy(slot)
+        if recordsEvents {
+            emit(.moved(key: BlockKey(rawValue: entries[s].key), parent: parentKey(slot), from: from, to: newTier))
+        }
+    }
+
+    private mutating func drop(_ slot: Int32) {
+        let s = Int(slot)
+        let e = entries[s]
+        let t = Int(e.tier)
+        if e.heapPosition >= 0 { heapRemove(tier: t, at: Int(e.heapPosition)) }
+        payloads?.remove(slot: slot, key: BlockKey(rawValue: e.key), tier: t)
+        if recordsEvents { emit(.removed(key: BlockKey(rawValue: e.key), parent: parentKey(slot), tier: t)) }
+        policy.didDrop(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits)
+        table.remove(e.key)
+        occupancy[t] -= 1
+        stats.drops += 1
+        entries[s].flags = 0
+        entries[s].refCount = 0
+        freeSlots.append(slot)
+        if e.parent >= 0 {
+            entries[Int(e.parent)].addChild(tier: t, -1)
+            refreshCandidacy(e.parent)
+        }
+    }
+
+    private func parentKey(_ slot: Int32) -> BlockKey? {
+        let p = entries[Int(slot)].parent
+        return p >= 0 ? BlockKey(rawValue: entries[Int(p)].key) : nil
+    }
+
+    private mutating func emit(_ event: KVEvent) {
+        if recordsEvents { pendingEvents.append(event) }
+    }
+
+    // MARK: Candidate heaps (one min-heap on score per tier, positions kept in entries)
+
+    /// Puts a block in or out of its tier's heap according to the structural rules.
+    @inline(__always)
+    private mutating func refreshCandidacy(_ slot: Int32) {
+        let s = Int(slot)
+        let e = entries[s]
+        let t = Int(e.tier)
+        let candidate = e.flags == Entry.live && e.refCount == 0 && e.childCount(tier: t) == 0
+        if candidate {
+            if e.heapPosition < 0 { heapInsert(tier: t, slot) }
+        } else if e.heapPosition >= 0 {
+            heapRemove(tier: t, at: Int(e.heapPosition))
+        }
+    }
+
+    /// One heap element: the score is kept next to the slot so sifting does
+    /// not chase every comparison into the entry array (a cache miss each on
+    /// large tiers). A block's score never changes while it is in a heap:
+    /// ``touch(_:)`` takes it out first.
+    struct HeapItem {
+        var score: UInt64
+        var slot: Int32
+        @inline(__always) func precedes(_ o: HeapItem) -> Bool { score < o.score || (score == o.score && slot < o.slot) }
+    }
+
+    private mutating func heapInsert(tier t: Int, _ slot: Int32) {
+        heaps[t].append(HeapItem(score: entries[Int(slot)].score, slot: slot))
+        let last = heaps[t].count - 1
+        entries.withUnsafeMutableBufferPointer { e in
+            heaps[t].withUnsafeMutableBufferPointer { h in BlockIndexCore.siftUp(h, e, last) }
+        }
+    }
+
+    private mutating func heapPopMin(tier t: Int) -> Int32? {
+        guard let top = heaps[t].first else { return nil }
+        heapRemove(tier: t, at: 0)
+        return top.slot
+    }
+
+    private mutating func heapRemove(tier t: Int, at position: Int) {
+        entries.withUnsafeMutableBufferPointer { e in
+            e[Int(heaps[t][position].slot)].heapPosition = -1
+            let last = heaps[t].removeLast()
+            guard position < heaps[t].count else { return }
+            heaps[t].withUnsafeMutableBufferPointer { h in
+                h[position] = last
+                e[Int(last.slot)].heapPosition = Int32(position)
+                BlockIndexCore.siftDown(h, e, position)
+                BlockIndexCore.siftUp(h, e, Int(e[Int(last.slot)].heapPosition))
+            }
+        }
+    }
+
+    private static func siftUp(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
+        var i = start
+        let item = h[i]
+        while i > 0 {
+            let p = (i - 1) >> 1
+            let parent = h[p]
+            guard item.precedes(parent) else { break }
+            h[i] = parent
+            e[Int(parent.slot)].heapPosition = Int32(i)
+            i = p
+        }
+        h[i] = item
+        e[Int(item.slot)].heapPosition = Int32(i)
+    }
+
+    private static func siftDown(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
+        var i = start
+        let n = h.count
+        let item = h[i]
+        while true {
+            let l = 2 * i + 1
+            if l >= n { break }
+            var c = l
+            if l + 1 < n && h[l + 1].precedes(h[l]) { c = l + 1 }
+            let child = h[c]
+            guard child.precedes(item) else { break }
+            h[i] = child
+            e[Int(child.slot)].heapPosition = Int32(i)
+            i = c
+        }
+        h[i] = item
+        e[Int(item.slot)].heapPosition = Int32(i)
+    }
+
+    // MARK: Consistency (tests)
+
+    /// Checks every structural invariant; returns a description of the first broken one.
+    /// Used by tests after random operations; O(cached blocks).
+    func invariantViolation() -> String? {
+        var childCounts = [Int: [Int]]()
+        for (i, e) in entries.enumerated() where e.flags & Entry.live != 0 {
+            if table.find(e.key) != Int32(i) { return "block \(BlockKey(rawValue: e.key)) not found at its slot" }
+            if e.parent >= 0 {
+                let p = entries[Int(e.parent)]
+                if p.flags & Entry.live == 0 { return "block \(BlockKey(rawValue: e.key)) cached without its parent" }
+                if p.tier > e.tier { return "block \(BlockKey(rawValue: e.key)) in tier \(e.tier) faster than its parent in tier \(p.tier)" }
+                childCounts[Int(e.parent), default: Array(repeating: 0, count: 4)][Int(e.tier)] += 1
+            }
+        }
+        for (i, e) in entries.enumerated() where e.flags & Entry.live != 0 {
+            let c = childCounts[i] ?? Array(repeating: 0, count: 4)
+            for t in 0..<4 where Int(e.childCount(tier: t)) != c[t] {
+                return "block \(BlockKey(rawValue: e.key)) counts \(e.childCount(tier: t)) children in tier \(t), has \(c[t])"
+            }
+        }
+        for t in 0..<tiers.count where occupancy[t] > tiers[t].capacityBlocks {
+            return "tier \(t) holds \(occupancy[t]) blocks, capacity \(tiers[t].capacityBlocks)"
+        }
+        return nil
+    }
+}
+
+/// A request's blocks, as held by the request.
+public struct BlockTable: Sendable {
+    /// One reference per block, in order.
+    public var blocks: [BlockRef]
+    /// Tokens in the request so far.
+    public var tokenCount: Int
+    /// The extra key its blocks were hashed with.
+    public var extraKey: UInt64
+
+    /// Creates a table.
+    public init(blocks: [BlockRef] = [], tokenCount: Int = 0, extraKey: UInt64 = 0) {
+        self.blocks = blocks
+        self.tokenCount = tokenCount
+        self.extraKey = extraKey
+    }
+}

@@ -1,0 +1,71 @@
+import MemWallCore
+import Synchronization
+
+/// Moves bytes between host memory regions with a plain CPU copy (`memcpy`).
+///
+/// This is the real mechanism for DRAM-to-DRAM moves (and for a far-memory
+/// pool that is ordinary host memory): there is no device to offload to, so
+/// ``capabilities`` say `hardware` — the hardware being the CPU. The copy runs
+/// on the posting thread inside ``post(_:)``; the request is complete when
+/// `post` returns. Local regions must be registered; targets need not be.
+public final class MemoryCopyTransport: Transport {
+    /// `"memcpy"`, memory targets, hardware (plain CPU copy between host memory regions).
+    public let capabilities = TransportCapabilities(name: "memcpy", targets: [.memory], implementation: .hardware)
+    /// Fed by every finished request.
+    public let costEstimator: PathCostEstimator
+    private let registered = Mutex<Set<RegionID>>([])
+
+    /// Creates the transport.
+    public init(costEstimator: PathCostEstimator = PathCostEstimator()) {
+        self.costEstimator = costEstimator
+    }
+
+    /// Records `region` as usable locally.
+    /// - Throws: `alreadyExists` when it is registered already.
+    public func register(_ region: MemoryRegion) throws(MemWallError) {
+        let inserted = registered.withLock { $0.insert(region.id).inserted }
+        guard inserted else {
+            throw MemWallError(.alreadyExists, "\(region) is already registered with transport '\(capabilities.name)'")
+        }
+    }
+
+    /// Forgets `region`.
+    /// - Throws: `notFound` when it was not registered.
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        let removed = registered.withLock { $0.remove(region.id) != nil }
+        guard removed else {
+            throw MemWallError(.notFound, "\(region) is not registered with transport '\(capabilities.name)'")
+        }
+    }
+
+    /// Checks bounds, target kinds and registration.
+    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
+        try validateDescriptors(descriptors)
+        let known = registered.withLock { $0 }
+        for (i, d) in descriptors.enumerated() where !known.contains(d.local.id) {
+            throw MemWallError(.notFound,
+                "descriptor \(i): local \(d.local) is not registered with transport '\(capabilities.name)'; register it first")
+        }
+        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name)
+    }
+
+    /// Copies every descriptor now, in order, and returns the finished request.
+    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try checkOwnership(prepared)
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator)
+        for (i, d) in prepared.descriptors.enumerated() {
+            guard case .memory(let far) = d.target else {
+                request.complete(descriptor: i, .failure(MemWallError(.unsupported, "descriptor \(i): memcpy moves memory targets only")))
+                continue
+            }
+            let local = d.local.baseAddress + d.localOffset
+            let remote = far.baseAddress + Int(d.targetOffset)
+            switch prepared.operation {
+            case .read: local.copyMemory(from: remote, byteCount: d.length)
+            case .write: remote.copyMemory(from: local, byteCount: d.length)
+            }
+            request.complete(descriptor: i, .success(d.length))
+        }
+        return request
+    }
+}

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Foundation
+import KVPlacement
+import MemWallCore
+import Transport
+
+/// `memwall kv`: the KV-cache placement engine on recorded traces.
+struct KVCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kv",
+        abstract: "Replay KV-cache traces through the placement engine; simulate routing across workers.",
+        subcommands: [KVReplayCommand.self, KVRouteCommand.self])
+}
+
+/// Options both kv subcommands read the trace with.
+struct KVTraceOptions: ParsableArguments {
+    @Argument(help: "Mooncake-format trace (JSON lines with timestamp, input_length, output_length, hash_ids).")
+    var trace: String
+
+    @Option(name: .long, help: "Tokens per block the trace's ids stand for.")
+    var blockTokens: Int = 512
+
+    @Option(name: .long, help: "Replay only the first N requests.")
+    var limit: Int?
+
+    @Flag(name: .long, help: "Print stable JSON on standard output.")
+    var json = false
+
+    @Flag(name: .long, help: "No progress lines on standard error.")
+    var quiet = false
+
+    func load() throws -> MooncakeTrace {
+        guard blockTokens > 0 else { throw ValidationError("--block-tokens must be positive, got \(blockTokens)") }
+        if let limit, limit <= 0 { throw ValidationError("--limit must be positive, got \(limit)") }
+        let started = MonotonicClock.nanoseconds()
+        let t = try MooncakeTrace.load(path: trace, blockTokens: blockTokens, limit: limit)
+        if !quiet {
+            let ms = Double(MonotonicClock.nanoseconds() - started) / 1e6
+            StandardError.write("memwall: read \(t.requests.count) requests, \(t.blockReferences) block references from \(trace) in \(formatDecimal(ms, places: 0)) ms\n")
+        }
+        return t
+    }
+}
+
+/// Encodes a value as sorted, pretty JSON.
+func kvJSON(_ value: some Encodable) throws -> String {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    return String(decoding: try enc.encode(value), as: UTF8.self)
+}
+
+/// Percent with one decimal.
+func kvPercent(_ x: Double) -> String { formatDecimal(x * 100, places: 1) + " %" }
