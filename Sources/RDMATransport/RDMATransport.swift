@@ -103,6 +103,13 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     /// Exports a range of a registered region. The registration for
     /// (region, access) is made once and shared by every name cut from it.
+    ///
+    /// The NIC enforces the bounds of that registration, not of the slot: a
+    /// peer that forges a longer range reaches the other slots cut from the
+    /// same region. Give each distrusted peer its own region (the TCP
+    /// emulation checks every slot's bounds in software).
+    /// A remote access error moves the peer's queue pair to the error state:
+    /// that connection is closed, and the peer must reconnect.
     public func export(_ region: MemoryRegion, offset: Int, length: Int, as name: String, access: RemoteAccess) throws(MemWallError) {
         try ExportTable.validate(region, offset: offset, length: length, name: name, access: access)
         _ = try registrations.lookup(region, transport: self.name)

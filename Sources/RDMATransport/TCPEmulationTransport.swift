@@ -15,6 +15,10 @@ import Transport
 /// memory that was not exported to it. Many descriptors are in flight per
 /// connection (pipelined), and a notification is delivered only after every
 /// byte sent before it has landed. Always labelled "emulation".
+///
+/// One difference from RDMA: a descriptor the receiver refuses (bad key,
+/// bounds, permission) fails alone with `remoteAccess` and the connection
+/// stays up, where RDMA's queue pair would enter the error state.
 public final class TCPEmulationTransport: RemoteMemoryTransport {
     /// Declares "tcp-emulation": remote targets, in software.
     public let capabilities = TransportCapabilities(
