@@ -459,14 +459,17 @@ final class RDMAConnection: RemoteConnectionHandle {
     private static func connectWithSocketExchange(_ sa: sockaddr_in, name: String, timeout: Duration, device: VerbsDevice,
                                                   domain: ProtectionDomain, maxReadDepth: Int, depth: Int)
         throws(MemWallError) -> (QueuePair, Control, [ExportedRegionInfo]) {
-        guard let (gidIndex, gid) = device.gidIndex(for: sa.sin_addr) else {
-            throw MemWallError(.unsupported,
-                "\(device.name) has no GID for \(SocketAddress.describe(sa)); bind the device to the interface holding that address")
-        }
         let mtu = try device.activeMTU()
         let fd = try SocketIO.makeStreamSocket()
         do throws(MemWallError) {
             try SocketIO.connect(fd, to: sa, timeout: timeout)
+            // The local GID is the one of the address this socket left from (lo for
+            // 127.0.0.1, the NIC's address towards another host).
+            let local = SocketAddress.local(fd)
+            guard let (gidIndex, gid) = device.gidIndex(for: local.sin_addr) else {
+                throw MemWallError(.unsupported,
+                    "\(device.name) has no GID for \(SocketAddress.describe(local)), the local address towards \(SocketAddress.describe(sa)); use the RDMA device bound to that interface")
+            }
             SocketIO.setReceiveTimeout(fd, timeout)
             let cq = try CompletionQueue(device: device, entries: depth + 8)
             let qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: depth, receiveDepth: 4)

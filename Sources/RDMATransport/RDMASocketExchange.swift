@@ -100,22 +100,18 @@ final class RDMASocketListener: Sendable {
         let exports: ExportTable
         let notifications: NotificationQueue
         let maxReadDepth: Int
-        let gidIndex: Int
-        let gid: [UInt8]
         let mtu: UInt32
         let stopped = Atomic<Bool>(false)
         let accepted = Mutex<[Int32: RDMAListener.Accepted]>([:])
 
         init(fd: Int32, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable, notifications: NotificationQueue,
-             maxReadDepth: Int, gidIndex: Int, gid: [UInt8], mtu: UInt32) {
+             maxReadDepth: Int, mtu: UInt32) {
             self.fd = fd
             self.device = device
             self.domain = domain
             self.exports = exports
             self.notifications = notifications
             self.maxReadDepth = maxReadDepth
-            self.gidIndex = gidIndex
-            self.gid = gid
             self.mtu = mtu
         }
 
@@ -169,6 +165,11 @@ final class RDMASocketListener: Sendable {
             SocketIO.setReceiveTimeout(c, .seconds(5))
             do throws(MemWallError) {
                 let remote = try RDMAExchange.receiveHello(c, peer: peer)
+                // This side's GID: the one of the address the peer reached us on.
+                let local = SocketAddress.local(c)
+                guard let (gidIndex, gid) = device.gidIndex(for: local.sin_addr) else {
+                    throw MemWallError(.unsupported, "\(device.name) has no GID for \(SocketAddress.describe(local))")
+                }
                 let slots = 128
                 let cq = try CompletionQueue(device: device, entries: slots + 16)
                 let qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
@@ -194,7 +195,8 @@ final class RDMASocketListener: Sendable {
          notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
         var sa = try SocketAddress.ipv4(address, port: port)
         let where_ = SocketAddress.describe(sa)
-        guard let (gidIndex, gid) = device.gidIndex(for: sa.sin_addr) else {
+        // A specific address must be one the device serves (INADDR_ANY is checked per connection).
+        if sa.sin_addr.s_addr != 0 && device.gidIndex(for: sa.sin_addr) == nil {
             throw MemWallError(.unsupported, "\(device.name) has no GID for \(where_); bind the device to the interface holding that address")
         }
         let mtu = try device.activeMTU()
@@ -216,7 +218,7 @@ final class RDMASocketListener: Sendable {
         }
         self.port = UInt16(bigEndian: bound.sin_port)
         let core = Core(fd: fd, device: device, domain: domain, exports: exports, notifications: notifications,
-                        maxReadDepth: maxReadDepth, gidIndex: gidIndex, gid: gid, mtu: mtu.rawValue)
+                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue)
         self.core = core
         self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
     }

@@ -18,6 +18,16 @@ enum SocketAddress {
         return sa
     }
 
+    /// The local address a connected or bound socket uses.
+    static func local(_ fd: Int32) -> sockaddr_in {
+        var sa = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return sa
+    }
+
     /// `"a.b.c.d:port"` of a socket address.
     static func describe(_ sa: sockaddr_in) -> String {
         var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
