@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import MemWallCore
 
 /// `memwall bench`: microbenchmarks of the paths MemWall moves data on.
@@ -7,7 +10,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure memory-node copy bandwidth and latency, and O_DIRECT storage, the way MLC and fio do.",
-        subcommands: [BenchMemoryCommand.self, BenchStorageCommand.self]
+        subcommands: [BenchMemoryCommand.self, BenchStorageCommand.self, BenchRDMACommand.self]
     )
 }
 
@@ -23,7 +26,7 @@ enum BenchOutput {
 
     /// Parses "1,4,16,32" into positive integers.
     static func integerList(_ text: String, what: String) throws -> [Int] {
-        let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = text.split(separator: ",").map { String($0).trimmingWhitespace() }
         let values = parts.compactMap { Int($0) }
         guard !parts.isEmpty, values.count == parts.count, values.allSatisfy({ $0 >= 1 }) else {
             throw ValidationError("invalid \(what) '\(text)': expected a comma-separated list of positive integers such as 1,4,16,32")

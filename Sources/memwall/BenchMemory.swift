@@ -1,6 +1,9 @@
 import ArgumentParser
 import CMemWallShim
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import MemWallCore
 import NUMATransport
 import Transport
@@ -99,7 +102,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
             print("\ncopy bandwidth, \(ByteCount(size)) (GB/s; in brackets: ratio to a one-thread memcpy of the same buffers; threads)")
             print("from \\ to" + r.nodes.map { BenchOutput.pad("node \($0.id)\($0.isEmulated ? " (emul.)" : "")", 26) }.joined())
             for from in r.nodes {
-                var line = "node \(from.id)".padding(toLength: 9, withPad: " ", startingAt: 0)
+                var line = "node \(from.id)".padded(to: 9)
                 for to in r.nodes {
                     guard let p = r.copies.first(where: { $0.fromNode == from.id && $0.toNode == to.id && $0.bytes == size }) else { continue }
                     line += BenchOutput.pad("\(BenchOutput.fixed(p.gigabytesPerSecond)) (\(BenchOutput.fixed(p.ratioToMemcpy))x, \(p.threads)t)", 26)
@@ -112,7 +115,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
             let mems = r.nodes
             print("CPU \\ mem" + mems.map { BenchOutput.pad("node \($0.id)\($0.isEmulated ? " (emul.)" : "")", 18) }.joined())
             for cpu in Set(r.latencies.map(\.cpuNode)).sorted() {
-                var line = "node \(cpu)".padding(toLength: 9, withPad: " ", startingAt: 0)
+                var line = "node \(cpu)".padded(to: 9)
                 for m in mems {
                     if let p = r.latencies.first(where: { $0.cpuNode == cpu && $0.memoryNode == m.id }) {
                         line += BenchOutput.pad(BenchOutput.fixed(p.nanosecondsPerLoad, 1), 18)

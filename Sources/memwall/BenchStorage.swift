@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import MemWallCore
 import Transport
 import URingTransport
@@ -157,7 +160,7 @@ struct BenchStorageCommand: AsyncParsableCommand {
         print("memwall bench storage: \(r.path) (\(ByteCount(r.bytesUsed)) used, \(r.accessMode)) via \(r.transport)")
         print("pattern     bs        QD        IOPS      GB/s    p50 us    p99 us  p99.9 us    max us")
         for p in r.points {
-            print(p.pattern.padding(toLength: 10, withPad: " ", startingAt: 0)
+            print(p.pattern.padded(to: 10)
                   + BenchOutput.pad(ByteCount(p.blockSize).description, 8)
                   + BenchOutput.pad("\(p.queueDepth)", 6)
                   + BenchOutput.pad(BenchOutput.fixed(p.iops, 0), 12)

@@ -105,8 +105,8 @@ struct CapabilitiesReport: Codable {
     var text: String {
         var out: [String] = ["MemWall capabilities (kernel \(kernel))", ""]
         func row(_ name: String, _ status: String, _ detail: String) {
-            out.append(padded(name, 10)
-                       + padded(status, 11) + detail)
+            out.append(name.padded(to: 10)
+                       + status.padded(to: 11) + detail)
         }
         if numa.available {
             let nodes = numa.nodes.map { n in
@@ -148,14 +148,9 @@ struct CapabilitiesReport: Codable {
         out.append("MemWall will use:")
         for key in ["memory", "storage", "remote", "topology"] {
             guard let dec = decisions[key] else { continue }
-            out.append("  " + padded(key, 10)
+            out.append("  " + key.padded(to: 10)
                        + (dec.mode == "emulation" ? "EMULATION  " : "hardware   ") + dec.detail)
         }
         return out.joined(separator: "\n")
     }
-}
-
-/// `text` followed by spaces up to `width` characters (column layout without Foundation).
-func padded(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
 }

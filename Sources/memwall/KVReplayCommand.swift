@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import KVPlacement
 import MemWallCore
 import Topology
@@ -167,8 +170,8 @@ struct KVReplayReport: Encodable {
             + (realBytes ? ", real bytes (\(ByteCount(blockBytes)) per block)" : ", metadata only") + "\n"
         for t in transports { out += "  transport \(t)\n" }
         func row(_ label: String, _ f: (ReplayResult) -> String) -> String {
-            var line = label.padding(toLength: 28, withPad: " ", startingAt: 0)
-            for r in results { line += f(r).padding(toLength: 18, withPad: " ", startingAt: 0) }
+            var line = label.padded(to: 28)
+            for r in results { line += f(r).padded(to: 18) }
             return line + "\n"
         }
         out += row("policy") { $0.policy }

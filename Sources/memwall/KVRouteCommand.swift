@@ -1,5 +1,8 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
 import KVPlacement
 import MemWallCore
 
@@ -88,12 +91,12 @@ struct KVRouteReport: Encodable {
     var text: String {
         var out = "kv route \(trace): \(workers) workers x \(capacityPerWorker) blocks, eviction \(eviction), "
             + "load weight \(loadWeight), move cost \(moveCost.map { "\($0)" } ?? "none")\n"
-        out += "routing".padding(toLength: 14, withPad: " ", startingAt: 0) + "local hit   +fetched    load max/mean  requests per worker\n"
+        out += "routing".padded(to: 14) + "local hit   +fetched    load max/mean  requests per worker\n"
         for r in rows {
-            out += r.routing.padding(toLength: 14, withPad: " ", startingAt: 0)
-                + kvPercent(r.hitRate).padding(toLength: 12, withPad: " ", startingAt: 0)
-                + kvPercent(r.reuseRate).padding(toLength: 11, withPad: " ", startingAt: 0)
-                + formatDecimal(r.loadImbalance, places: 3).padding(toLength: 15, withPad: " ", startingAt: 0)
+            out += r.routing.padded(to: 14)
+                + kvPercent(r.hitRate).padded(to: 12)
+                + kvPercent(r.reuseRate).padded(to: 11)
+                + formatDecimal(r.loadImbalance, places: 3).padded(to: 15)
                 + r.requestsPerWorker.map(String.init).joined(separator: " ") + "\n"
         }
         return out

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+import Synchronization
+
+/// Notifications that arrived from peers, handed to waiters in arrival order.
+final class NotificationQueue: Sendable {
+    private struct Waiter {
+        var id: UInt64
+        var continuation: CheckedContinuation<RemoteNotification?, Never>
+        var timer: Task<Void, Never>?
+    }
+
+    private struct State {
+        var items: [RemoteNotification] = []
+        var head = 0
+        var waiters: [Waiter] = []
+        var nextID: UInt64 = 1
+        var delivered = 0
+
+        mutating func pop() -> RemoteNotification? {
+            guard head < items.count else { return nil }
+            let n = items[head]
+            head += 1
+            if head > 1024 && head * 2 > items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+            delivered += 1
+            return n
+        }
+    }
+
+    private let state = Mutex(State())
+
+    /// Called by a receiver thread once the data before the notification has landed.
+    func push(_ n: RemoteNotification) {
+        let waiter = state.withLock { s -> Waiter? in
+            if !s.waiters.isEmpty {
+                s.delivered += 1
+                return s.waiters.removeFirst()
+            }
+            s.items.append(n)
+            return nil
+        }
+        if let waiter {
+            waiter.timer?.cancel()
+            waiter.continuation.resume(returning: n)
+        }
+    }
+
+    /// Waits for the next notification, up to `timeout`.
+    func next(timeout: Duration) async throws(MemWallError) -> RemoteNotification {
+        let got: RemoteNotification? = await withCheckedContinuation { (c: CheckedContinuation<RemoteNotification?, Never>) in
+            let ready = state.withLock { s -> RemoteNotification?? in
+                if let n = s.pop() { return .some(n) }
+                let id = s.nextID
+                s.nextID += 1
+                let timer = Task { [weak self] in
+                    try? await Task.sleep(for: timeout)
+                    self?.expire(id)
+                }
+                s.waiters.append(Waiter(id: id, continuation: c, timer: timer))
+                return .none
+            }
+            if case .some(let n) = ready { c.resume(returning: n) }
+        }
+        guard let got else {
+            throw MemWallError(.timedOut, "no notification arrived within \(timeout)")
+        }
+        return got
+    }
+
+    /// Blocking form for threads outside Swift concurrency (benchmarks, the CLI).
+    func nextBlocking(timeout: Duration) throws(MemWallError) -> RemoteNotification {
+        let deadline = MonotonicClock.nanoseconds() &+ timeout.nanosecondsClamped
+        var spins = 0
+        while true {
+            if let n = state.withLock({ $0.pop() }) { return n }
+            if MonotonicClock.nanoseconds() >= deadline {
+                throw MemWallError(.timedOut, "no notification arrived within \(timeout)")
+            }
+            spins += 1
+            if spins > 1000 { usleep(50) } else { sched_yield() }
+        }
+    }
+
+    /// Notifications handed out so far.
+    var deliveredCount: Int { state.withLock { $0.delivered } }
+
+    private func expire(_ id: UInt64) {
+        let c = state.withLock { s -> CheckedContinuation<RemoteNotification?, Never>? in
+            guard let i = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+            return s.waiters.remove(at: i).continuation
+        }
+        c?.resume(returning: nil)
+    }
+}

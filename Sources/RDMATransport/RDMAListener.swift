@@ -1,0 +1,187 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIBVerbs
+import CRDMACM
+import MemWallCore
+import Synchronization
+import Transport
+
+/// The listening side of RDMA connections.
+///
+/// A thread accepts connection requests, gives each connection its own
+/// completion queue and RC queue pair with receive slots for notifications,
+/// and sends the export table as the first message once the connection is
+/// established. The data path needs nothing from this side: peers READ and
+/// WRITE the exported memory directly, and only WRITE_WITH_IMM notifications
+/// reach software — after the data before them has landed.
+final class RDMAListener: Sendable {
+    /// One accepted connection.
+    final class Accepted: Sendable {
+        let queuePair: QueuePair
+        /// The registered buffer the export table is sent from (rdmacm only).
+        let table: VerbsMemoryRegistration?
+        let peer: String
+        let receiveSlots: Int
+        let disconnected = Atomic<Bool>(false)
+
+        init(queuePair: QueuePair, table: VerbsMemoryRegistration?, peer: String, receiveSlots: Int) {
+            self.queuePair = queuePair
+            self.table = table
+            self.peer = peer
+            self.receiveSlots = receiveSlots
+        }
+
+        func sendTable(length: Int) throws(MemWallError) {
+            guard let table else { return }
+            var sge = ibv_sge(addr: UInt64(UInt(bitPattern: table.region.baseAddress)), length: UInt32(length), lkey: table.lkey)
+            var wr = ibv_send_wr()
+            wr.wr_id = UInt64.max
+            wr.opcode = IBV_WR_SEND
+            wr.send_flags = IBV_SEND_SIGNALED.rawValue
+            var bad: UnsafeMutablePointer<ibv_send_wr>?
+            let rc = withUnsafeMutablePointer(to: &sge) { s -> Int32 in
+                wr.sg_list = s
+                wr.num_sge = 1
+                return ibv_post_send(queuePair.qp, &wr, &bad)
+            }
+            try CCall.returnsErrno(rc, "ibv_post_send", "cannot send the export table to \(peer)")
+        }
+
+        /// Handles this connection's completions: notifications are delivered and their receive slot reposted.
+        func poll(into notifications: NotificationQueue) -> Int {
+            var wcs = [ibv_wc](repeating: ibv_wc(), count: 16)
+            let n = Int(ibv_poll_cq(queuePair.completionQueue.cq, 16, &wcs))
+            guard n > 0 else { return 0 }
+            for wc in wcs[0 ..< n] where wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM && wc.status == IBV_WC_SUCCESS {
+                notifications.push(RemoteNotification(peer: peer, value: UInt32(bigEndian: wc.imm_data)))
+                try? queuePair.postReceive(id: 1, address: nil, length: 0, lkey: 0)
+            }
+            return n
+        }
+    }
+
+    private final class Core: Sendable {
+        let device: VerbsDevice
+        let domain: ProtectionDomain
+        let channel: CMEventChannel
+        let listenID: CMIdentifier
+        let exports: ExportTable
+        let notifications: NotificationQueue
+        let maxReadDepth: Int
+        let stopped = Atomic<Bool>(false)
+        let accepted = Mutex<[UInt: Accepted]>([:])
+
+        init(device: VerbsDevice, domain: ProtectionDomain, channel: CMEventChannel, listenID: CMIdentifier,
+             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int) {
+            self.device = device
+            self.domain = domain
+            self.channel = channel
+            self.listenID = listenID
+            self.exports = exports
+            self.notifications = notifications
+            self.maxReadDepth = maxReadDepth
+        }
+
+        func run() {
+            var idle = 0
+            while !stopped.load(ordering: .acquiring) {
+                var busy = false
+                let conns = accepted.withLock { Array($0.values) }
+                for c in conns where c.poll(into: notifications) > 0 { busy = true }
+                if let ev = channel.next(milliseconds: busy || idle < 100 ? 0 : 5) {
+                    handle(ev)
+                    busy = true
+                }
+                if busy { idle = 0 } else {
+                    idle += 1
+                    if idle < 100 { sched_yield() }
+                }
+            }
+            // Closing: disconnect every peer, then let the objects go (QP before its identifier).
+            let conns = accepted.withLock { a -> [Accepted] in defer { a = [:] }; return Array(a.values) }
+            for c in conns { c.queuePair.moveToError() }
+        }
+
+        private func handle(_ ev: CMEvent) {
+            switch ev.kind {
+            case RDMA_CM_EVENT_CONNECT_REQUEST:
+                guard let raw = UnsafeMutablePointer<rdma_cm_id>(bitPattern: ev.id) else { return }
+                let id = CMIdentifier(adopting: raw, channel: channel)
+                do throws(MemWallError) {
+                    let conn = try accept(id)
+                    accepted.withLock { $0[ev.id] = conn }
+                } catch {
+                    _ = rdma_reject(raw, nil, 0)
+                }
+            case RDMA_CM_EVENT_ESTABLISHED:
+                let (conn, table) = (accepted.withLock { $0[ev.id] }, ExportTableCodec.encode(exports.snapshot))
+                guard let conn, let buffer = conn.table else { return }
+                let n = min(table.count, buffer.region.byteCount)
+                buffer.region.withUnsafeMutableBytes(offset: 0, length: n) { dst in
+                    table.withUnsafeBytes { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0 ..< n])) }
+                }
+                if (try? conn.sendTable(length: max(n, 4))) == nil { conn.queuePair.moveToError() }
+            case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_TIMEWAIT_EXIT:
+                if let conn = accepted.withLock({ $0.removeValue(forKey: ev.id) }) {
+                    if !conn.disconnected.exchange(true, ordering: .relaxed) { conn.queuePair.moveToError() }
+                }
+            default:
+                break
+            }
+        }
+
+        private func accept(_ id: CMIdentifier) throws(MemWallError) -> Accepted {
+            let slots = 128
+            let cq = try CompletionQueue(device: device, entries: slots + 16)
+            let qp = try QueuePair(identifier: id, domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
+            for _ in 0 ..< slots { try qp.postReceive(id: 1, address: nil, length: 0, lkey: 0) }
+            let tableRegion = try MemoryRegion.allocate(byteCount: ExportTableCodec.maximumBytes)
+            let table = try VerbsMemoryRegistration(domain: domain, region: tableRegion, remoteAccess: [])
+            var peer = "peer"
+            if let sa = rdma_get_peer_addr(id.id), sa.pointee.sa_family == sa_family_t(AF_INET) {
+                peer = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress.describe($0.pointee) }
+            }
+            var param = rdma_conn_param()
+            param.responder_resources = UInt8(clamping: maxReadDepth)
+            param.initiator_depth = UInt8(clamping: maxReadDepth)
+            param.rnr_retry_count = 7
+            try CCall.minusOne(rdma_accept(id.id, &param), "rdma_accept", "cannot accept the connection from \(peer)")
+            return Accepted(queuePair: qp, table: table, peer: peer, receiveSlots: slots)
+        }
+    }
+
+    private let core: Core
+    private let thread: WorkerThread
+    /// The bound port.
+    let port: UInt16
+
+    /// Binds to `address:port` on `device` and starts accepting.
+    init(address: String, port: UInt16, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable,
+         notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
+        var sa = try SocketAddress.ipv4(address, port: port)
+        let where_ = SocketAddress.describe(sa)
+        let channel = try CMEventChannel()
+        let id = try CMIdentifier(channel: channel)
+        _ = try withUnsafeMutablePointer(to: &sa) { p throws(MemWallError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp throws(MemWallError) in
+                try CCall.minusOne(rdma_bind_addr(id.id, sp), "rdma_bind_addr",
+                                   "cannot bind an RDMA listener to \(where_); is the port in use, or is no RDMA device on that address?")
+            }
+        }
+        try CCall.minusOne(rdma_listen(id.id, 64), "rdma_listen", "cannot listen on \(where_)")
+        self.port = UInt16(bigEndian: rdma_get_src_port(id.id))
+        let core = Core(device: device, domain: domain, channel: channel, listenID: id, exports: exports,
+                        notifications: notifications, maxReadDepth: maxReadDepth)
+        self.core = core
+        self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
+    }
+
+    /// Stops accepting and disconnects every accepted peer.
+    func stop() {
+        guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        thread.join()
+    }
+
+    deinit { stop() }
+}

@@ -1,0 +1,232 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIBVerbs
+import MemWallCore
+import Synchronization
+import Transport
+
+/// How RDMA connections are set up.
+public enum RDMAConnectionManager: String, Sendable, Hashable, CaseIterable {
+    /// librdmacm: listen / connect / accept / disconnect, as between hosts.
+    case rdmacm
+    /// Queue-pair endpoints (QPN, PSN, GID) and the export table exchanged over a
+    /// TCP socket, the queue pairs then moved to RTS by hand — what perftest
+    /// does without `-R`. Needed where the kernel's connection manager cannot
+    /// resolve a RoCE route, as for soft-RoCE bound to lo (rdma_resolve_route
+    /// fails with ENODEV there, for perftest's `-R` too). The socket stays open
+    /// as the control channel: its end is the peer's disconnect.
+    case socketExchange = "socket"
+}
+
+/// The socket exchange's messages.
+/// Hello (connector → listener): magic:u32 endpoint(24).
+/// Reply (listener → connector): magic:u32 endpoint(24) tableLength:u32 table.
+enum RDMAExchange {
+    static let magic: UInt32 = 0x3152_574D  // "MWR1"
+
+    static func sendHello(_ fd: Int32, _ endpoint: QueuePairEndpoint, peer: String) throws(MemWallError) {
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: magic.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: endpoint.encode())
+        try send(fd, bytes, peer: peer)
+    }
+
+    static func sendReply(_ fd: Int32, _ endpoint: QueuePairEndpoint, table: [UInt8], peer: String) throws(MemWallError) {
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: magic.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: endpoint.encode())
+        withUnsafeBytes(of: UInt32(table.count).littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: table)
+        try send(fd, bytes, peer: peer)
+    }
+
+    static func receiveHello(_ fd: Int32, peer: String) throws(MemWallError) -> QueuePairEndpoint {
+        let b = try receive(fd, 4 + QueuePairEndpoint.wireSize, peer: peer, timeout: nil)
+        let (m, endpoint) = b.withUnsafeBytes { p in
+            (p.loadUnaligned(as: UInt32.self), QueuePairEndpoint(bytes: p.baseAddress.unsafelyUnwrapped + 4))
+        }
+        guard m == magic.littleEndian else {
+            throw MemWallError(.malformedInput, "\(peer) is not a MemWall RDMA peer (bad hello)")
+        }
+        return endpoint
+    }
+
+    static func receiveReply(_ fd: Int32, peer: String, timeout: Duration) throws(MemWallError) -> (QueuePairEndpoint, [ExportedRegionInfo]) {
+        let head = try receive(fd, 4 + QueuePairEndpoint.wireSize + 4, peer: peer, timeout: timeout)
+        let (m, endpoint, length) = head.withUnsafeBytes { p -> (UInt32, QueuePairEndpoint, Int) in
+            let n = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 + QueuePairEndpoint.wireSize, as: UInt32.self)))
+            return (p.loadUnaligned(as: UInt32.self), QueuePairEndpoint(bytes: p.baseAddress.unsafelyUnwrapped + 4), n)
+        }
+        guard m == magic.littleEndian else {
+            throw MemWallError(.malformedInput, "\(peer) is not a MemWall RDMA listener (bad reply); is it the TCP emulation?")
+        }
+        guard length <= ExportTableCodec.maximumBytes else {
+            throw MemWallError(.malformedInput, "\(peer) announced an export table of \(length) bytes (at most \(ExportTableCodec.maximumBytes))")
+        }
+        let table = try receive(fd, length, peer: peer, timeout: timeout)
+        let decoded = table.withUnsafeBytes { p in Result { () throws(MemWallError) in try ExportTableCodec.decode(p, peer: peer) } }
+        return (endpoint, try decoded.get())
+    }
+
+    private static func send(_ fd: Int32, _ bytes: [UInt8], peer: String) throws(MemWallError) {
+        let r = bytes.withUnsafeBytes { SocketIO.writeFrame(.system, fd, header: $0, payload: nil) }
+        if case .failure(let e) = r {
+            throw MemWallError(.disconnected, "the connection to \(peer) broke during the queue-pair exchange", function: "writev", errno: e)
+        }
+    }
+
+    private static func receive(_ fd: Int32, _ count: Int, peer: String, timeout: Duration?) throws(MemWallError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        guard count > 0 else { return out }
+        let r = out.withUnsafeMutableBytes { SocketIO.readFully(.system, fd, $0.baseAddress.unsafelyUnwrapped, count) }
+        switch r {
+        case .success: return out
+        case .failure(let e) where e.errno == .wouldBlock:
+            throw MemWallError(.timedOut, "\(peer) did not finish the queue-pair exchange in time; is it a MemWall RDMA peer?")
+        case .failure(let e):
+            throw MemWallError(.disconnected, "\(peer) closed the connection during the queue-pair exchange", function: "read", errno: e.errno)
+        }
+    }
+}
+
+/// The listening side of the socket exchange: accepts TCP connections, builds
+/// a queue pair per peer, and watches each control socket for the peer's end.
+final class RDMASocketListener: Sendable {
+    private final class Core: Sendable {
+        let fd: Int32
+        let device: VerbsDevice
+        let domain: ProtectionDomain
+        let exports: ExportTable
+        let notifications: NotificationQueue
+        let maxReadDepth: Int
+        let mtu: UInt32
+        let stopped = Atomic<Bool>(false)
+        let accepted = Mutex<[Int32: RDMAListener.Accepted]>([:])
+
+        init(fd: Int32, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable, notifications: NotificationQueue,
+             maxReadDepth: Int, mtu: UInt32) {
+            self.fd = fd
+            self.device = device
+            self.domain = domain
+            self.exports = exports
+            self.notifications = notifications
+            self.maxReadDepth = maxReadDepth
+            self.mtu = mtu
+        }
+
+        deinit { Glibc.close(fd) }
+
+        func run() {
+            var idle = 0
+            while !stopped.load(ordering: .acquiring) {
+                var busy = false
+                let conns = accepted.withLock { Array($0) }
+                for (_, c) in conns where c.poll(into: notifications) > 0 { busy = true }
+                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+                for (cfd, _) in conns { fds.append(pollfd(fd: cfd, events: Int16(POLLIN), revents: 0)) }
+                let wait: Int32 = busy || idle < 100 ? 0 : 5
+                if poll(&fds, nfds_t(fds.count), wait) > 0 {
+                    busy = true
+                    if fds[0].revents != 0 { acceptOne() }
+                    for p in fds.dropFirst() where p.revents != 0 { checkControl(p.fd) }
+                }
+                if busy { idle = 0 } else {
+                    idle += 1
+                    if idle < 100 { sched_yield() }
+                }
+            }
+            let conns = accepted.withLock { a -> [(Int32, RDMAListener.Accepted)] in defer { a = [:] }; return Array(a) }
+            for (cfd, c) in conns {
+                c.queuePair.moveToError()
+                Glibc.close(cfd)
+            }
+        }
+
+        private func checkControl(_ cfd: Int32) {
+            var byte: UInt8 = 0
+            let n = recv(cfd, &byte, 1, 0)
+            if n > 0 || (n < 0 && (Errno.current == .wouldBlock || Errno.current == .interrupted)) { return }
+            // The peer went away: stop its queue pair and let it go.
+            if let c = accepted.withLock({ $0.removeValue(forKey: cfd) }) { c.queuePair.moveToError() }
+            Glibc.close(cfd)
+        }
+
+        private func acceptOne() {
+            var sa = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let c = withUnsafeMutablePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &len) }
+            }
+            guard c >= 0 else { return }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            SocketIO.tune(c)
+            let peer = "\(device.name)/\(SocketAddress.describe(sa))"
+            SocketIO.setReceiveTimeout(c, .seconds(5))
+            do throws(MemWallError) {
+                let remote = try RDMAExchange.receiveHello(c, peer: peer)
+                // This side's GID: the one of the address the peer reached us on.
+                let local = SocketAddress.local(c)
+                guard let (gidIndex, gid) = device.gidIndex(for: local.sin_addr) else {
+                    throw MemWallError(.unsupported, "\(device.name) has no GID for \(SocketAddress.describe(local))")
+                }
+                let slots = 128
+                let cq = try CompletionQueue(device: device, entries: slots + 16)
+                let qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
+                for _ in 0 ..< slots { try qp.postReceive(id: 1, address: nil, length: 0, lkey: 0) }
+                let psn = UInt32.random(in: 0 ..< (1 << 24))
+                try qp.connect(to: remote, localPSN: psn, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: mtu), readDepth: maxReadDepth)
+                // Reply only once this side is ready to receive: the peer may write at once.
+                try RDMAExchange.sendReply(c, qp.endpoint(psn: psn, gid: gid), table: ExportTableCodec.encode(exports.snapshot), peer: peer)
+                SocketIO.setReceiveTimeout(c, nil)
+                accepted.withLock { $0[c] = RDMAListener.Accepted(queuePair: qp, table: nil, peer: peer, receiveSlots: slots) }
+            } catch {
+                Glibc.close(c)
+            }
+        }
+    }
+
+    private let core: Core
+    private let thread: WorkerThread
+    /// The bound port.
+    let port: UInt16
+
+    init(address: String, port: UInt16, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable,
+         notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
+        var sa = try SocketAddress.ipv4(address, port: port)
+        let where_ = SocketAddress.describe(sa)
+        // A specific address must be one the device serves (INADDR_ANY is checked per connection).
+        if sa.sin_addr.s_addr != 0 && device.gidIndex(for: sa.sin_addr) == nil {
+            throw MemWallError(.unsupported, "\(device.name) has no GID for \(where_); bind the device to the interface holding that address")
+        }
+        let mtu = try device.activeMTU()
+        let fd = try SocketIO.makeStreamSocket()
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = withUnsafePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 || Glibc.listen(fd, 64) != 0 {
+            let e = Errno.current
+            Glibc.close(fd)
+            throw .system("bind", e, "cannot listen on \(where_); is the port in use?")
+        }
+        var bound = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        self.port = UInt16(bigEndian: bound.sin_port)
+        let core = Core(fd: fd, device: device, domain: domain, exports: exports, notifications: notifications,
+                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue)
+        self.core = core
+        self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
+    }
+
+    func stop() {
+        guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        thread.join()
+    }
+
+    deinit { stop() }
+}

@@ -1,0 +1,237 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+
+/// IPv4 socket plumbing for the TCP emulation and the rdmacm address.
+enum SocketAddress {
+    /// Parses a dotted IPv4 address ("localhost" means 127.0.0.1).
+    /// - Throws: `invalidArgument` naming the value.
+    static func ipv4(_ address: String, port: UInt16) throws(MemWallError) -> sockaddr_in {
+        let text = address == "localhost" ? "127.0.0.1" : address
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, text, &sa.sin_addr) == 1 else {
+            throw .invalid("IPv4 address", address, expected: "a dotted IPv4 address such as 127.0.0.1")
+        }
+        return sa
+    }
+
+    /// The local address a connected or bound socket uses.
+    static func local(_ fd: Int32) -> sockaddr_in {
+        var sa = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return sa
+    }
+
+    /// `"a.b.c.d:port"` of a socket address.
+    static func describe(_ sa: sockaddr_in) -> String {
+        var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        var a = sa.sin_addr
+        _ = inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
+        let host = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return "\(host):\(UInt16(bigEndian: sa.sin_port))"
+    }
+}
+
+/// Socket calls the emulation needs, through the fault-injecting funnel where bytes move.
+enum SocketIO {
+    /// `SHUT_RDWR` (2 on Linux): Glibc's Swift module does not export it in every build mode.
+    static let shutdownBoth: Int32 = 2
+
+    /// A TCP socket with Nagle off (small acknowledgements must not wait) and large buffers.
+    static func makeStreamSocket() throws(MemWallError) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system("socket", .current, "cannot create a TCP socket") }
+        tune(fd)
+        return fd
+    }
+
+    static func tune(_ fd: Int32) {
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var size: Int32 = 4 << 20
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Sets (or clears, with nil) how long a blocking read waits.
+    static func setReceiveTimeout(_ fd: Int32, _ timeout: Duration?) {
+        var tv = timeval()
+        if let timeout {
+            let ns = max(timeout.nanosecondsClamped, 1_000_000)
+            tv.tv_sec = Int(ns / 1_000_000_000)
+            tv.tv_usec = Int(ns % 1_000_000_000 / 1000)
+        }
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Connects with a deadline.
+    /// - Throws: `disconnected` (refused: nothing listens), `timedOut`, `systemCall`.
+    static func connect(_ fd: Int32, to sa: sockaddr_in, timeout: Duration) throws(MemWallError) {
+        let where_ = SocketAddress.describe(sa)
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        var addr = sa
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        var err = rc == 0 ? Errno(rawValue: 0) : Errno.current
+        if rc != 0 && err.rawValue == EINPROGRESS {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let ms = Int32(clamping: timeout.nanosecondsClamped / 1_000_000)
+            let n = poll(&p, 1, max(ms, 1))
+            if n == 0 {
+                throw MemWallError(.timedOut, "connecting to \(where_) did not finish within \(timeout)", function: "connect")
+            }
+            var soErr: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &soErr, &len)
+            err = Errno(rawValue: soErr)
+        }
+        _ = fcntl(fd, F_SETFL, flags)
+        guard err.rawValue == 0 else {
+            if err == .connectionRefused {
+                throw MemWallError(.disconnected,
+                    "nothing is listening at \(where_); start the peer (memwall rdma-serve) or check the address and port",
+                    function: "connect", errno: err)
+            }
+            throw .system("connect", err, "cannot connect to \(where_)")
+        }
+    }
+
+    /// Why a stream stopped.
+    enum StreamEnd: Error {
+        /// The peer closed its end (read returned 0).
+        case closed
+        /// A system call failed.
+        case failed(Errno)
+
+        var errno: Errno? { if case .failed(let e) = self { e } else { nil } }
+    }
+
+    /// Reads exactly `count` bytes.
+    static func readFully(_ funnel: SyscallFunnel, _ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Result<Void, StreamEnd> {
+        var done = 0
+        while done < count {
+            switch funnel.read(fd, buffer + done, count - done) {
+            case .success(0): return .failure(.closed)
+            case .success(let n): done += n
+            case .failure(let e): return .failure(.failed(e))
+            }
+        }
+        return .success(())
+    }
+
+    /// Reads and drops `count` bytes (the payload of a refused write).
+    static func discard(_ funnel: SyscallFunnel, _ fd: Int32, _ count: Int) -> Result<Void, StreamEnd> {
+        var left = count
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        defer { scratch.deallocate() }
+        while left > 0 {
+            let n = min(left, 64 * 1024)
+            if case .failure(let e) = readFully(funnel, fd, scratch, n) { return .failure(e) }
+            left -= n
+        }
+        return .success(())
+    }
+
+    /// Writes a header and an optional payload with `writev`, resuming short writes.
+    static func writeFrame(_ funnel: SyscallFunnel, _ fd: Int32, header: UnsafeRawBufferPointer,
+                           payload: UnsafeRawBufferPointer?) -> Result<Void, Errno> {
+        let total = header.count + (payload?.count ?? 0)
+        var sent = 0
+        while sent < total {
+            let r = funnel.transfer("write", requested: total - sent) { allowed in
+                var iov = [iovec](repeating: iovec(), count: 2)
+                var n = 0
+                var budget = allowed
+                var skip = sent
+                for part in [header, payload ?? UnsafeRawBufferPointer(start: nil, count: 0)] where part.count > 0 {
+                    if skip >= part.count { skip -= part.count; continue }
+                    let len = min(part.count - skip, budget)
+                    guard len > 0, let base = part.baseAddress else { break }
+                    iov[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: base + skip), iov_len: len)
+                    n += 1
+                    budget -= len
+                    skip = 0
+                }
+                return iov.withUnsafeBufferPointer { Int(writev(fd, $0.baseAddress, Int32(n))) }
+            }
+            switch r {
+            case .success(let n): sent += n
+            case .failure(let e) where e == .wouldBlock: continue
+            case .failure(let e): return .failure(e)
+            }
+        }
+        return .success(())
+    }
+}
+
+/// The emulation's fixed 32-byte frame header, little-endian:
+/// kind:u8 status:u8 pad:u16 key:u32 tag:u64 offset:u64 length:u64.
+struct FrameHeader {
+    enum Kind: UInt8 {
+        /// Listener → connector: the export table follows (`length` bytes).
+        case exportTable = 1
+        /// Connector → listener: place `length` bytes at `offset` of the export with `key`.
+        case write = 2
+        /// Connector → listener: send back `length` bytes from `offset` of the export with `key`.
+        case read = 3
+        /// Connector → listener: deliver `key` as a notification once everything before it landed.
+        case notify = 4
+        /// Listener → connector: the write with `tag` landed (or `status` says why not).
+        case writeDone = 5
+        /// Listener → connector: read data for `tag` follows (when `status` is ok).
+        case readData = 6
+    }
+
+    enum Status: UInt8 {
+        case ok = 0
+        case unknownKey = 1
+        case outOfBounds = 2
+        case notPermitted = 3
+    }
+
+    static let size = 32
+    var kind: UInt8
+    var status: UInt8 = 0
+    var key: UInt32 = 0
+    var tag: UInt64 = 0
+    var offset: UInt64 = 0
+    var length: UInt64 = 0
+
+    init(kind: Kind, status: Status = .ok, key: UInt32 = 0, tag: UInt64 = 0, offset: UInt64 = 0, length: UInt64 = 0) {
+        self.kind = kind.rawValue
+        self.status = status.rawValue
+        self.key = key
+        self.tag = tag
+        self.offset = offset
+        self.length = length
+    }
+
+    init(bytes p: UnsafeRawPointer) {
+        kind = p.load(as: UInt8.self)
+        status = p.load(fromByteOffset: 1, as: UInt8.self)
+        key = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        tag = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        offset = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        length = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+    }
+
+    func store(to p: UnsafeMutableRawPointer) {
+        p.storeBytes(of: kind, as: UInt8.self)
+        p.storeBytes(of: status, toByteOffset: 1, as: UInt8.self)
+        p.storeBytes(of: UInt16(0), toByteOffset: 2, as: UInt16.self)
+        p.storeBytes(of: key.littleEndian, toByteOffset: 4, as: UInt32.self)
+        p.storeBytes(of: tag.littleEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: offset.littleEndian, toByteOffset: 16, as: UInt64.self)
+        p.storeBytes(of: length.littleEndian, toByteOffset: 24, as: UInt64.self)
+    }
+}

@@ -1,0 +1,205 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+import Synchronization
+import Transport
+
+/// The listening side of the emulation: accepts connections and runs one
+/// receiver thread per peer that checks and places its descriptors.
+final class TCPListener: Sendable {
+    private final class Core: Sendable {
+        let fd: Int32
+        let exports: ExportTable
+        let notifications: NotificationQueue
+        let funnel: SyscallFunnel
+        let stopped = Atomic<Bool>(false)
+        let connections = Mutex<[ObjectIdentifier: TCPServerConnection]>([:])
+
+        init(fd: Int32, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel) {
+            self.fd = fd
+            self.exports = exports
+            self.notifications = notifications
+            self.funnel = funnel
+        }
+
+        deinit { Glibc.close(fd) }
+
+        func runAccept() {
+            while !stopped.load(ordering: .acquiring) {
+                var sa = sockaddr_in()
+                var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let c = withUnsafeMutablePointer(to: &sa) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &len) }
+                }
+                if c < 0 {
+                    let e = Errno.current
+                    if e == .interrupted || e == .wouldBlock { continue }
+                    if stopped.load(ordering: .acquiring) { return }
+                    // ECONNABORTED and friends concern one peer only; keep accepting.
+                    if e.rawValue == ECONNABORTED || e.rawValue == EMFILE || e.rawValue == ENFILE { usleep(10_000); continue }
+                    return
+                }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                SocketIO.tune(c)
+                let peer = SocketAddress.describe(sa)
+                guard let conn = try? TCPServerConnection(fd: c, peer: peer, exports: exports, notifications: notifications,
+                                                          funnel: funnel, onExit: { [weak self] id in
+                                                              _ = self?.connections.withLock { $0.removeValue(forKey: id) }
+                                                          }) else {
+                    Glibc.close(c)
+                    continue
+                }
+                if stopped.load(ordering: .acquiring) { conn.stop(); return }
+                connections.withLock { $0[ObjectIdentifier(conn)] = conn }
+                conn.start()
+            }
+        }
+    }
+
+    private let core: Core
+    private let thread: WorkerThread
+    /// The bound port.
+    let port: UInt16
+
+    /// Binds, listens and starts accepting.
+    /// - Throws: `invalidArgument` for a bad address, `systemCall` from bind/listen.
+    init(address: String, port: UInt16, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel) throws(MemWallError) {
+        var sa = try SocketAddress.ipv4(address, port: port)
+        let fd = try SocketIO.makeStreamSocket()
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = withUnsafePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 {
+            let e = Errno.current
+            Glibc.close(fd)
+            throw .system("bind", e, "cannot listen on \(SocketAddress.describe(sa)); is the port in use?")
+        }
+        if Glibc.listen(fd, 64) != 0 {
+            let e = Errno.current
+            Glibc.close(fd)
+            throw .system("listen", e, "cannot listen on \(SocketAddress.describe(sa))")
+        }
+        var bound = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        self.port = UInt16(bigEndian: bound.sin_port)
+        let core = Core(fd: fd, exports: exports, notifications: notifications, funnel: funnel)
+        self.core = core
+        self.thread = try WorkerThread(name: "mw-tcp-accept") { core.runAccept() }
+    }
+
+    /// Stops accepting and closes every accepted connection.
+    func stop() {
+        guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // shutdown() on a listening socket wakes a blocked accept() with EINVAL.
+        shutdown(core.fd, SocketIO.shutdownBoth)
+        thread.join()
+        let conns = core.connections.withLock { c -> [TCPServerConnection] in defer { c = [:] }; return Array(c.values) }
+        for c in conns { c.stop() }
+    }
+
+    deinit { stop() }
+}
+
+/// One accepted connection: sends the export table, then places WRITE data,
+/// answers READs and delivers notifications, checking each descriptor first.
+final class TCPServerConnection: Sendable {
+    private let fd: Int32
+    private let peer: String
+    private let exports: ExportTable
+    private let notifications: NotificationQueue
+    private let funnel: SyscallFunnel
+    private let onExit: @Sendable (ObjectIdentifier) -> Void
+    private let thread = Mutex<WorkerThread?>(nil)
+    private let stopped = Atomic<Bool>(false)
+
+    init(fd: Int32, peer: String, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel,
+         onExit: @escaping @Sendable (ObjectIdentifier) -> Void) throws(MemWallError) {
+        self.fd = fd
+        self.peer = peer
+        self.exports = exports
+        self.notifications = notifications
+        self.funnel = funnel
+        self.onExit = onExit
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func start() {
+        // The thread holds this object until the peer goes away or stop() shuts the socket.
+        let t = try? WorkerThread(name: "mw-tcp-serve") { [self] in
+            run()
+            onExit(ObjectIdentifier(self))
+        }
+        if t == nil { shutdown(fd, SocketIO.shutdownBoth) }
+        thread.withLock { $0 = t }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .releasing)
+        shutdown(fd, SocketIO.shutdownBoth)
+        let t = thread.withLock { $0 }
+        t?.join()
+    }
+
+    private func run() {
+        let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+        defer { header.deallocate() }
+        let table = ExportTableCodec.encode(exports.snapshot)
+        FrameHeader(kind: .exportTable, length: UInt64(table.count)).store(to: header)
+        let sent = table.withUnsafeBytes {
+            SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: $0)
+        }
+        guard case .success = sent else { return }
+        while !stopped.load(ordering: .acquiring) {
+            guard case .success = SocketIO.readFully(funnel, fd, header, FrameHeader.size) else { return }
+            let h = FrameHeader(bytes: header)
+            switch FrameHeader.Kind(rawValue: h.kind) {
+            case .write?:
+                let (status, export) = check(h, need: .write)
+                if let export {
+                    // `export` holds the region, so it stays mapped even if unexported meanwhile.
+                    let target = export.region.baseAddress + export.offset + Int(h.offset)
+                    guard case .success = SocketIO.readFully(funnel, fd, target, Int(h.length)) else { return }
+                } else {
+                    guard case .success = SocketIO.discard(funnel, fd, Int(h.length)) else { return }
+                }
+                FrameHeader(kind: .writeDone, status: status, tag: h.tag).store(to: header)
+                guard case .success = SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
+                                                          payload: nil) else { return }
+            case .read?:
+                let (status, export) = check(h, need: .read)
+                let length = export == nil ? 0 : h.length
+                FrameHeader(kind: .readData, status: status, tag: h.tag, length: length).store(to: header)
+                let payload = export.map {
+                    UnsafeRawBufferPointer(start: $0.region.baseAddress + $0.offset + Int(h.offset), count: Int(h.length))
+                }
+                let sent = withExtendedLifetime(export) {
+                    SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: payload)
+                }
+                guard case .success = sent else { return }
+            case .notify?:
+                // Frames are handled in order, so every write sent before this one has landed.
+                notifications.push(RemoteNotification(peer: peer, value: h.key))
+            default:
+                // Not a MemWall peer, or a newer protocol: drop the connection rather than guess.
+                return
+            }
+        }
+    }
+
+    /// The bounds, key and permission check every descriptor passes before a byte moves.
+    private func check(_ h: FrameHeader, need: RemoteAccess) -> (FrameHeader.Status, LocalExport?) {
+        guard let e = exports.lookup(key: h.key) else { return (.unknownKey, nil) }
+        guard e.access.contains(need) else { return (.notPermitted, nil) }
+        guard h.length > 0, h.offset <= UInt64(e.length), h.length <= UInt64(e.length) - h.offset else {
+            return (.outOfBounds, nil)
+        }
+        return (.ok, e)
+    }
+}

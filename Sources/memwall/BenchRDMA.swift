@@ -1,0 +1,262 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
+import MemWallCore
+import RDMATransport
+import Transport
+
+/// `memwall bench rdma`: one-sided WRITE and READ bandwidth and latency over a
+/// size sweep, reported the way perftest's ib_write_bw / ib_read_lat do, on
+/// RDMA verbs or on the TCP emulation (labelled as such).
+struct BenchRDMACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rdma",
+        abstract: "Measure remote WRITE/READ bandwidth and latency (perftest-style) over RDMA or its TCP emulation.",
+        discussion: """
+            Without --connect a server transport in this process exports the target region on 127.0.0.1 \
+            (on RDMA the server's CPU takes no part in one-sided transfers). RDMA completions are polled \
+            on the posting thread, as perftest does. Bandwidth keeps --tx-depth requests in flight; latency \
+            posts one at a time.
+            """)
+
+    @OptionGroup var selection: RemoteTransportSelection
+
+    @Option(name: .long, help: "Operations, comma-separated: write, read.")
+    var ops: String = "write,read"
+
+    @Option(name: .long, help: "What to measure, comma-separated: bw, lat.")
+    var mode: String = "bw,lat"
+
+    @Option(name: .long, help: "Message sizes, comma-separated (e.g. 2,64,4k,64k,1M).")
+    var sizes: String = "2,64,4k,64k,1M"
+
+    @Option(name: [.customShort("n"), .long], help: "Iterations per size (perftest -n).")
+    var iterations: Int = 1000
+
+    @Option(name: .long, help: "Requests kept in flight for bandwidth (perftest -t).")
+    var txDepth: Int = 128
+
+    @Option(name: .long, help: "Bandwidth: messages per request, posted as one work-request list with selective signalling (perftest -l).")
+    var postList: Int = 16
+
+    @Option(name: .long, help: "Use a peer started with 'memwall rdma-serve --export bench:SIZE:rw' at HOST:PORT.")
+    var connect: String?
+
+    @Flag(name: .long, help: "Print stable JSON (schema memwall.bench.rdma/1).")
+    var json = false
+
+    struct Row: Codable {
+        var operation: String
+        var metric: String
+        var bytes: Int
+        var iterations: Int
+        /// Bandwidth rows: average MiB/s (perftest's "MB/sec") and GB/s.
+        var mebibytesPerSecond: Double?
+        var gigabytesPerSecond: Double?
+        var messagesPerSecond: Double?
+        /// Latency rows, microseconds.
+        var minMicroseconds: Double?
+        var typicalMicroseconds: Double?
+        var averageMicroseconds: Double?
+        var p99Microseconds: Double?
+        var p999Microseconds: Double?
+        var maxMicroseconds: Double?
+    }
+
+    struct Report: Codable {
+        var schema = "memwall.bench.rdma/1"
+        var transport: String
+        var implementation: String
+        var device: String?
+        var peer: String
+        var rows: [Row]
+    }
+
+    func validate() throws {
+        guard iterations >= 1 else { throw ValidationError("invalid --iterations '\(iterations)': expected at least 1") }
+        guard (1 ... 16384).contains(txDepth) else { throw ValidationError("invalid --tx-depth '\(txDepth)': expected 1 to 16384") }
+        guard (1 ... 1024).contains(postList) else { throw ValidationError("invalid --post-list '\(postList)': expected 1 to 1024") }
+    }
+
+    func run() async throws {
+        let operations = try Self.list(ops, allowed: ["write", "read"], what: "--ops")
+        let modes = try Self.list(mode, allowed: ["bw", "lat"], what: "--mode")
+        let sizeList = try Self.sizeList(sizes)
+        let maxSize = sizeList.max() ?? 1
+        let callerPolls = selection.resolvedKind == .rdma
+        let client = try selection.open(callerPolls: callerPolls)
+        var server: (any RemoteMemoryTransport)?
+        var serverRegion: MemoryRegion?
+        let peer: RemotePeer
+        if let connect {
+            let (host, port) = try Self.hostPort(connect)
+            peer = try client.connect(address: host, port: port, timeout: .seconds(10))
+        } else {
+            let s = try selection.open()
+            let r = try MemoryRegion.allocate(byteCount: maxSize)
+            try s.register(r)
+            try s.export(r, as: "bench", access: [.read, .write])
+            let port = try s.listen(address: "127.0.0.1", port: 0)
+            peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(10))
+            server = s
+            serverRegion = r
+        }
+        let segment = try peer.segment(named: "bench")
+        guard segment.byteCount >= maxSize else {
+            throw MemWallError(.outOfBounds, "the peer's 'bench' region has \(ByteCount(segment.byteCount)); the largest size asked for is \(ByteCount(maxSize))")
+        }
+        let local = try MemoryRegion.allocate(byteCount: maxSize)
+        local.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = UInt8(truncatingIfNeeded: i) } }
+        try client.register(local)
+        let poller = try (client as? RDMATransport)?.completionPoller(for: peer)
+        let progress: () -> Void = poller.map { p in { _ = p.poll() } } ?? { sched_yield() }
+        let label = "\(client.name), \(client.capabilities.implementation)"
+        if !json { print("memwall bench rdma — \(label), peer \(peer.address)") }
+        var rows: [Row] = []
+        var reporter = ProgressReporter("bench rdma", total: operations.count * modes.count * sizeList.count, enabled: !json)
+        var step = 0
+        for op in operations {
+            let operation: TransferOperation = op == "read" ? .read : .write
+            for m in modes {
+                for size in sizeList {
+                    let one = TransferDescriptor(local: local, target: .remote(segment), length: size)
+                    let row: Row
+                    if m == "bw" {
+                        let list = try client.prepare(operation, Array(repeating: one, count: postList))
+                        row = try Self.bandwidth(client, list, messageBytes: size, iterations: iterations, window: txDepth, progress: progress)
+                    } else {
+                        row = try Self.latency(client, try client.prepare(operation, [one]), iterations: iterations, progress: progress)
+                    }
+                    rows.append(row)
+                    step += 1
+                    reporter.update(step, "\(op) \(m) \(ByteCount(size))")
+                }
+            }
+        }
+        withExtendedLifetime((server, serverRegion)) {}
+        let report = Report(transport: client.name, implementation: client.capabilities.implementation.description,
+                            device: (client as? RDMATransport)?.deviceName, peer: peer.address, rows: rows)
+        peer.disconnect()
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try enc.encode(report), as: UTF8.self))
+        } else {
+            Self.printTable(report)
+        }
+    }
+
+    /// Keeps `window` messages in flight, `iterations` messages in all; perftest's bw loop.
+    /// Each request carries `prepared.descriptors.count` messages of `messageBytes`.
+    static func bandwidth(_ t: any RemoteMemoryTransport, _ prepared: PreparedTransfer, messageBytes: Int, iterations messages: Int,
+                          window messageWindow: Int, progress: () -> Void) throws -> Row {
+        let perRequest = prepared.descriptors.count
+        let iterations = max(1, (messages + perRequest - 1) / perRequest)
+        let window = max(1, messageWindow / perRequest)
+        var inFlight: [TransferRequest] = []
+        inFlight.reserveCapacity(window)
+        var head = 0
+        var posted = 0
+        var done = 0
+        // A short warm-up so connection setup and first-touch faults are not timed.
+        for _ in 0 ..< min(16, iterations) {
+            let r = try t.post(prepared)
+            while r.poll() == .pending { progress() }
+            try r.waitBlocking()
+        }
+        let start = MonotonicClock.nanoseconds()
+        while done < iterations {
+            while posted < iterations && posted - done < window {
+                inFlight.append(try t.post(prepared))
+                posted += 1
+            }
+            progress()
+            while head < inFlight.count, inFlight[head].poll() != .pending {
+                try inFlight[head].waitBlocking()
+                head += 1
+                done += 1
+            }
+            if head > 1024 { inFlight.removeFirst(head); head = 0 }
+        }
+        let ns = Double(MonotonicClock.nanoseconds() - start)
+        let sent = iterations * perRequest
+        let bytes = Double(messageBytes) * Double(sent)
+        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: sent,
+                   mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
+                   messagesPerSecond: Double(sent) / ns * 1e9)
+    }
+
+    /// One request at a time; perftest's lat loop. Latency is post → completion
+    /// as the request's telemetry stamps it.
+    static func latency(_ t: any RemoteMemoryTransport, _ prepared: PreparedTransfer, iterations: Int,
+                        progress: () -> Void) throws -> Row {
+        var h = LatencyHistogram()
+        for i in 0 ..< iterations + min(16, iterations) {
+            let r = try t.post(prepared)
+            while r.poll() == .pending { progress() }
+            // The request's own post and completion stamps: no extra clock reads in the
+            // loop (on the lab guest the clock is an emulated HPET, several µs per read).
+            let report = try r.waitBlocking()
+            if i >= min(16, iterations) { h.record(report.nanoseconds) }
+        }
+        let us = { (v: UInt64) in Double(v) / 1000 }
+        return Row(operation: prepared.operation.rawValue, metric: "lat", bytes: prepared.totalBytes, iterations: iterations,
+                   minMicroseconds: us(h.min), typicalMicroseconds: us(h.percentile(50)), averageMicroseconds: h.mean / 1000,
+                   p99Microseconds: us(h.percentile(99)), p999Microseconds: us(h.percentile(99.9)), maxMicroseconds: us(h.max))
+    }
+
+    static func printTable(_ r: Report) {
+        func f(_ v: Double?, _ w: Int) -> String {
+            let s = v.map { formatDecimal($0, places: 2) } ?? "-"
+            return String(repeating: " ", count: max(0, w - s.count)) + s
+        }
+        func p(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
+        let bw = r.rows.filter { $0.metric == "bw" }
+        if !bw.isEmpty {
+            print(p("op", 6) + p("#bytes", 10) + p("#iterations", 13) + p("BW average[MB/sec]", 20) + p("GB/s", 9) + p("MsgRate[Mpps]", 15))
+            for row in bw {
+                print(p(row.operation, 6) + p("\(row.bytes)", 10) + p("\(row.iterations)", 13) + f(row.mebibytesPerSecond, 20)
+                      + f(row.gigabytesPerSecond, 9) + f(row.messagesPerSecond.map { $0 / 1e6 }, 15))
+            }
+        }
+        let lat = r.rows.filter { $0.metric == "lat" }
+        if !lat.isEmpty {
+            print(p("op", 6) + p("#bytes", 10) + p("#iterations", 13) + p("t_min[usec]", 13) + p("t_typical", 11) + p("t_avg", 9)
+                  + p("99%", 9) + p("99.9%", 9) + p("t_max", 10))
+            for row in lat {
+                print(p(row.operation, 6) + p("\(row.bytes)", 10) + p("\(row.iterations)", 13) + f(row.minMicroseconds, 13)
+                      + f(row.typicalMicroseconds, 11) + f(row.averageMicroseconds, 9) + f(row.p99Microseconds, 9)
+                      + f(row.p999Microseconds, 9) + f(row.maxMicroseconds, 10))
+            }
+        }
+    }
+
+    static func list(_ text: String, allowed: [String], what: String) throws -> [String] {
+        let items = text.split(separator: ",").map { String($0).trimmingWhitespace().lowercased() }
+        guard !items.isEmpty, items.allSatisfy(allowed.contains) else {
+            throw ValidationError("invalid \(what) '\(text)': expected a comma-separated list of \(allowed.joined(separator: ", "))")
+        }
+        return items
+    }
+
+    static func sizeList(_ text: String) throws -> [Int] {
+        var out: [Int] = []
+        for part in text.split(separator: ",") {
+            guard let n = try? ByteCount.parse(String(part)).rawValue, n > 0, n <= Int(UInt32.max) else {
+                throw ValidationError("invalid size '\(part)' in --sizes: expected a positive size up to 4G such as 2, 4k or 1M")
+            }
+            out.append(n)
+        }
+        guard !out.isEmpty else { throw ValidationError("invalid --sizes '\(text)': expected sizes such as 2,64,4k,1M") }
+        return out
+    }
+
+    static func hostPort(_ text: String) throws -> (String, UInt16) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]), port > 0 else {
+            throw ValidationError("invalid --connect '\(text)': expected HOST:PORT such as 127.0.0.1:18515")
+        }
+        return (String(text[..<colon]), port)
+    }
+}

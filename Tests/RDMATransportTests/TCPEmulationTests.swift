@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemWallCore
+@testable import RDMATransport
+import Testing
+import Transport
+
+@Suite("TCP emulation of one-sided RDMA", .timeLimit(.minutes(2)))
+struct TCPEmulationTests {
+    static func pair(serverFunnel: SyscallFunnel = .system, clientFunnel: SyscallFunnel = .system,
+                     options: RemoteTransportOptions = RemoteTransportOptions()) throws -> RemotePair {
+        try RemotePair.make(server: try TCPEmulationTransport(options: options, funnel: serverFunnel),
+                            client: try TCPEmulationTransport(options: options, funnel: clientFunnel))
+    }
+
+    @Test("is labelled emulation")
+    func labelled() throws {
+        let t = try TCPEmulationTransport()
+        #expect(t.capabilities.implementation.isEmulation)
+        #expect(t.capabilities.implementation.description.hasPrefix("emulation"))
+        #expect(t.capabilities.targets == [.remote])
+    }
+
+    @Test("data written lands in the exported memory and reads back, over sizes and offsets")
+    func roundTrip() async throws { try await RemoteConformance.roundTrip(try Self.pair()) }
+
+    @Test("a prepared list of 300 descriptors posts many times with per-descriptor status")
+    func descriptorLists() async throws {
+        try await RemoteConformance.descriptorLists(try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 16)))
+    }
+
+    @Test("a notification arrives only after all data of its transfer landed")
+    func notification() async throws { try await RemoteConformance.notificationAfterData(try Self.pair()) }
+
+    @Test("many tasks over one and several connections")
+    func concurrency() async throws {
+        let p = try Self.pair()
+        var extra: [RemotePeer] = []
+        var locals: [MemoryRegion] = []
+        for _ in 0 ..< 2 {
+            extra.append(try p.client.connect(address: "127.0.0.1", port: p.port, timeout: .seconds(5)))
+            let r = try MemoryRegion.allocate(byteCount: RemotePair.regionBytes)
+            try p.client.register(r)
+            locals.append(r)
+        }
+        try await RemoteConformance.concurrency(p, extraPeers: extra, locals: locals)
+    }
+
+    @Test("bounds and permissions: checked at prepare and enforced by the receiver")
+    func bounds() async throws {
+        let p = try Self.pair()
+        try await RemoteConformance.boundsAndPermissions(p, forgedKeyKillsConnection: false)
+        let e = try await RemoteConformance.forgedKey(p)
+        #expect(e?.code == .remoteAccess)
+        // The emulation keeps the connection after a refused descriptor.
+        try await RemoteConformance.roundTrip(p)
+    }
+
+    @Test("bad input: nothing listening, unknown name, bad address, double registration, bad exports")
+    func badInput() throws {
+        let p = try Self.pair()
+        try RemoteConformance.badInput(p) { () throws(MemWallError) -> any RemoteMemoryTransport in try TCPEmulationTransport() }
+        #expect(caught { try TCPEmulationTransport(options: RemoteTransportOptions(sendQueueDepth: 0)) }?.code == .invalidArgument)
+    }
+
+    @Test("named slots cut from one registration")
+    func namedSlots() async throws {
+        try await RemoteConformance.namedSlots(server: try TCPEmulationTransport(), client: try TCPEmulationTransport())
+    }
+
+    @Test("short reads and writes and EINTR on both sides still move every byte")
+    func shortIO() async throws {
+        let faults: [FaultInjector.Rule] = [
+            .init("read", .short(fraction: 0.3), after: 3, times: 200),
+            .init("write", .short(fraction: 0.5), after: 1, times: 200),
+            .init("read", .error(.interrupted), after: 10, times: 50),
+            .init("write", .error(.interrupted), after: 5, times: 50),
+        ]
+        let serverFaults = FaultInjector(faults)
+        let clientFaults = FaultInjector(faults)
+        let p = try Self.pair(serverFunnel: SyscallFunnel(faults: serverFaults), clientFunnel: SyscallFunnel(faults: clientFaults))
+        try await RemoteConformance.roundTrip(p)
+        #expect(serverFaults.firedCount("read") > 0)
+        #expect(clientFaults.firedCount("write") > 0)
+    }
+
+    @Test("the receiver dropping mid-transfer fails the request with disconnected, then a reconnect works")
+    func peerDropsMidTransfer() async throws {
+        // The receiver's 40th read fails with EIO: it closes the connection in the middle of the payload stream.
+        let faults = FaultInjector([.init("read", .error(.ioError), after: 40, times: 1)])
+        let p = try Self.pair(serverFunnel: SyscallFunnel(faults: faults), options: RemoteTransportOptions(sendQueueDepth: 8))
+        let slot = try p.peer.segment(named: "slot")
+        let ds = stride(from: 0, to: RemotePair.regionBytes, by: 64 * 1024).map {
+            TransferDescriptor(local: p.local, localOffset: $0, target: .remote(slot), targetOffset: Int64($0), length: 64 * 1024)
+        }
+        let req = try p.client.post(try p.client.prepare(.write, ds))
+        let e = await caughtAsync { try await req.wait() }
+        #expect(faults.firedCount("read") == 1)
+        #expect(e?.code == .disconnected)
+        #expect(req.descriptorStatuses.allSatisfy { $0.isFinal })
+        #expect(req.descriptorStatuses.contains { if case .failed = $0 { true } else { false } })
+        #expect(!p.peer.isConnected)
+        // Posting on the dead connection is refused at once.
+        #expect(caught { try p.client.post(try p.client.prepare(.write, [ds[0]])) }?.code == .disconnected)
+        // The registration is free again: nothing is left in flight.
+        #expect(throws: Never.self) {
+            let scratch = try MemoryRegion.allocate(byteCount: 4096)
+            try p.client.register(scratch)
+            try p.client.deregister(scratch)
+        }
+        // Reconnecting works.
+        let again = try p.client.connect(address: "127.0.0.1", port: p.port, timeout: .seconds(5))
+        fill(p.local, offset: 0, length: 65_536, seed: 5)
+        try await p.client.transfer(.write, [TransferDescriptor(local: p.local, target: .remote(try again.segment(named: "slot")), length: 65_536)])
+        #expect(firstMismatch(p.serverRegion, offset: 0, length: 65_536, seed: 5) == nil)
+    }
+
+    @Test("a local socket error fails the request with disconnected")
+    func localWriteError() async throws {
+        let faults = FaultInjector([.init("write", .error(.ioError), after: 2, times: 1)])
+        let p = try Self.pair(clientFunnel: SyscallFunnel(faults: faults))
+        let slot = try p.peer.segment(named: "slot")
+        let ds = (0 ..< 8).map { TransferDescriptor(local: p.local, localOffset: $0 * 4096, target: .remote(slot), targetOffset: Int64($0 * 4096), length: 4096) }
+        let e = await caughtAsync { try await p.client.transfer(.write, ds) }
+        #expect(e?.code == .disconnected)
+        #expect(e?.errno == .ioError)
+    }
+
+    @Test("a peer that stops answering: timeout, cancellation of what was not sent, no hang")
+    func timeoutAndCancel() async throws {
+        let stalled = try StalledPeer()
+        // The timeout is long next to the 100 ms before cancelling, so a loaded
+        // machine (CI shares 2 cores) cannot let it fire first.
+        let client = try TCPEmulationTransport(options: RemoteTransportOptions(sendQueueDepth: 1, operationTimeout: .seconds(3)))
+        let local = try MemoryRegion.allocate(byteCount: 1 << 20)
+        try client.register(local)
+        let peer = try client.connect(address: "127.0.0.1", port: stalled.port, timeout: .seconds(5))
+        let seg = try peer.segment(named: "stalled")
+        let ds = (0 ..< 10).map { TransferDescriptor(local: local, localOffset: $0 * 4096, target: .remote(seg), targetOffset: Int64($0 * 4096), length: 4096) }
+        let req = try client.post(try client.prepare(.write, ds))
+        // With a depth of 1, descriptor 0 is on the wire and 1…9 wait; cancelling ends those at once.
+        try await Task.sleep(for: .milliseconds(100))
+        req.cancel()
+        for i in 1 ..< 10 { #expect(req.status(ofDescriptor: i) == .cancelled, "descriptor \(i)") }
+        let e = await caughtAsync { try await req.wait() }
+        #expect(e?.code == .timedOut)
+        if case .failed(let d0) = req.status(ofDescriptor: 0) { #expect(d0.code == .timedOut) } else {
+            Issue.record("descriptor 0 should have timed out, is \(req.status(ofDescriptor: 0))")
+        }
+        #expect(!peer.isConnected)
+    }
+
+    @Test("a connection that accepts but sends no export table times out")
+    func silentListener() throws {
+        let silent = try StalledPeer(sendTable: false)
+        let client = try TCPEmulationTransport()
+        let e = caught { try client.connect(address: "127.0.0.1", port: silent.port, timeout: .milliseconds(300)) }
+        #expect(e?.code == .timedOut)
+    }
+
+    @Test("deregistration is refused while exported and allowed after unexport")
+    func deregisterRules() throws {
+        let t = try TCPEmulationTransport()
+        let r = try MemoryRegion.allocate(byteCount: 8192)
+        try t.register(r)
+        try t.export(r, as: "x", access: .read)
+        #expect(caught { try t.deregister(r) }?.code == .invalidArgument)
+        try t.unexport("x")
+        try t.deregister(r)
+        #expect(caught { try t.deregister(r) }?.code == .notFound)
+        #expect(caught { try t.export(r, as: "y", access: .read) }?.code == .notFound)
+    }
+}
+
+/// A listener that speaks just enough of the protocol to hand out a table, then never answers.
+final class StalledPeer: Sendable {
+    let fd: Int32
+    let port: UInt16
+    private let thread: WorkerThread
+
+    init(sendTable: Bool = true) throws {
+        let fd = try SocketIO.makeStreamSocket()
+        var sa = try SocketAddress.ipv4("127.0.0.1", port: 0)
+        _ = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = Glibc.listen(fd, 4)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        self.fd = fd
+        self.port = UInt16(bigEndian: sa.sin_port)
+        self.thread = try WorkerThread(name: "stalled") {
+            let c = accept(fd, nil, nil)
+            guard c >= 0 else { return }
+            if sendTable {
+                let table = ExportTableCodec.encode([ExportedRegionInfo(name: "stalled", byteCount: 1 << 20, access: [.read, .write], address: 0, key: 7)])
+                let h = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+                FrameHeader(kind: .exportTable, length: UInt64(table.count)).store(to: h)
+                _ = table.withUnsafeBytes { SocketIO.writeFrame(.system, c, header: UnsafeRawBufferPointer(start: h, count: FrameHeader.size), payload: $0) }
+                h.deallocate()
+            }
+            // Hold the connection open without reading or answering until the listener closes.
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 5000)
+            Glibc.close(c)
+        }
+    }
+
+    deinit {
+        shutdown(fd, SocketIO.shutdownBoth)
+        thread.join()
+        Glibc.close(fd)
+    }
+}

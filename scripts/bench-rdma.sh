@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Side-by-side RDMA benchmarks for issue 5, printed as a Markdown block for
+# Benchmarks/RESULTS.md:
+#   host: TCP emulation bandwidth on loopback vs iperf3 (single stream);
+#   lab:  `memwall bench rdma` on rxe0 vs ib_write_bw / ib_read_lat, same
+#         sizes and iterations, server and client both in the guest on 127.0.0.1.
+#
+#   scripts/bench-rdma.sh [host|lab|all]      (default: all)
+#
+# Environment: BW_SIZES (4096,65536), BW_ITERS (2000), LAT_SIZES (64,4096),
+# LAT_ITERS (1000), HOST_SIZE (1M), HOST_ITERS (4000), IPERF_SECONDS (5).
+# Uses release builds (swift build -c release).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+what=${1:-all}
+case "$what" in host|lab|all|lab-inner) ;; *) echo "usage: scripts/bench-rdma.sh [host|lab|all]" >&2; exit 2 ;; esac
+
+BW_SIZES=${BW_SIZES:-4096,65536}
+BW_ITERS=${BW_ITERS:-2000}
+LAT_SIZES=${LAT_SIZES:-64,4096}
+LAT_ITERS=${LAT_ITERS:-1000}
+LAB_ROUNDS=${LAB_ROUNDS:-1}
+HOST_SIZE=${HOST_SIZE:-1M}
+HOST_ITERS=${HOST_ITERS:-4000}
+IPERF_SECONDS=${IPERF_SECONDS:-5}
+
+bin="$here/.build/release/memwall"
+
+# `memwall bench rdma` once the bench group is registered; `memwall rdma` on the issue branch.
+bench_cmd() {
+  # (`--help` cannot tell: the root prints its own help for an unknown subcommand.)
+  if "$bin" --help 2>/dev/null | grep -qE '^ +bench( |$)'; then echo "$bin bench rdma"; else echo "$bin rdma"; fi
+}
+
+json_field() { # json_field FILE PYTHON-EXPR (rows as r)
+  python3 -c "import json,sys; d=json.load(open('$1')); rows=d['rows']; print($2)"
+}
+
+host() {
+  command -v iperf3 >/dev/null || { echo "bench-rdma: iperf3 is missing (apt-get install -y iperf3)" >&2; exit 3; }
+  swift build -c release --product memwall >&2
+  local tmp; tmp=$(mktemp -d)
+  local cmd; cmd="$(bench_cmd) --transport tcp --mode bw --ops write,read --sizes $HOST_SIZE -n $HOST_ITERS --json"
+  # The machine is shared and noisy: alternate the two tools for ROUNDS rounds and compare medians.
+  local rounds=${ROUNDS:-3}
+  for i in $(seq "$rounds"); do
+    local port=$((20000 + RANDOM % 20000))
+    iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+    local srv=$!
+    sleep 0.5
+    iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECONDS" -J > "$tmp/iperf$i.json"
+    wait "$srv" || true
+    $cmd > "$tmp/mw$i.json"
+  done
+  python3 - "$tmp" "$rounds" "$HOST_SIZE" "$HOST_ITERS" "$IPERF_SECONDS" <<'PY'
+import json, statistics, sys
+tmp, rounds, size, iters, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ip = [json.load(open(f"{tmp}/iperf{i}.json"))["end"]["sum_received"]["bits_per_second"] / 8e9 for i in range(1, rounds + 1)]
+rows = [json.load(open(f"{tmp}/mw{i}.json"))["rows"] for i in range(1, rounds + 1)]
+w = [[r["gigabytesPerSecond"] for r in rs if r["operation"] == "write"][0] for rs in rows]
+r = [[r["gigabytesPerSecond"] for r in rs if r["operation"] == "read"][0] for rs in rows]
+m = statistics.median
+print(f"### Host: TCP emulation vs iperf3 on loopback (median of {rounds} alternating rounds)")
+print()
+print("| path | GB/s per round | median GB/s | ratio to iperf3 |")
+print("|---|---|---:|---:|")
+fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+print(f"| iperf3, 1 stream, {secs}s | {fmt(ip)} | {m(ip):.2f} | 1.00 |")
+print(f"| memwall tcp-emulation WRITE {size} x {iters} | {fmt(w)} | {m(w):.2f} | {m(w)/m(ip):.2f} |")
+print(f"| memwall tcp-emulation READ {size} x {iters} | {fmt(r)} | {m(r):.2f} | {m(r)/m(ip):.2f} |")
+PY
+  echo
+  echo "Commands: \`iperf3 -s -1 -B 127.0.0.1 -p P\` + \`iperf3 -c 127.0.0.1 -p P -t $IPERF_SECONDS -J\`;"
+  echo "\`memwall bench rdma --transport tcp --mode bw --ops write,read --sizes $HOST_SIZE -n $HOST_ITERS --json\` (release build)."
+  echo
+  rm -rf "$tmp"
+}
+
+# Runs inside the guest (called through scripts/lab).
+lab_inner() {
+  local tmp; tmp=$(mktemp -d)
+  local cmd; cmd=$(bench_cmd)
+  local serve_port_file="$tmp/serve.out"
+  # Our far side: a separate process, as perftest's server is.
+  local maxsize; maxsize=$(python3 -c "print(max(int(x) for x in '$BW_SIZES,$LAT_SIZES'.split(',')))")
+  (sleep 100000 | "$bin" rdma-serve --transport rdma --device rxe0 --cm socket --export "bench:${maxsize}:rw" > "$serve_port_file") &
+  local serve=$!
+  for _ in $(seq 100); do grep -q listening "$serve_port_file" 2>/dev/null && break; sleep 0.2; done
+  local port; port=$(awk '/listening/ {print $2}' "$serve_port_file")
+  echo "# clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)" >&2
+  echo "### Lab: rxe0 soft-RoCE, perftest vs memwall, one guest run ($(date -u +%Y-%m-%d), TCG, 2 vCPUs)"
+  echo
+  echo "| test | size | iterations | perftest | memwall | ratio |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  IFS=, read -ra bws <<< "$BW_SIZES"
+  for s in "${bws[@]}"; do
+    timeout 300 ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
+    local ps=$!
+    sleep 1
+    echo "# running ib_write_bw -s $s" >&2
+    timeout 300 ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
+    wait "$ps" || true
+    sed 's/^/# ib_write_bw: /' "$tmp/pt.txt" >&2
+    local pt; pt=$(awk -v s="$s" '$1==s {print $4}' "$tmp/pt.txt")
+    for pl in 1 16; do
+      echo "# running memwall bw -s $s --post-list $pl" >&2
+      timeout 300 $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --post-list "$pl" --json > "$tmp/bw.json"
+      local mw; mw=$(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']")
+      python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| WRITE bw MB/s, higher is better (memwall post list $pl) | $s | $BW_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt))"
+    done
+  done
+  IFS=, read -ra lats <<< "$LAT_SIZES"
+  for s in "${lats[@]}"; do
+    timeout 300 ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
+    local ps=$!
+    sleep 1
+    echo "# running ib_read_lat -s $s" >&2
+    timeout 300 ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
+    wait "$ps" || true
+    sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
+    # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
+    local pt; pt=$(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")
+    echo "# running memwall lat -s $s" >&2
+    timeout 300 $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode lat --ops read --sizes "$s" -n "$LAT_ITERS" --json > "$tmp/lat.json"
+    local mw; mw=$(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']")
+    python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| READ lat t_typical usec, lower is better | $s | $LAT_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt if pt == pt and pt > 0 else float('nan')))"
+  done
+  kill "$serve" 2>/dev/null || true
+  echo
+  echo "perftest: \`ib_write_bw -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... 127.0.0.1\` (client); \`ib_read_lat -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
+  echo "memwall: \`memwall rdma-serve --transport rdma --device rxe0 --cm socket --export bench:${maxsize}:rw\` (server) +"
+  echo "\`memwall bench rdma --transport rdma --device rxe0 --cm socket --connect 127.0.0.1:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS\`"
+  echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS\` (release build, completions polled on the posting thread as perftest does)."
+  echo
+  rm -rf "$tmp"
+}
+
+lab() {
+  swift build -c release --product memwall >&2
+  "$here/scripts/lab" -- "BW_SIZES=$BW_SIZES BW_ITERS=$BW_ITERS LAT_SIZES=$LAT_SIZES LAT_ITERS=$LAT_ITERS scripts/bench-rdma.sh lab-inner"
+}
+
+case "$what" in
+  host) host ;;
+  lab) lab ;;
+  lab-inner) lab_inner ;;
+  all) host; lab ;;
+esac
