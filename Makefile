@@ -3,6 +3,8 @@
 #   make test   install, build, run every test on the host and in the lab guest
 .PHONY: demo test build deps lab lab-deps bench bench-core clean
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 SWIFT ?= swift
 MEMWALL = .build/debug/memwall
 
@@ -41,6 +43,8 @@ bench: deps lab-deps
 	scripts/bench-local.sh --lab
 	scripts/bench-topo.sh
 	scripts/bench-kv.sh
+	scripts/bench-rdma.sh host | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: host"
+	scripts/bench-rdma.sh lab | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: lab"
 
 # package-benchmark micro-benchmarks of the hot paths (funnel, histogram).
 bench-core:
