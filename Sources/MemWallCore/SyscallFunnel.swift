@@ -51,18 +51,26 @@ public final class FaultInjector: Sendable {
         var rules: [Rule]
         var seen: [Int]
         var fired: [String: Int] = [:]
+        var armed: Bool
     }
 
     private let state: Mutex<State>
 
     /// Creates an injector with the given rules.
-    public init(_ rules: [Rule]) {
-        state = Mutex(State(rules: rules, seen: Array(repeating: 0, count: rules.count)))
+    /// - Parameter armed: With `false`, no call is faulted or counted until
+    ///   ``arm()``, so set-up through the same funnel (connecting to a peer,
+    ///   writing the data a faulted read will fetch) is left alone.
+    public init(_ rules: [Rule], armed: Bool = true) {
+        state = Mutex(State(rules: rules, seen: Array(repeating: 0, count: rules.count), armed: armed))
     }
+
+    /// Starts matching calls against the rules (for an injector created unarmed).
+    public func arm() { state.withLock { $0.armed = true } }
 
     /// Decides whether this call of `function` gets a fault, and records it if so.
     public func fault(for function: String) -> InjectedFault? {
         state.withLock { s in
+            guard s.armed else { return nil }
             for i in s.rules.indices where s.rules[i].function == function {
                 s.seen[i] += 1
                 let n = s.seen[i] - s.rules[i].after

@@ -256,7 +256,13 @@ final class RDMAConnection: RemoteConnectionHandle {
                     done.append((p.operation, .success(p.operation.length)))
                 }
             }
-            if s.fifoHead > 256 && s.fifoHead * 2 > s.fifo.count {
+            // Retired entries still hold their requests and registrations: drop
+            // them all once drained, so a finished request is not kept alive by the
+            // connection, and compact under steady load.
+            if s.fifoHead == s.fifo.count {
+                s.fifo.removeAll(keepingCapacity: true)
+                s.fifoHead = 0
+            } else if s.fifoHead > 256 && s.fifoHead * 2 > s.fifo.count {
                 s.fifo.removeFirst(s.fifoHead)
                 s.fifoHead = 0
             }

@@ -273,6 +273,9 @@ public final class RDMATransport: RemoteMemoryTransport {
         for g in plan.groups where !g.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(g.connection.peerName) is closed; connect again and prepare anew")
         }
+        for g in plan.groups {
+            for op in g.templates { if let reg = op.registration { try registrations.requireCurrent(reg, transport: name) } }
+        }
         let box = WeakRequest()
         let request = TransferRequest(prepared: prepared, estimator: costEstimator) {
             guard let r = box.request else { return }

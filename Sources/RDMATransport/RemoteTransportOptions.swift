@@ -104,5 +104,14 @@ final class RegistrationTable: Sendable {
         _ = table.withLock { $0.removeValue(forKey: ObjectIdentifier(region)) }
     }
 
+    /// Throws unless `r` is still the registration on record for its region,
+    /// so a transfer prepared before a `deregister` cannot be posted after it.
+    func requireCurrent(_ r: LocalRegistration, transport: String) throws(MemWallError) {
+        guard table.withLock({ $0[ObjectIdentifier(r.region)] === r }) else {
+            throw MemWallError(.notFound,
+                "\(r.region.id) was deregistered from '\(transport)' after this transfer was prepared; register it again and prepare anew")
+        }
+    }
+
     var count: Int { table.withLock { $0.count } }
 }

@@ -123,6 +123,7 @@ enum SocketIO {
             switch funnel.read(fd, buffer + done, count - done) {
             case .success(0): return .failure(.closed)
             case .success(let n): done += n
+            case .failure(let e) where e == .interrupted: continue
             case .failure(let e): return .failure(.failed(e))
             }
         }
@@ -166,7 +167,8 @@ enum SocketIO {
             }
             switch r {
             case .success(let n): sent += n
-            case .failure(let e) where e == .wouldBlock: continue
+            // A signal or a full send buffer interrupted nothing that was sent: go on.
+            case .failure(let e) where e == .wouldBlock || e == .interrupted: continue
             case .failure(let e): return .failure(e)
             }
         }

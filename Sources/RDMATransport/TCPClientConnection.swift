@@ -223,7 +223,8 @@ final class TCPClientConnection: RemoteConnectionHandle {
                     return .failure(MemWallError(.disconnected, "\(peerName) closed the connection", function: "read"))
                 case .success(let n):
                     done += n
-                case .failure(let e) where e == .wouldBlock:
+                case .failure(let e) where e == .wouldBlock || e == .interrupted:
+                    // The 50 ms receive timeout, or a signal: nothing was read, try again.
                     if !isOpen { return .success(false) }
                     if let late = overdue() {
                         return .failure(MemWallError(.timedOut,

@@ -160,6 +160,7 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         for item in items where !item.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
         }
+        for item in items { try registrations.requireCurrent(item.registration, transport: name) }
         let connections = Self.distinctConnections(items)
         // The cancel handler needs the request it belongs to; it reaches it through a weak box.
         let box = WeakRequest()

@@ -12,9 +12,11 @@ public struct ConformanceFixture: Sendable {
     /// Creates a fresh transport whose system calls go through `funnel`.
     public var makeTransport: @Sendable (_ funnel: SyscallFunnel) throws(MemWallError) -> any Transport
     /// Creates a far side of at least `byteCount` bytes (a file, a region on a
-    /// node, a peer's exported segment). Clean-up is the fixture's job: unlink
-    /// a file right after opening it, so nothing is left behind.
-    public var makeTarget: @Sendable (_ byteCount: Int) throws(MemWallError) -> TransferTarget
+    /// node, a peer's exported segment) for the transport a check just made.
+    /// The transport is passed because a remote segment is only usable by the
+    /// transport whose connection resolved it. Clean-up is the fixture's job:
+    /// unlink a file right after opening it, so nothing is left behind.
+    public var makeTarget: @Sendable (_ byteCount: Int, _ transport: any Transport) throws(MemWallError) -> TransferTarget
     /// Creates local memory (default: page-aligned anonymous memory).
     public var makeLocal: @Sendable (_ byteCount: Int) throws(MemWallError) -> MemoryRegion
     /// Offsets and lengths must be multiples of this (512/4096 under
@@ -24,8 +26,10 @@ public struct ConformanceFixture: Sendable {
     /// "io_uring.read"); empty when the data path makes no system call (a CPU
     /// copy), in which case the fault checks are skipped with that reason.
     public var faultPoints: [TransferOperation: String]
+    /// Why the fault checks do not apply when `faultPoints` is empty.
+    public var noFaultPointsReason: String
 
-    /// Creates a fixture.
+    /// Creates a fixture whose targets do not depend on the transport (files, local memory).
     public init(name: String,
                 alignment: Int,
                 faultPoints: [TransferOperation: String],
@@ -34,11 +38,30 @@ public struct ConformanceFixture: Sendable {
                 makeLocal: @escaping @Sendable (_ byteCount: Int) throws(MemWallError) -> MemoryRegion = { n throws(MemWallError) in
                     try MemoryRegion.allocate(byteCount: n)
                 }) {
+        self.init(name: name, alignment: alignment, faultPoints: faultPoints, makeTransport: makeTransport,
+                  makeTargetFor: { n, _ throws(MemWallError) in try makeTarget(n) }, makeLocal: makeLocal)
+    }
+
+    /// Creates a fixture whose targets are reached through the transport under
+    /// test, such as a segment a peer exported, resolved over a connection
+    /// that transport opened.
+    /// - Parameter noFaultPointsReason: Why the fault checks do not apply when
+    ///   `faultPoints` is empty (say what the data path does instead of a system call).
+    public init(name: String,
+                alignment: Int,
+                faultPoints: [TransferOperation: String],
+                noFaultPointsReason: String = "makes no system call on its data path (a CPU copy)",
+                makeTransport: @escaping @Sendable (_ funnel: SyscallFunnel) throws(MemWallError) -> any Transport,
+                makeTargetFor: @escaping @Sendable (_ byteCount: Int, _ transport: any Transport) throws(MemWallError) -> TransferTarget,
+                makeLocal: @escaping @Sendable (_ byteCount: Int) throws(MemWallError) -> MemoryRegion = { n throws(MemWallError) in
+                    try MemoryRegion.allocate(byteCount: n)
+                }) {
         self.name = name
         self.alignment = max(alignment, 1)
         self.faultPoints = faultPoints
+        self.noFaultPointsReason = noFaultPointsReason
         self.makeTransport = makeTransport
-        self.makeTarget = makeTarget
+        self.makeTarget = makeTargetFor
         self.makeLocal = makeLocal
     }
 }

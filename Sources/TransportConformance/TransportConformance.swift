@@ -55,7 +55,7 @@ public enum TransportConformance {
             return "\(fixture.name) accepts any alignment (memory or buffered target), so there is no misalignment to refuse"
         case .faultInterrupted, .faultWouldBlock, .faultShortTransfer, .faultNoMemory, .faultIOError:
             return fixture.faultPoints.isEmpty
-                ? "\(fixture.name) makes no system call on its data path (a CPU copy), so there is no funnel result to fault"
+                ? "\(fixture.name) \(fixture.noFaultPointsReason), so there is no funnel result to fault"
                 : nil
         default:
             return nil
@@ -182,7 +182,7 @@ struct Checker {
 
     func roundTrip() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         var sizes = [a, 4096, 3 * 4096, 64 * 1024 + a, 1 << 20, 3 << 20]
         var offsets = [0, a, 7 * a, (1 << 20) - a]
         if a == 1 { sizes += [1, 7, 4095, 65_537]; offsets += [3, 4097] }
@@ -202,7 +202,7 @@ struct Checker {
 
     func scatterGather() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 8
         let piece = max(a, 16 * 1024)
         let src = try fixture.makeLocal(pieces * piece)
@@ -235,7 +235,7 @@ struct Checker {
 
     func repost() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let n = max(a, 32 * 1024)
         let src = try fixture.makeLocal(n)
         let dst = try fixture.makeLocal(n)
@@ -258,7 +258,7 @@ struct Checker {
 
     func boundsErrors() throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let local = try fixture.makeLocal(64 * 1024)
         try t.register(local)
         let end = target.byteCount
@@ -284,7 +284,7 @@ struct Checker {
     func alignmentErrors() throws -> ConformanceOutcome {
         if let why = TransportConformance.inapplicability(of: check, for: fixture) { return .skipped(why) }
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let local = try fixture.makeLocal(64 * 1024)
         try t.register(local)
         try expectError(.misaligned, "target offset not a multiple of \(a)") { () throws(MemWallError) in
@@ -302,7 +302,7 @@ struct Checker {
 
     func registration() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let local = try fixture.makeLocal(64 * 1024)
         try expectError(.notFound, "prepare with an unregistered region") { () throws(MemWallError) in
             _ = try t.prepare(.write, [TransferDescriptor(local: local, target: target, length: a)])
@@ -329,7 +329,7 @@ struct Checker {
 
     func concurrentPosts() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let tasks = 16
         let rounds = 6
         let slot = max(a, 64 * 1024)
@@ -362,7 +362,7 @@ struct Checker {
 
     func cancellation() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 64
         let piece = max(a, 64 * 1024)
         let src = try fixture.makeLocal(pieces * piece)
@@ -404,7 +404,7 @@ struct Checker {
 
     func taskCancellation() async throws -> ConformanceOutcome {
         let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 64
         let piece = max(a, 64 * 1024)
         let dst = try fixture.makeLocal(pieces * piece)
@@ -433,12 +433,14 @@ struct Checker {
         var notes: [String] = []
         for op in [TransferOperation.write, .read] {
             guard let function = fixture.faultPoints[op] else { continue }
-            let injector = FaultInjector([.init(function, injected, after: 0, times: 1)])
+            // Armed only once the target exists and its data is in place, so the
+            // fault hits the data path, not connection set-up or the preparing write.
+            let injector = FaultInjector([.init(function, injected, after: 0, times: 1)], armed: false)
             // EINTR must be handled by the transport when it arrives as a
             // completion result, so the funnel does not retry it for us.
             let funnel = SyscallFunnel(faults: injector, retryOnInterrupt: false)
             let t = try fixture.makeTransport(funnel)
-            let target = try fixture.makeTarget(TransportConformance.targetSize)
+            let target = try fixture.makeTarget(TransportConformance.targetSize, t)
             let n = max(a, 64 * 1024)
             let src = try fixture.makeLocal(n)
             let dst = try fixture.makeLocal(n)
@@ -451,21 +453,34 @@ struct Checker {
                 // Put the data there first; the fault is armed for reads only.
                 try await t.transfer(.write, write)
             }
-            let request = try t.post(try t.prepare(op, op == .write ? write : read))
+            let prepared = try t.prepare(op, op == .write ? write : read)
+            injector.arm()
+            let request = try t.post(prepared)
             var threw: MemWallError?
             do { try await request.wait() } catch { threw = error }
             try expect(injector.firedCount(function) >= 1, "the injected \(injected) on \(function) never fired")
             if let expected = expectFailure {
                 guard let e = threw else { throw fail("\(op) with injected \(injected) succeeded; expected it to fail with \(expected.name)") }
                 try expect(e.errno == expected, "\(op) with injected \(injected) failed with errno \(String(describing: e.errno)), expected \(expected.name): \(e)")
-                try expect(e.code == .systemCall, "\(op) with injected \(injected) has code \(e.code), expected system-call")
+                // Over a connection a hard error leaves the byte stream out of step,
+                // so the connection closes (`disconnected`, still with the errno), as
+                // an RDMA queue pair enters the error state; the transport must then
+                // work over a new connection. Local targets stay usable as they are.
+                var isRemote = false
+                if case .remote = target { isRemote = true }
+                let closesConnection = isRemote && e.code == .disconnected
+                try expect(e.code == .systemCall || closesConnection,
+                           "\(op) with injected \(injected) has code \(e.code), expected system-call\(isRemote ? " or disconnected" : "")")
                 try expect(e.function != nil, "error for injected \(injected) does not name the failing call")
                 guard case .failed = request.status(ofDescriptor: 0) else {
                     throw fail("descriptor status after injected \(injected) is \(request.status(ofDescriptor: 0))")
                 }
                 // The fault is spent: the same transport must now move the data correctly.
-                if op == .write { try await t.transfer(.write, write) }
-                try await t.transfer(.read, read)
+                let again = closesConnection ? try fixture.makeTarget(TransportConformance.targetSize, t) : target
+                let writeAgain = write.map { TransferDescriptor(local: $0.local, target: again, targetOffset: $0.targetOffset, length: $0.length) }
+                let readAgain = read.map { TransferDescriptor(local: $0.local, target: again, targetOffset: $0.targetOffset, length: $0.length) }
+                if op == .write || closesConnection { try await t.transfer(.write, writeAgain) }
+                try await t.transfer(.read, readAgain)
             } else {
                 if let threw { throw fail("\(op) with injected \(injected) should have been handled but failed: \(threw)") }
                 if op == .write { try await t.transfer(.read, read) }
@@ -487,7 +502,7 @@ struct Checker {
         do {
             let t = try fixture.makeTransport(.system)
             weakTransport = t
-            let target = try fixture.makeTarget(TransportConformance.targetSize)
+            let target = try fixture.makeTarget(TransportConformance.targetSize, t)
             let region = try fixture.makeLocal(max(a, 64 * 1024))
             weakRegion = region
             try t.register(region)
