@@ -185,8 +185,8 @@ struct KVReplayReport: Encodable {
         }
         out += row("demotions") { "\($0.statistics.demotions)" }
         out += row("drops") { "\($0.statistics.drops)" }
-        out += row("lookups/s (wall)") { formatDecimal($0.lookupsPerSecond / 1e6, places: 2) + " M" }
-        out += row("lookups/s (1 core CPU)") { formatDecimal($0.lookupsPerCPUSecond / 1e6, places: 2) + " M" }
+        out += row("lookups/s (wall)") { kvRate($0.lookupsPerSecond) }
+        out += row("lookups/s (1 core CPU)") { kvRate($0.lookupsPerCPUSecond) }
         out += row("metadata/cached block") { formatDecimal($0.metadataBytesPerBlock, places: 1) + " B" }
         if !realBytes && results.count == 1 {
             // Only the first replay in a process sees fresh pages; later ones reuse freed memory.
@@ -203,4 +203,12 @@ struct KVReplayReport: Encodable {
         }
         return out
     }
+}
+
+/// A rate with the unit that keeps three significant figures visible: real-bytes
+/// replays run at thousands of lookups per second, metadata-only ones at millions.
+func kvRate(_ perSecond: Double) -> String {
+    if perSecond >= 1e6 { return formatDecimal(perSecond / 1e6, places: 2) + " M" }
+    if perSecond >= 1e3 { return formatDecimal(perSecond / 1e3, places: 1) + " k" }
+    return formatDecimal(perSecond, places: 0)
 }
