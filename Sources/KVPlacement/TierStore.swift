@@ -66,6 +66,9 @@ public final class TierStore {
     private var lostBytes: [Int32: MemWallError] = [:]
     /// Batches posted (each: one request per destination tier), for reports.
     public private(set) var batchesPosted = 0
+    /// `false` posts every demotion on its own and waits for it, as the store
+    /// did before batching (kept to measure what batching buys).
+    public var batchesMoves = true
     private weak var index: BlockIndex?
     /// Bytes moved, by "transport: from → to".
     public private(set) var bytesMovedByPath: [String: Int] = [:]
@@ -488,8 +491,10 @@ extension TierStore: BlockPayloadStore {
                 verifiedReads += 1
             } else if from == 0 {
                 enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: dram, at: Int(src) * blockBytes, path: tierNames[0])
+                try postAtOnceUnlessBatching(slot)
             } else if let source = backings[from], case .memory(let r) = source.target {
                 enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: r, at: Int(src) * blockBytes, path: tierNames[from])
+                try postAtOnceUnlessBatching(slot)
             } else {
                 try read(tier: from, payloadSlot: src, into: staging, at: 0, path: "staging")
                 try write(tier: to, payloadSlot: dst, from: staging, at: 0, path: "staging")
@@ -500,6 +505,18 @@ extension TierStore: BlockPayloadStore {
         }
         release(tier: from, payloadSlot: src)
         location[s] = dst
+    }
+
+    /// Without batching, writes the move just queued now; if it fails the
+    /// index keeps the block where it was, whose bytes are intact.
+    private func postAtOnceUnlessBatching(_ slot: Int32) throws(MemWallError) {
+        guard !batchesMoves else { return }
+        do throws(MemWallError) {
+            try finishMoves()
+        } catch {
+            lostBytes[slot] = nil
+            throw error
+        }
     }
 
     func remove(slot: Int32, key: BlockKey, tier: Int) {

@@ -38,6 +38,9 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Prefetch: before each request, promote the cached prefix of the request N places later in the trace to DRAM (0 = off).")
     var prefetch: Int = 0
 
+    @Flag(name: .long, help: "With --real-bytes, post every demotion on its own and wait for it instead of batching them per request (to measure what batching buys).")
+    var unbatchedMoves = false
+
     @Option(name: .long, help: "NUMA node backing the far tier (default: the machine's first far-memory node, else emulation); checked against the topology.")
     var farNode: Int?
 
@@ -75,6 +78,7 @@ struct KVReplayCommand: AsyncParsableCommand {
                 if run > 1 && realBytes {
                     store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode).0
                 }
+                store?.batchesMoves = !unbatchedMoves
                 let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch) { done, _ in progress.update(done) }
                 if let b = best {
                     var fastest = r.cpuSeconds < b.cpuSeconds ? r : b

@@ -16,10 +16,10 @@ struct KVPlacementInLab {
     static let farNode = 1
 
     @Test func realBytesReplayOnCXLNodeAndNVMeMatchesMetadataReplay() throws {
-        let trace = try MooncakeTrace.load(path: TestPaths.shippedTrace, limit: 1000)
-        let tiers = [TierSpec(name: "dram", kind: .dram, capacityBlocks: 300),
-                     TierSpec(name: "far", kind: .farMemory, capacityBlocks: 900),
-                     TierSpec(name: "nvme", kind: .nvme, capacityBlocks: 6000)]
+        let trace = try MooncakeTrace.load(path: TestPaths.shippedTrace, limit: 500)
+        let tiers = [TierSpec(name: "dram", kind: .dram, capacityBlocks: 150),
+                     TierSpec(name: "far", kind: .farMemory, capacityBlocks: 450),
+                     TierSpec(name: "nvme", kind: .nvme, capacityBlocks: 3000)]
 
         let numa = NUMATransport()
         #expect(numa.capabilities.implementation == .hardware, "numa transport: \(numa.capabilities.implementation)")
