@@ -33,6 +33,9 @@ protocol BlockPayloadStore: AnyObject {
     func remove(slot: Int32, key: BlockKey, tier: Int)
     /// Copy `source`'s bytes (in DRAM) into the freshly stored `destination` (copy-on-write).
     func copy(from source: Int32, to destination: Int32) throws(MemWallError)
+    /// The operation that asked for moves is over: post the ones batched so
+    /// far and wait for them. Nothing of the store is in flight afterwards.
+    func finishMoves() throws(MemWallError)
 }
 
 /// The block index with prefix sharing, tiers, pins and tail-first eviction.
@@ -97,7 +100,23 @@ public final class BlockIndex {
     /// (the caller computes their KV), making room by demoting or dropping
     /// candidates. Every returned reference holds the block until ``release(_:)``.
     /// - Throws: Only when moving bytes fails (real-bytes mode).
-    public func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission { try core.admit(keys) }
+    public func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission {
+        try finishingMoves { () throws(MemWallError) in try core.admit(keys) }
+    }
+
+    /// Runs one operation, then has the byte store post the moves it batched
+    /// during it and wait for them (also when the operation failed part way).
+    private func finishingMoves<R>(_ body: () throws(MemWallError) -> R) throws(MemWallError) -> R {
+        let result: R
+        do throws(MemWallError) {
+            result = try body()
+        } catch {
+            try? core.payloads?.finishMoves()
+            throw error
+        }
+        try core.payloads?.finishMoves()
+        return result
+    }
 
     /// Drops a request's references; blocks nobody uses become candidates to leave.
     /// References that are uncached, or no longer name the block they named, are ignored.
@@ -106,7 +125,9 @@ public final class BlockIndex {
     /// Moves the cached prefix of `keys` to the fastest tier ahead of use, without referencing it.
     /// - Returns: Blocks promoted.
     @discardableResult
-    public func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int { try core.prefetch(keys) }
+    public func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int {
+        try finishingMoves { () throws(MemWallError) in try core.prefetch(keys) }
+    }
 
     /// Pins cached blocks (shared system prompts) so they never leave, or unpins them.
     /// - Returns: How many of `keys` were cached (and so changed).
@@ -117,7 +138,7 @@ public final class BlockIndex {
     /// filled tail, all keyed by chained hashes of their tokens and `extraKey`.
     /// - Returns: The request's block table and how many leading tokens were cached.
     public func admit(tokens: [UInt32], extraKey: UInt64 = 0) throws(MemWallError) -> (table: BlockTable, hitTokens: Int) {
-        try core.admit(tokens: tokens, extraKey: extraKey)
+        try finishingMoves { () throws(MemWallError) in try core.admit(tokens: tokens, extraKey: extraKey) }
     }
 
     /// Appends one token to a request's table.
@@ -128,7 +149,9 @@ public final class BlockIndex {
     /// new content already exists in the cache, the request shares it instead.
     /// - Throws: Only when moving or copying bytes fails (real-bytes mode).
     public func append(token: UInt32, to table: inout BlockTable) throws(MemWallError) {
-        try core.append(token: token, to: &table)
+        var t = table
+        try finishingMoves { () throws(MemWallError) in try core.append(token: token, to: &t) }
+        table = t
     }
 
     /// Checks every structural invariant; returns a description of the first broken one.

@@ -26,7 +26,16 @@ public struct TierBacking: Sendable {
 ///
 /// Moves between two slower tiers go directly when the source is a memory
 /// region (it is then the transfer's local side), and through a one-block DRAM
-/// staging buffer otherwise. Moves are done one at a time, waiting for each.
+/// staging buffer otherwise.
+///
+/// Demotions (writes to a slower tier) are batched: during one index operation
+/// they are collected per destination tier and, when the operation ends
+/// (``BlockPayloadStore/finishMoves()``), posted as one descriptor list per
+/// tier — all tiers at once — and waited for once. Until then the slot a
+/// demoted block left is not reused (it is still the write's source), which is
+/// what the ``batchSlack`` spare slots per tier are for; a read of a slot still
+/// waiting to be written posts the batch first. Promotions, which must be
+/// checked on arrival, run at once.
 public final class TierStore {
     /// Bytes per block payload.
     public let blockBytes: Int
@@ -38,6 +47,28 @@ public final class TierStore {
     private var location: [Int32] = []       // block slot → payload slot in its tier
     private var checksums: [UInt64] = []     // block slot → checksum of its payload
     private var registrations: [(any Transport, MemoryRegion)] = []
+    /// Spare payload slots per tier beyond its capacity: how many demotions one
+    /// batch can hold before it must be posted early.
+    public static let batchSlack = 256
+    /// One batched write: a block's bytes on their way to a slower tier.
+    private struct PendingWrite {
+        var source: MemoryRegion
+        var sourceOffset: Int
+        var payloadSlot: Int32
+        var blockSlot: Int32
+        var path: String
+    }
+    private var pendingWrites: [[PendingWrite]] = []      // by destination tier
+    private var pendingDestinations: [Set<Int32>] = []    // payload slots being written, by tier
+    private var deferredFree: [[Int32]] = []              // slots freed while the batch may still read them
+    private var hasPending = false
+    /// Block slot → why its bytes never arrived in the tier the index moved it to.
+    private var lostBytes: [Int32: MemWallError] = [:]
+    /// Batches posted (each: one request per destination tier), for reports.
+    public private(set) var batchesPosted = 0
+    /// `false` posts every demotion on its own and waits for it, as the store
+    /// did before batching (kept to measure what batching buys).
+    public var batchesMoves = true
     private weak var index: BlockIndex?
     /// Bytes moved, by "transport: from → to".
     public private(set) var bytesMovedByPath: [String: Int] = [:]
@@ -58,7 +89,8 @@ public final class TierStore {
         try TierStore.checkBlockBytes(blockBytes)
         guard dramBlocks > 0 else { throw .invalid("DRAM capacity", dramBlocks, expected: "a positive number of blocks") }
         self.blockBytes = blockBytes
-        dram = try MemoryRegion.allocate(byteCount: blockBytes * dramBlocks, placement: MemoryPlacement(node: nil, label: "DRAM"))
+        dram = try MemoryRegion.allocate(byteCount: blockBytes * (dramBlocks + TierStore.batchSlack),
+                                         placement: MemoryPlacement(node: nil, label: "DRAM"))
         staging = try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "DRAM staging"))
         expected = try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "DRAM scratch"))
         backings = [nil] + lowerTiers.map { Optional($0) }
@@ -95,6 +127,8 @@ public final class TierStore {
     }
 
     deinit {
+        // Nothing is in flight between operations (finishMoves waits), but a
+        // batch an aborted operation left unposted is dropped with its regions.
         for (t, r) in registrations { try? t.deregister(r) }
     }
 
@@ -116,7 +150,16 @@ public final class TierStore {
                     "tier \(index.tiers[t].name) needs \(ByteCount(Int(need))) for \(cap[t]) blocks of \(ByteCount(blockBytes)); \(b.target) is smaller")
             }
         }
-        freeSlots = cap.map { c in (0..<Int32(c)).reversed().map { $0 } }
+        // Every tier gets its capacity plus whatever spare slots its backing holds
+        // (up to batchSlack), which lets a batch of demotions leave slots unreused.
+        let room = (0..<backings.count).map { t -> Int in
+            let bytes = t == 0 ? Int64(dram.byteCount) : backings[t].map(\.target.byteCount) ?? 0
+            return min(Int(bytes / Int64(blockBytes)), cap[t] + TierStore.batchSlack)
+        }
+        freeSlots = room.map { c in (0..<Int32(c)).reversed().map { $0 } }
+        pendingWrites = Array(repeating: [], count: backings.count)
+        pendingDestinations = Array(repeating: [], count: backings.count)
+        deferredFree = Array(repeating: [], count: backings.count)
         tierNames = index.tiers.map(\.name)
         self.index = index
         index.payloads = self
@@ -137,7 +180,7 @@ public final class TierStore {
         try checkBlockBytes(blockBytes)   // with capacities ≤ 2^26, sizes below cannot overflow
         var backings: [TierBacking] = []
         for t in tiers.dropFirst() {
-            let bytes = t.capacityBlocks * blockBytes
+            let bytes = (t.capacityBlocks + TierStore.batchSlack) * blockBytes
             func transport(_ kind: LocationKind) throws(MemWallError) -> any Transport {
                 do throws(MemWallError) {
                     return try registry.select(for: kind)
@@ -231,6 +274,8 @@ public final class TierStore {
     /// - Throws: `notFound` for a slot that holds no bytes or a tier that does not exist; `corrupted`.
     public func verify(slot: Int32, key: BlockKey, tier: Int, againstContents: Bool) throws(MemWallError) {
         try checkHolds(slot: slot, tier: tier, key: key)
+        try finishMoves()
+        try checkArrived(slot: slot, key: key, tier: tier)
         let s = Int(slot)
         let bytesRegion: MemoryRegion
         let offset: Int
@@ -277,6 +322,7 @@ public final class TierStore {
     /// Overwrites one byte of a cached block's payload wherever it lives (tests use it to prove checksums catch damage).
     public func corruptForTesting(slot: Int32, tier: Int) throws(MemWallError) {
         try checkHolds(slot: slot, tier: tier, key: BlockKey(rawValue: 0))
+        try finishMoves()
         let s = Int(slot)
         if tier == 0 {
             dram.withUnsafeMutableBytes(offset: Int(location[s]) * blockBytes, length: 1) { $0[0] ^= 0xFF }
@@ -296,10 +342,85 @@ public final class TierStore {
     // MARK: Moving bytes
 
     private func allocate(tier: Int, key: BlockKey) throws(MemWallError) -> Int32 {
+        if freeSlots[tier].isEmpty && hasPending {
+            try finishMoves()   // the batch holds the slots this tier could reuse
+        }
         guard let s = freeSlots[tier].popLast() else {
             throw MemWallError(.outOfBounds, "tier \(tierNames[tier]) has no free slot for \(key) (index and store disagree)")
         }
         return s
+    }
+
+    /// Frees a payload slot, or keeps it aside while a batch may still read it.
+    private func release(tier: Int, payloadSlot: Int32) {
+        if hasPending { deferredFree[tier].append(payloadSlot) } else { freeSlots[tier].append(payloadSlot) }
+    }
+
+    /// Refuses a block whose batched write failed: its bytes are not where the index says.
+    private func checkArrived(slot: Int32, key: BlockKey, tier: Int) throws(MemWallError) {
+        if let e = lostBytes[slot] {
+            throw MemWallError(.corrupted, "block \(key) never reached tier \(tierNames[tier]): \(e.message)",
+                               function: e.function, errno: e.errno)
+        }
+    }
+
+    /// Queues a write of one block to a slower tier for the current batch.
+    private func enqueueWrite(tier: Int, payloadSlot: Int32, blockSlot: Int32, from region: MemoryRegion, at offset: Int, path: String) {
+        guard backings[tier] != nil else { return }
+        pendingWrites[tier].append(PendingWrite(source: region, sourceOffset: offset, payloadSlot: payloadSlot,
+                                                blockSlot: blockSlot, path: path))
+        pendingDestinations[tier].insert(payloadSlot)
+        hasPending = true
+    }
+
+    /// Posts every batched write — one request per destination tier, all in
+    /// flight together — waits for all, then frees the slots they read from.
+    /// A failed descriptor marks its block as lost (refused on read-back) and
+    /// the first error is thrown after every request has finished.
+    func finishMoves() throws(MemWallError) {
+        guard hasPending else { return }
+        var posted: [(tier: Int, writes: [PendingWrite], request: TransferRequest)] = []
+        var firstError: MemWallError?
+        for t in 1..<pendingWrites.count where !pendingWrites[t].isEmpty {
+            guard let b = backings[t] else { continue }
+            let writes = pendingWrites[t]
+            let descriptors = writes.map { w in
+                TransferDescriptor(local: w.source, localOffset: w.sourceOffset, target: b.target,
+                                   targetOffset: Int64(w.payloadSlot) * Int64(blockBytes), length: blockBytes)
+            }
+            do throws(MemWallError) {
+                posted.append((t, writes, try b.transport.post(b.transport.prepare(.write, descriptors))))
+            } catch {
+                for w in writes { lostBytes[w.blockSlot] = error }
+                if firstError == nil { firstError = error }
+            }
+        }
+        for p in posted {
+            _ = try? p.request.waitBlocking()
+            let name = backings[p.tier]?.transport.name ?? "?"
+            for (i, w) in p.writes.enumerated() {
+                switch p.request.status(ofDescriptor: i) {
+                case .completed:
+                    bytesMovedByPath["\(name): \(w.path) -> \(tierNames[p.tier])", default: 0] += blockBytes
+                case .failed(let e):
+                    lostBytes[w.blockSlot] = e
+                    if firstError == nil { firstError = e }
+                default:
+                    let e = MemWallError(.cancelled, "the write of block slot \(w.blockSlot) to tier \(tierNames[p.tier]) was cancelled")
+                    lostBytes[w.blockSlot] = e
+                    if firstError == nil { firstError = e }
+                }
+            }
+        }
+        if !posted.isEmpty { batchesPosted += 1 }
+        for t in 0..<pendingWrites.count {
+            pendingWrites[t].removeAll(keepingCapacity: true)
+            pendingDestinations[t].removeAll(keepingCapacity: true)
+            freeSlots[t].append(contentsOf: deferredFree[t])
+            deferredFree[t].removeAll(keepingCapacity: true)
+        }
+        hasPending = false
+        if let firstError { throw firstError }
     }
 
     private func ensureCapacity(_ slot: Int32) {
@@ -328,6 +449,7 @@ extension TierStore: BlockPayloadStore {
         ensureCapacity(slot)
         let p = try allocate(tier: tier, key: key)
         location[Int(slot)] = p
+        lostBytes[slot] = nil
         if tier == 0 {
             let sum = dram.withUnsafeMutableBytes(offset: Int(p) * blockBytes, length: blockBytes) { buf in
                 payload(key, buf)
@@ -344,6 +466,7 @@ extension TierStore: BlockPayloadStore {
                 try write(tier: tier, payloadSlot: p, from: staging, at: 0, path: "new block")
             } catch {
                 freeSlots[tier].append(p)
+                location[Int(slot)] = -1
                 throw error
             }
         }
@@ -352,11 +475,13 @@ extension TierStore: BlockPayloadStore {
     func move(slot: Int32, key: BlockKey, from: Int, to: Int) throws(MemWallError) {
         let s = Int(slot)
         let src = location[s]
+        if hasPending && pendingDestinations[from].contains(src) {
+            try finishMoves()   // the bytes to move are still on their way into `from`
+        }
         let dst = try allocate(tier: to, key: key)
         do throws(MemWallError) {
-            if from == 0 {
-                try write(tier: to, payloadSlot: dst, from: dram, at: Int(src) * blockBytes, path: tierNames[0])
-            } else if to == 0 {
+            if to == 0 {
+                try checkArrived(slot: slot, key: key, tier: from)
                 try read(tier: from, payloadSlot: src, into: dram, at: Int(dst) * blockBytes, path: tierNames[0])
                 let sum = dram.withUnsafeBytes(offset: Int(dst) * blockBytes, length: blockBytes) { TierStore.checksum($0) }
                 guard sum == checksums[s] else {
@@ -364,8 +489,12 @@ extension TierStore: BlockPayloadStore {
                         "block \(key) promoted from tier \(tierNames[from]) has checksum \(String(sum, radix: 16)), it was stored with \(String(checksums[s], radix: 16))")
                 }
                 verifiedReads += 1
+            } else if from == 0 {
+                enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: dram, at: Int(src) * blockBytes, path: tierNames[0])
+                try postAtOnceUnlessBatching(slot)
             } else if let source = backings[from], case .memory(let r) = source.target {
-                try write(tier: to, payloadSlot: dst, from: r, at: Int(src) * blockBytes, path: tierNames[from])
+                enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: r, at: Int(src) * blockBytes, path: tierNames[from])
+                try postAtOnceUnlessBatching(slot)
             } else {
                 try read(tier: from, payloadSlot: src, into: staging, at: 0, path: "staging")
                 try write(tier: to, payloadSlot: dst, from: staging, at: 0, path: "staging")
@@ -374,15 +503,28 @@ extension TierStore: BlockPayloadStore {
             freeSlots[to].append(dst)
             throw error
         }
-        freeSlots[from].append(src)
+        release(tier: from, payloadSlot: src)
         location[s] = dst
+    }
+
+    /// Without batching, writes the move just queued now; if it fails the
+    /// index keeps the block where it was, whose bytes are intact.
+    private func postAtOnceUnlessBatching(_ slot: Int32) throws(MemWallError) {
+        guard !batchesMoves else { return }
+        do throws(MemWallError) {
+            try finishMoves()
+        } catch {
+            lostBytes[slot] = nil
+            throw error
+        }
     }
 
     func remove(slot: Int32, key: BlockKey, tier: Int) {
         let s = Int(slot)
         guard s < location.count, location[s] >= 0 else { return }
-        freeSlots[tier].append(location[s])
+        release(tier: tier, payloadSlot: location[s])
         location[s] = -1
+        lostBytes[slot] = nil
     }
 
     func copy(from source: Int32, to destination: Int32) throws(MemWallError) {

@@ -126,8 +126,15 @@ final class URingEngine: Sendable {
             return rest.map { ($0, .failure(MemWallError(.cancelled, "the io_uring transport shut down before it was submitted"))) }
         }
         submission.withLock { _ in
-            // A NOP wakes the reaper even when nothing is in flight.
-            if let sqe = io_uring_get_sqe(queue.ring) {
+            // A NOP wakes the reaper even when nothing is in flight. If SQEs left
+            // by a refused submit fill the ring, push them first: without the NOP
+            // an idle reaper would sleep forever and deinit's join with it.
+            var wake = io_uring_get_sqe(queue.ring)
+            if wake == nil {
+                _ = submitLocked()
+                wake = io_uring_get_sqe(queue.ring)
+            }
+            if let sqe = wake {
                 io_uring_prep_nop(sqe)
                 io_uring_sqe_set_data64(sqe, URingEngine.wakeTag)
             }

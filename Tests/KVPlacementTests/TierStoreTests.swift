@@ -2,6 +2,8 @@ import KVPlacement
 import MemWallCore
 import Testing
 import Transport
+import URingTransport
+import Foundation
 
 /// A registry with the transports every host has.
 func hostRegistry() -> TransportRegistry {
@@ -28,6 +30,30 @@ func dramFar(_ a: Int, _ b: Int) -> [TierSpec] {
         #expect(r.verifiedReads == s.hits + s.promotions)
         #expect(r.bytesMoved["memcpy: dram -> far"] == s.demotions * 4096)
         #expect(r.bytesMoved["memcpy: far -> dram"] == s.promotions * 4096)
+    }
+
+    @Test func batchedDemotionsMoveTheSameBytesAsOneAtATime() throws {
+        let trace = try MooncakeTrace.load(path: TestPaths.shippedTrace, limit: 400)
+        let tiers = threeTiers(100, 300, 3000)
+        var results: [(ReplayResult, Int)] = []
+        for batched in [true, false] {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("memwall-kv-batch-\(getpid())-\(batched).bin").path
+            defer { unlink(path) }
+            let registry = hostRegistry()
+            registry.add(try URingTransport.makeWithFallback(), rank: 0)
+            let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: registry, storagePath: path)
+            built.store.batchesMoves = batched
+            let r = try TraceReplay.run(trace, tiers: tiers, policy: .lfuda, store: built.store)
+            results.append((r, built.store.batchesPosted))
+        }
+        let (batched, batches) = results[0], (single, singles) = results[1]
+        #expect(batched.statistics.hitsByTier == single.statistics.hitsByTier)
+        #expect(batched.bytesMoved == single.bytesMoved)
+        #expect(batched.verifiedReads == single.verifiedReads)
+        #expect(batched.verifiedReads == batched.statistics.hits + batched.statistics.promotions)
+        // Every demotion went out in a batch, and batches held many demotions each.
+        #expect(singles == single.statistics.demotions)
+        #expect(batches > 0 && batches * 4 < batched.statistics.demotions, "\(batches) batches for \(batched.statistics.demotions) demotions")
     }
 
     @Test func corruptionIsCaughtWhenTheBlockComesBack() throws {
