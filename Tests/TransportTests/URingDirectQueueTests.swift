@@ -16,12 +16,17 @@ struct URingDirectQueueTests {
     /// A 64-block file whose block k is filled with a pattern of k, written through the request path.
     static func patternedFile(_ t: URingTransport) async throws -> StorageTarget {
         let file = try ScratchFile.make(blocks * block)
+        try await writePattern(t, to: file)
+        return file
+    }
+
+    /// Writes the pattern over the first 64 blocks of `file` through the request path.
+    static func writePattern(_ t: URingTransport, to file: StorageTarget) async throws {
         let src = try MemoryRegion.allocate(byteCount: blocks * block)
         src.withUnsafeMutableBytes { b in for i in 0..<b.count { b[i] = UInt8(truncatingIfNeeded: (i / block) &* 37 &+ i &* 7) } }
         try t.register(src)
         try await t.transfer(.write, [TransferDescriptor(local: src, target: .storage(file), length: blocks * block)])
         try t.deregister(src)
-        return file
     }
 
     static func expected(block k: Int, byte i: Int) -> UInt8 {
@@ -136,8 +141,9 @@ struct URingDirectQueueTests {
         try t.register(a); try t.register(b)
         let queue = try URingDirectQueue(transport: t, regions: [a], depth: 4)
         let one = try t.prepare(.read, [TransferDescriptor(local: a, target: .storage(file), length: 4096)])
-        func code(_ body: () throws(MemWallError) -> Void) -> MemWallError? {
-            do { try body(); return nil } catch { return error }
+        /// The MemWallError `body` throws (nil when it does not throw, or throws something else).
+        func code(_ body: () throws -> Void) -> MemWallError? {
+            do { try body(); return nil } catch { return error as? MemWallError }
         }
         #expect(code { try queue.post(one, slot: 4) }?.message.contains("0..<4") == true)
         #expect(code { try queue.post(one, slot: -1) }?.code == .invalidArgument)
