@@ -64,6 +64,11 @@ public final class URingDirectQueue {
     /// Whether files are registered with the ring as they are first posted
     /// (no per-I/O file lookup in the kernel); false when the kernel refused the table.
     public let fixedFiles: Bool
+    /// Setup flags the kernel accepted for this queue's ring.
+    public let setupFlags: String
+    /// Whether the ring is bound to the one thread that first drives it
+    /// (SINGLE_ISSUER|DEFER_TASKRUN, as fio sets them); see ``init(transport:regions:depth:fixedBuffers:fixedFiles:singleIssuer:)``.
+    public let isSingleIssuer: Bool
     /// Transfers posted and not yet reported.
     public private(set) var inFlight = 0
 
@@ -85,18 +90,31 @@ public final class URingDirectQueue {
     private var takenCount = 0
     /// SQEs filled since the last submit.
     private var unsubmitted = 0
+    /// A single-issuer ring starts disabled; the first thread to drive it enables it.
+    private var enabled: Bool
+    private var issuer: pthread_t?
 
     /// Creates a ring of `depth` entries for `transport`'s prepared transfers
     /// that use `regions` (each registered with `transport`).
     /// - Throws: `invalidArgument` for a depth outside 1...4096; `notFound` for
     ///   a region not registered with `transport`; `systemCall` when the kernel
     ///   refuses a ring.
+    /// - Parameter singleIssuer: Bind the ring to the first thread that posts,
+    ///   submits or reaps (the kernel then defers completion work to that
+    ///   thread's waits instead of interrupting it, as fio's rings do). Every
+    ///   later call — and the queue's release — must come from that thread;
+    ///   a call from another thread throws, and a release on another thread
+    ///   while I/O is in flight keeps the buffers alive for good rather than
+    ///   free them under the kernel. The kernel may refuse the flags (before
+    ///   6.1); then the ring is shared-issuer and ``isSingleIssuer`` is false.
     public init(transport: URingTransport, regions: [MemoryRegion], depth: Int,
-                fixedBuffers: Bool = true, fixedFiles: Bool = true) throws(MemWallError) {
+                fixedBuffers: Bool = true, fixedFiles: Bool = true, singleIssuer: Bool = false) throws(MemWallError) {
         guard depth >= 1, depth <= 4096 else {
             throw .invalid("direct queue depth", depth, expected: "1...4096 (I/Os kept in flight at once)")
         }
-        let queue = try URingQueue(entries: depth, funnel: transport.funnel)
+        let queue = try URingQueue(entries: depth, funnel: transport.funnel,
+                                   candidates: singleIssuer ? URingSetupFlags.singleIssuer : URingSetupFlags.sharedIssuer)
+        let single = queue.flags & IORING_SETUP_SINGLE_ISSUER != 0
         let uses = try transport.markInUse(regions)
         var fixed = false
         if fixedBuffers && !regions.isEmpty && regions.allSatisfy({ $0.byteCount <= 1 << 30 }) {
@@ -107,6 +125,9 @@ public final class URingDirectQueue {
         }
         self.fixedFiles = fixedFiles && io_uring_register_files_sparse(queue.ring, UInt32(URingDirectQueue.fileSlots)) == 0
         let entries = queue.entries
+        self.setupFlags = queue.flagsLabel
+        self.isSingleIssuer = single
+        self.enabled = queue.flags & IORING_SETUP_R_DISABLED == 0
         self.depth = min(depth, entries)
         self.queue = queue
         self.transport = transport
@@ -126,6 +147,14 @@ public final class URingDirectQueue {
         // CQE (not for deferred slots, which never reached the kernel).
         let ring = queue.ring
         var kernelOwned = inFlight - deferred.count
+        if let issuer, pthread_equal(issuer, pthread_self()) == 0, kernelOwned > 0 {
+            // Only the issuer may wait on this ring. Keep what the kernel may
+            // still write alive for good rather than free it under the kernel.
+            StandardError.write("memwall: a single-issuer URingDirectQueue was released on another thread with \(kernelOwned) I/O(s) in flight; their buffers are kept alive\n")
+            _ = Unmanaged.passRetained(KeptAlive(slots.compactMap(\.prepared), regionUses))
+            taken.deallocate()
+            return
+        }
         if unsubmitted > 0 { _ = io_uring_submit(ring) }
         while kernelOwned > 0 {
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
@@ -141,6 +170,27 @@ public final class URingDirectQueue {
         for use in regionUses { use.release() }
     }
 
+    /// Enables a single-issuer ring on its first use (this thread becomes its
+    /// issuer), and refuses use from any other thread.
+    private func claim() throws(MemWallError) {
+        if let issuer {
+            guard pthread_equal(issuer, pthread_self()) != 0 else {
+                throw MemWallError(.invalidArgument, "this single-issuer URingDirectQueue is driven by another thread; use one queue per thread")
+            }
+            return
+        }
+        guard isSingleIssuer else { return }
+        if !enabled {
+            // liburing 2.3 declares io_uring_enable_rings but does not export it: register directly.
+            let rc = io_uring_register(UInt32(bitPattern: queue.ring.pointee.ring_fd), UInt32(IORING_REGISTER_ENABLE_RINGS), nil, 0)
+            guard rc >= 0 else {
+                throw .system("io_uring_register(IORING_REGISTER_ENABLE_RINGS)", Errno(rawValue: -rc), "the kernel refused to enable the direct queue's ring")
+            }
+            enabled = true
+        }
+        issuer = pthread_self()
+    }
+
     /// Whether `slot` holds a transfer not yet reported.
     public func isBusy(slot: Int) -> Bool {
         slot >= 0 && slot < depth && slots[slot].prepared != nil
@@ -153,6 +203,7 @@ public final class URingDirectQueue {
     ///   other than one descriptor, or a transfer of another transport;
     ///   `notFound` when its region is not one of the queue's.
     public func post(_ prepared: PreparedTransfer, slot: Int) throws(MemWallError) {
+        if isSingleIssuer { try claim() }
         guard slot >= 0, slot < depth else {
             throw .invalid("slot", slot, expected: "0..<\(depth) (the queue's depth)")
         }
@@ -202,8 +253,10 @@ public final class URingDirectQueue {
 
     /// Hands every SQE filled since the last call to the kernel without waiting.
     /// - Returns: SQEs the kernel took (0 when it is short of resources; they go with the next call).
+    /// - Throws: `invalidArgument` when a single-issuer queue is driven from another thread.
     @discardableResult
-    public func submit() -> Int {
+    public func submit() throws(MemWallError) -> Int {
+        if isSingleIssuer { try claim() }
         placeDeferred()
         guard unsubmitted > 0 else { return 0 }
         let r = enter(wait: 0)
@@ -212,19 +265,25 @@ public final class URingDirectQueue {
 
     /// Submits what is filled, waits until at least `minimum` CQEs are there
     /// (0: do not wait), and reports every finished slot to `handler`, which
-    /// may post into the slot it is given at once. A resumed short transfer or
-    /// a retried EAGAIN does not finish its slot.
+    /// may post into the slot it is given at once; those SQEs are handed to the
+    /// kernel by the next ``reap(waitingFor:_:)`` or ``submit()``, in the same
+    /// system call as that wait. A resumed short transfer or a retried EAGAIN
+    /// does not finish its slot.
     ///
     /// When `handler` throws, the completions after it stay queued and are
-    /// reported by the next call.
+    /// reported by the next call. On a single-issuer queue, a call from a
+    /// thread other than its issuer reports nothing and returns 0.
     /// - Returns: Slots reported.
     @discardableResult
-    public func reap<E: Error>(waitingFor minimum: Int = 1,
+    public func reap<E: Error>(waitingFor minimum: Int = 1, spinMicroseconds: Int = 0,
                                _ handler: (Completion) throws(E) -> Void) throws(E) -> Int {
+        // A single-issuer ring refuses other threads (the kernel too): nothing to report there.
+        if isSingleIssuer { do { try claim() } catch { return 0 } }
         placeDeferred()
         if takenHead == takenCount {
             let kernelOwned = inFlight - deferred.count
-            let wait = minimum > 0 && kernelOwned > 0 ? min(minimum, kernelOwned) : 0
+            var wait = minimum > 0 && kernelOwned > 0 ? min(minimum, kernelOwned) : 0
+            if wait > 0 && spinMicroseconds > 0 && spin(microseconds: spinMicroseconds) { wait = 0 }
             if unsubmitted > 0 || wait > 0 { _ = enter(wait: wait) }
             takeCompletions()
         }
@@ -236,8 +295,26 @@ public final class URingDirectQueue {
             reported += 1
             try handler(completion)
         }
-        if unsubmitted > 0 { _ = enter(wait: 0) }
+        // What the handler posted goes to the kernel with the next call's wait:
+        // one io_uring_enter per batch instead of a submit and then a wait.
         return reported
+    }
+
+    /// Submits, then asks the kernel for completions without sleeping until one
+    /// is there or the time is up. On a loaded machine a thread that sleeps for
+    /// each completion waits behind other runnable threads when it is woken;
+    /// one that stays on the CPU a few microseconds does not.
+    /// - Returns: Whether a completion is ready.
+    private func spin(microseconds: Int) -> Bool {
+        let ring = queue.ring
+        let deadline = MonotonicClock.nanoseconds() + UInt64(microseconds) * 1000
+        repeat {
+            // Also runs deferred completion work (DEFER_TASKRUN) without waiting.
+            let r = io_uring_submit_and_get_events(ring)
+            if r >= 0 { unsubmitted = max(0, unsubmitted - Int(r)) }
+            if io_uring_cq_ready(ring) > 0 { return true }
+        } while MonotonicClock.nanoseconds() < deadline
+        return false
     }
 
     /// `io_uring_submit_and_wait`, retried on EINTR.
@@ -336,5 +413,17 @@ public final class URingDirectQueue {
         let waiting = deferred
         deferred.removeAll(keepingCapacity: true)
         for slot in waiting { place(slot) }
+    }
+}
+
+/// What a single-issuer queue released on the wrong thread keeps alive forever:
+/// the transfers (and so the buffers) the kernel may still write, and the
+/// regions' in-use marks (so they are never deregistered and unpinned).
+private final class KeptAlive {
+    let transfers: [PreparedTransfer]
+    let uses: [RegionUse]
+    init(_ transfers: [PreparedTransfer], _ uses: [RegionUse]) {
+        self.transfers = transfers
+        self.uses = uses
     }
 }

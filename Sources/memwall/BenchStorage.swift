@@ -52,6 +52,9 @@ struct BenchStorageCommand: AsyncParsableCommand {
     @Option(help: "io_uring path: 'direct' (URingDirectQueue: one thread posts into slots and reaps, no per-I/O objects, as fio does), 'poll' (TransferRequest per I/O, this thread reaps) or 'thread' (TransferRequest per I/O, the transport's completion thread).")
     var completions: String = "direct"
 
+    @Option(name: .customLong("spin-us"), help: "Direct queue: microseconds to poll for a completion before sleeping for it (0: sleep at once).")
+    var spinMicroseconds: Int = 0
+
     @Flag(name: .customLong("no-fixed"), help: "Plain reads/writes on plain file descriptors: no fixed buffers or files (what fio does without --fixedbufs --registerfiles).")
     var noFixed = false
 
@@ -113,7 +116,8 @@ struct BenchStorageCommand: AsyncParsableCommand {
                 let bs = w.isRandom ? randomBS : seqBS
                 let point = try StorageBench.run(transport: t, target: target, pattern: w, blockSize: bs,
                                                  queueDepth: qd, seconds: seconds, span: usable,
-                                                 direct: completions == "direct", fixed: !noFixed)
+                                                 direct: completions == "direct", fixed: !noFixed,
+                                                 spinMicroseconds: spinMicroseconds)
                 points.append(point)
                 progress.update(points.count, "\(w.rawValue) QD\(qd): \(BenchOutput.fixed(point.iops, 0)) IOPS")
             }
@@ -229,7 +233,7 @@ struct StorageBenchReport: Codable {
 enum StorageBench {
     static func run(transport: any Transport, target: StorageTarget, pattern: StoragePattern, blockSize bs: Int,
                     queueDepth qd: Int, seconds: Double, span: Int, direct: Bool = false,
-                    fixed: Bool = true) throws -> StorageBenchPoint {
+                    fixed: Bool = true, spinMicroseconds: Int = 0) throws -> StorageBenchPoint {
         let region = try MemoryRegion.allocate(byteCount: bs * qd)
         try transport.register(region)
         defer { try? transport.deregister(region) }
@@ -260,7 +264,7 @@ enum StorageBench {
             }
         }
         if direct, let ring = transport as? URingTransport {
-            return try runDirect(ring, region: region, lanes: lanes, pattern: pattern, blockSize: bs, seconds: seconds, fixed: fixed)
+            return try runDirect(ring, region: region, lanes: lanes, pattern: pattern, blockSize: bs, seconds: seconds, fixed: fixed, spin: spinMicroseconds)
         }
         var cursor = Array(repeating: 1, count: qd)
         var inFlight = try transport.post(batch: lanes.map { $0[0] })
@@ -319,9 +323,10 @@ enum StorageBench {
     /// finish are reposted in the same pass, and their SQEs go to the kernel
     /// with the next wait (one `io_uring_enter` per batch, as fio does).
     private static func runDirect(_ ring: URingTransport, region: MemoryRegion, lanes: [[PreparedTransfer]],
-                                  pattern: StoragePattern, blockSize bs: Int, seconds: Double, fixed: Bool) throws -> StorageBenchPoint {
+                                  pattern: StoragePattern, blockSize bs: Int, seconds: Double, fixed: Bool, spin: Int) throws -> StorageBenchPoint {
         let qd = lanes.count
-        let queue = try URingDirectQueue(transport: ring, regions: [region], depth: qd, fixedBuffers: fixed, fixedFiles: fixed)
+        let queue = try URingDirectQueue(transport: ring, regions: [region], depth: qd, fixedBuffers: fixed, fixedFiles: fixed,
+                                         singleIssuer: true)
         var cursor = Array(repeating: 1, count: qd)
         var histogram = LatencyHistogram()
         var ios = 0
@@ -329,7 +334,7 @@ enum StorageBench {
         let end = start + UInt64(seconds * 1e9)
         for k in 0..<qd { try queue.post(lanes[k][0], slot: k) }
         while true {
-            try queue.reap(waitingFor: 1) { (c: URingDirectQueue.Completion) throws(MemWallError) in
+            try queue.reap(waitingFor: 1, spinMicroseconds: spin) { (c: URingDirectQueue.Completion) throws(MemWallError) in
                 _ = try c.result.get()
                 histogram.record(c.nanoseconds)
                 ios += 1

@@ -34,7 +34,8 @@ struct URingDirectQueueTests {
     }
 
     /// Reads every block once through a queue of `depth` slots, reposting as slots free, and checks the bytes.
-    static func readAll(_ t: URingTransport, _ file: StorageTarget, depth: Int) throws -> [Result<Int, MemWallError>] {
+    static func readAll(_ t: URingTransport, _ file: StorageTarget, depth: Int,
+                        spinMicroseconds: Int = 0, singleIssuer: Bool = false) throws -> [Result<Int, MemWallError>] {
         let dst = try MemoryRegion.allocate(byteCount: depth * block)
         try t.register(dst)
         defer { try? t.deregister(dst) }
@@ -49,10 +50,10 @@ struct URingDirectQueueTests {
         var next = Array(repeating: 1, count: depth)
         var results: [Result<Int, MemWallError>] = []
         var mismatches = 0
-        let queue = try URingDirectQueue(transport: t, regions: [dst], depth: depth)
+        let queue = try URingDirectQueue(transport: t, regions: [dst], depth: depth, singleIssuer: singleIssuer)
         for s in 0..<depth { try queue.post(prepared[s][0], slot: s) }
         while queue.inFlight > 0 {
-            try queue.reap { (c: URingDirectQueue.Completion) throws(MemWallError) in
+            try queue.reap(spinMicroseconds: spinMicroseconds) { (c: URingDirectQueue.Completion) throws(MemWallError) in
                 results.append(c.result)
                 let s = c.slot
                 let k = blockOf[s][next[s] - 1]
@@ -79,6 +80,14 @@ struct URingDirectQueueTests {
         #expect(results.count == Self.blocks)
         #expect(results.allSatisfy { (try? $0.get()) == Self.block })
         #expect(t.costEstimator.estimate(target: .storage, operation: .read) != nil)
+    }
+
+    @Test func singleIssuerSpinningQueueReadsEveryBlockCorrectly() async throws {
+        let t = try URingTransport()
+        let file = try await Self.patternedFile(t)
+        let results = try Self.readAll(t, file, depth: 16, spinMicroseconds: 100, singleIssuer: true)
+        #expect(results.count == Self.blocks)
+        #expect(results.allSatisfy { (try? $0.get()) == Self.block })
     }
 
     @Test func writesAreReadBackThroughTheRequestPath() async throws {
