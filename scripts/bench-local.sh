@@ -131,6 +131,8 @@ done
 F_IOPS=$(avg "${fr_iops[@]}"); M_IOPS=$(avg "${mr_iops[@]}"); P_IOPS=$(avg "${pr_iops[@]}"); T_IOPS=$(avg "${mt_iops[@]}")
 FF_IOPS=$(avg "${ff_iops[@]}"); MF_IOPS=$(avg "${mf_iops[@]}"); MQ_IOPS=$(avg "${mq_iops[@]}")
 F_BW=$(avg "${fs_bw[@]}"); M_BW=$(avg "${ms_bw[@]}")
+ints() { python3 -c "import sys;print(', '.join(f'{float(x):,.0f}' for x in sys.argv[1:]))" "$@"; }
+ROUNDS_4K="fio defaults [$(ints "${fr_iops[@]}")], memwall --no-fixed [$(ints "${mr_iops[@]}")]; fio --fixedbufs --registerfiles [$(ints "${ff_iops[@]}")], memwall [$(ints "${mf_iops[@]}")]"
 
 echo "bench-local: memory" >&2
 declare -a c_bw m_bw
@@ -143,9 +145,9 @@ C_BW=$(avg "${c_bw[@]}")
 M_CP=$(avg $(for x in "${m_bw[@]}"; do echo "${x%% *}"; done))
 M_TH=${m_bw[0]##* }
 
-python3 - "$where" "$F_IOPS" "$M_IOPS" "$P_IOPS" "$F_BW" "$M_BW" "$C_BW" "$M_CP" "$M_TH" "$secs" "$rounds" "$mode" "$src_node" "$dst_node" "$file" "$T_IOPS" "$c_dst" "$(uptime | sed 's/.*load average: //')" "$FF_IOPS" "$MF_IOPS" "$MQ_IOPS" "$load_start" "$(fio --version)" <<'PY' > /tmp/memwall-bench-section.$$
+python3 - "$where" "$F_IOPS" "$M_IOPS" "$P_IOPS" "$F_BW" "$M_BW" "$C_BW" "$M_CP" "$M_TH" "$secs" "$rounds" "$mode" "$src_node" "$dst_node" "$file" "$T_IOPS" "$c_dst" "$(uptime | sed 's/.*load average: //')" "$FF_IOPS" "$MF_IOPS" "$MQ_IOPS" "$load_start" "$(fio --version)" "$ROUNDS_4K" <<'PY' > /tmp/memwall-bench-section.$$
 import sys, datetime
-where, fi, mi, pi, fb, mb, cb, mc, th, secs, rounds, mode, s, d, f, ti, cd, load, ffi, mfi, mqi, load0, fiov = sys.argv[1:24]
+where, fi, mi, pi, fb, mb, cb, mc, th, secs, rounds, mode, s, d, f, ti, cd, load, ffi, mfi, mqi, load0, fiov, rounds4k = sys.argv[1:25]
 ti, ffi, mfi, mqi = float(ti), float(ffi), float(mfi), float(mqi)
 fi, mi, pi, fb, mb, cb, mc = map(float, (fi, mi, pi, fb, mb, cb, mc))
 def ok(r, t): return "meets" if r >= t else "below"
@@ -162,6 +164,7 @@ print(f"| 1 MiB sequential read, QD16, O_DIRECT (GB/s) | {mb/1e9:.3f} (io_uring)
 print(f"| 4 KiB random read, QD32: io_uring vs own pread pool (IOPS) | {mfi:,.0f} | {pi:,.0f} (pread-pool, 32 threads) | {mfi/pi:.2f}x | report |")
 print(f"| 64 MiB copy node {s} -> node {d} (GB/s) | {mc:.2f} (numa transport, {th} threads) | {cb:.2f} (C memcpy node {s} -> node {cd}, 1 thread) | {mc/cb:.2f}x | >= 0.9x: {ok(mc/cb,0.9)} |")
 print()
+print(f"4 KiB QD32 IOPS per round, in run order: {rounds4k}.\n")
 print("Commands (the script runs them; FILE is " + (f"`{f}`" if mode == "guest" else "a scratch file laid out by fio") + "):\n")
 print("```")
 print(f"fio --name=ref --filename=FILE --rw=randread --bs=4k --iodepth=32 --direct=1 --ioengine=io_uring --runtime={secs} --time_based --ramp_time=1 --norandommap --randrepeat=0")
