@@ -77,6 +77,9 @@ struct BenchStorageCommand: AsyncParsableCommand {
         guard ["direct", "poll", "thread"].contains(completions) else {
             throw ValidationError("invalid --completions '\(completions)': expected direct, poll or thread")
         }
+        guard spinMicroseconds >= 0, spinMicroseconds <= 1_000_000 else {
+            throw ValidationError("invalid --spin-us '\(spinMicroseconds)': expected 0...1000000 microseconds")
+        }
         guard batch >= 1 else { throw ValidationError("invalid --batch '\(batch)': expected at least 1") }
         for p in patterns.split(separator: ",") where StoragePattern(rawValue: String(p)) == nil {
             throw ValidationError("invalid pattern '\(p)': expected randread, randwrite, seqread or seqwrite")
