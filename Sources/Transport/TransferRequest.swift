@@ -43,6 +43,14 @@ public struct TransferReport: Sendable, Hashable {
     public var nanoseconds: UInt64 { completedAt &- postedAt }
     /// Achieved bandwidth in bytes per second.
     public var bytesPerSecond: Double { nanoseconds == 0 ? 0 : Double(bytes) * 1e9 / Double(nanoseconds) }
+
+    /// Created by transports for each finished request or slot.
+    package init(bytes: Int, descriptorCount: Int, postedAt: UInt64, completedAt: UInt64) {
+        self.bytes = bytes
+        self.descriptorCount = descriptorCount
+        self.postedAt = postedAt
+        self.completedAt = completedAt
+    }
 }
 
 /// A validated descriptor list, ready to be posted many times.

@@ -16,6 +16,21 @@ enum URingSetupFlags {
         (IORING_SETUP_CLAMP, "CLAMP"),
         (0, "none"),
     ]
+
+    /// For a ring one thread drives (``URingDirectQueue``): completions are
+    /// processed when that thread waits (DEFER_TASKRUN, 6.1) instead of by
+    /// interrupting it (COOP_TASKRUN, 5.19) — the flags fio sets. The ring
+    /// starts disabled so the thread that enables it becomes its issuer.
+    static let singleIssuer: [(UInt32, String)] = [
+        (IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP | IORING_SETUP_COOP_TASKRUN
+            | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+         "SUBMIT_ALL|CLAMP|COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN"),
+    ] + sharedIssuer
+
+    /// For a ring any thread may drive: no task-work interrupts (COOP_TASKRUN) when the kernel has it.
+    static let sharedIssuer: [(UInt32, String)] = [
+        (IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP | IORING_SETUP_COOP_TASKRUN, "SUBMIT_ALL|CLAMP|COOP_TASKRUN"),
+    ] + candidates
 }
 
 /// One io_uring instance: its memory-mapped rings and file descriptor,
@@ -33,14 +48,17 @@ struct URingQueue: ~Copyable, @unchecked Sendable {
     let entries: Int
     /// The setup flags that were accepted.
     let flagsLabel: String
+    /// The setup flags that were accepted.
+    let flags: UInt32
 
     /// Creates a ring with `entries` SQEs, probing setup flags.
     /// - Throws: `systemCall` from `io_uring_queue_init_params` (ENOSYS, EPERM
     ///   under seccomp or `io_uring_disabled`, ENOMEM under a memlock limit).
-    init(entries: Int, funnel: SyscallFunnel) throws(MemWallError) {
+    init(entries: Int, funnel: SyscallFunnel,
+         candidates: [(UInt32, String)] = URingSetupFlags.candidates) throws(MemWallError) {
         let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
         var lastError = Errno.invalidArgument
-        for (flags, label) in URingSetupFlags.candidates {
+        for (flags, label) in candidates {
             var params = io_uring_params()
             params.flags = flags
             let r = funnel.call("io_uring_queue_init") {
@@ -53,6 +71,7 @@ struct URingQueue: ~Copyable, @unchecked Sendable {
                 self.ring = ring
                 self.entries = Int(params.sq_entries)
                 self.flagsLabel = label
+                self.flags = flags
                 return
             case .failure(let e) where e == .invalidArgument:
                 lastError = e  // this kernel does not know a flag: try the next set

@@ -186,6 +186,16 @@ public final class URingTransport: Transport {
         return engine.reapReady().count
     }
 
+    /// The funnel every CQE result passes through (shared with direct queues).
+    var funnel: SyscallFunnel { engine.funnel }
+
+    /// Marks `locals` in use until the returned counters are released, so
+    /// they cannot be deregistered meanwhile (a direct queue holds them for its life).
+    /// - Throws: `notFound` for a region not registered here.
+    func markInUse(_ locals: [MemoryRegion]) throws(MemWallError) -> [RegionUse] {
+        try regions.acquire(locals).map(\.1)
+    }
+
     /// Whether `region` is pinned as a fixed buffer.
     public func isFixedBuffer(_ region: MemoryRegion) -> Bool {
         ((try? regions.attachment(of: region)) ?? -1) >= 0

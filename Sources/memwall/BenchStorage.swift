@@ -52,8 +52,14 @@ struct BenchStorageCommand: AsyncParsableCommand {
     @Option(help: "SQEs per io_uring_enter.")
     var batch: Int = 8
 
-    @Option(help: "io_uring completions: 'poll' (this thread submits and reaps, as fio does) or 'thread' (the transport's completion thread).")
-    var completions: String = "poll"
+    @Option(help: "io_uring path: 'direct' (URingDirectQueue: one thread posts into slots and reaps, no per-I/O objects, as fio does), 'poll' (TransferRequest per I/O, this thread reaps) or 'thread' (TransferRequest per I/O, the transport's completion thread).")
+    var completions: String = "direct"
+
+    @Option(name: .customLong("spin-us"), help: "Direct queue: microseconds to poll for a completion before sleeping for it (0: sleep at once).")
+    var spinMicroseconds: Int = 0
+
+    @Flag(name: .customLong("no-fixed"), help: "Plain reads/writes on plain file descriptors: no fixed buffers or files (what fio does without --fixedbufs --registerfiles).")
+    var noFixed = false
 
     @Flag(help: "Allow writes to an existing file or block device (destroys its contents).")
     var allowWrite = false
@@ -71,8 +77,11 @@ struct BenchStorageCommand: AsyncParsableCommand {
         guard seconds > 0, seconds <= 3600 else {
             throw ValidationError("invalid --seconds '\(seconds)': expected a duration in (0, 3600]")
         }
-        guard completions == "poll" || completions == "thread" else {
-            throw ValidationError("invalid --completions '\(completions)': expected poll or thread")
+        guard ["direct", "poll", "thread"].contains(completions) else {
+            throw ValidationError("invalid --completions '\(completions)': expected direct, poll or thread")
+        }
+        guard spinMicroseconds >= 0, spinMicroseconds <= 1_000_000 else {
+            throw ValidationError("invalid --spin-us '\(spinMicroseconds)': expected 0...1000000 microseconds")
         }
         guard batch >= 1 else { throw ValidationError("invalid --batch '\(batch)': expected at least 1") }
         for p in patterns.split(separator: ",") where StoragePattern(rawValue: String(p)) == nil {
@@ -112,7 +121,9 @@ struct BenchStorageCommand: AsyncParsableCommand {
                 transportLabel = describe(t)
                 let bs = w.isRandom ? randomBS : seqBS
                 let point = try StorageBench.run(transport: t, target: target, pattern: w, blockSize: bs,
-                                                 queueDepth: qd, seconds: seconds, span: usable)
+                                                 queueDepth: qd, seconds: seconds, span: usable,
+                                                 direct: completions == "direct", fixed: !noFixed,
+                                                 spinMicroseconds: spinMicroseconds)
                 points.append(point)
                 progress.update(points.count, "\(w.rawValue) QD\(qd): \(BenchOutput.fixed(point.iops, 0)) IOPS")
             }
@@ -124,6 +135,7 @@ struct BenchStorageCommand: AsyncParsableCommand {
 
     private func makeTransport(queueDepth: Int) throws -> any Transport {
         let config = URingConfiguration(queueDepth: queueDepth, batchSize: min(batch, queueDepth),
+                                        fixedBuffers: !noFixed, fixedFiles: !noFixed,
                                         completionThread: completions == "thread")
         switch transport {
         case "pread-pool": return try ThreadPoolStorageTransport(queueDepth: queueDepth, reason: "pread/pwrite thread pool chosen with --transport pread-pool")
@@ -134,7 +146,7 @@ struct BenchStorageCommand: AsyncParsableCommand {
 
     private func describe(_ t: any Transport) -> String {
         if let u = t as? URingTransport {
-            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"); completions by \(u.configuration.completionThread ? "completion thread" : "polling caller"))"
+            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"); \(completions == "direct" ? "direct queue (slots, no per-I/O objects\(noFixed ? "; plain buffers and fds" : "; fixed buffers and files of its own ring"))" : "TransferRequest per I/O, completions by \(u.configuration.completionThread ? "completion thread" : "polling caller")"))"
         }
         return "\(t.name) (\(t.capabilities.implementation))"
     }
@@ -226,7 +238,8 @@ struct StorageBenchReport: Codable {
 /// finish they are reposted together, so the device sees a steady depth.
 enum StorageBench {
     static func run(transport: any Transport, target: StorageTarget, pattern: StoragePattern, blockSize bs: Int,
-                    queueDepth qd: Int, seconds: Double, span: Int) throws -> StorageBenchPoint {
+                    queueDepth qd: Int, seconds: Double, span: Int, direct: Bool = false,
+                    fixed: Bool = true, spinMicroseconds: Int = 0) throws -> StorageBenchPoint {
         let region = try MemoryRegion.allocate(byteCount: bs * qd)
         try transport.register(region)
         defer { try? transport.deregister(region) }
@@ -255,6 +268,9 @@ enum StorageBench {
                     TransferDescriptor(local: region, localOffset: (k % qd) * bs, target: .storage(target),
                                        targetOffset: Int64(k % blocks) * Int64(bs), length: bs)]))
             }
+        }
+        if direct, let ring = transport as? URingTransport {
+            return try runDirect(ring, region: region, lanes: lanes, pattern: pattern, blockSize: bs, seconds: seconds, fixed: fixed, spin: spinMicroseconds)
         }
         var cursor = Array(repeating: 1, count: qd)
         var inFlight = try transport.post(batch: lanes.map { $0[0] })
@@ -305,6 +321,40 @@ enum StorageBench {
         }
         return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: transport.name,
                                  implementation: transport.capabilities.implementation.description, seconds: elapsed, ios: ios,
+                                 iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
+                                 latency: LatencySummary(histogram))
+    }
+
+    /// The loop on ``URingDirectQueue``: slot k is lane k; whichever slots
+    /// finish are reposted in the same pass, and their SQEs go to the kernel
+    /// with the next wait (one `io_uring_enter` per batch, as fio does).
+    private static func runDirect(_ ring: URingTransport, region: MemoryRegion, lanes: [[PreparedTransfer]],
+                                  pattern: StoragePattern, blockSize bs: Int, seconds: Double, fixed: Bool, spin: Int) throws -> StorageBenchPoint {
+        let qd = lanes.count
+        let queue = try URingDirectQueue(transport: ring, regions: [region], depth: qd, fixedBuffers: fixed, fixedFiles: fixed,
+                                         singleIssuer: true)
+        var cursor = Array(repeating: 1, count: qd)
+        var histogram = LatencyHistogram()
+        var ios = 0
+        let start = MonotonicClock.nanoseconds()
+        let end = start + UInt64(seconds * 1e9)
+        for k in 0..<qd { try queue.post(lanes[k][0], slot: k) }
+        while true {
+            try queue.reap(waitingFor: 1, spinMicroseconds: spin) { (c: URingDirectQueue.Completion) throws(MemWallError) in
+                _ = try c.result.get()
+                histogram.record(c.nanoseconds)
+                ios += 1
+                let lane = c.slot
+                try queue.post(lanes[lane][cursor[lane]], slot: lane)
+                cursor[lane] = cursor[lane] + 1 == lanes[lane].count ? 0 : cursor[lane] + 1
+            }
+            if MonotonicClock.nanoseconds() >= end { break }
+        }
+        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        // Drain without counting: what was still in flight when time ran out.
+        while queue.inFlight > 0 { try queue.reap(waitingFor: queue.inFlight) { (c: URingDirectQueue.Completion) throws(MemWallError) in _ = try c.result.get() } }
+        return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: ring.name,
+                                 implementation: ring.capabilities.implementation.description, seconds: elapsed, ios: ios,
                                  iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
                                  latency: LatencySummary(histogram))
     }

@@ -118,6 +118,16 @@ struct StorageConformanceInLab {
         try await runConformanceCheck(check, on: f)
     }
 
+    @Test func directQueueReadsTheDeviceBlockForBlock() async throws {
+        // The slot-based fast path against the real block device, at the depth the benchmark uses.
+        let t = try URingTransport()
+        let d = try Self.device()
+        try await URingDirectQueueTests.writePattern(t, to: d)
+        let results = try URingDirectQueueTests.readAll(t, d, depth: 32)
+        #expect(results.count == URingDirectQueueTests.blocks)
+        #expect(results.allSatisfy { (try? $0.get()) == URingDirectQueueTests.block })
+    }
+
     @Test func tmpfsRefusesDirectAndIsLabelledBuffered() throws {
         // The guest kernel (6.1) has no O_DIRECT on tmpfs: the real refusal, not a played one.
         let path = "/tmp/.memwall-lab-buffered-\(getpid()).bin"
