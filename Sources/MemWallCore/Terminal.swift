@@ -10,9 +10,10 @@ public enum StandardError {
     public static func write(_ text: String) {
         var t = text
         t.withUTF8 { buf in
+            guard let base = buf.baseAddress else { return }
             var off = 0
             while off < buf.count {
-                let n = Glibc.write(2, buf.baseAddress! + off, buf.count - off)
+                let n = Glibc.write(2, base + off, buf.count - off)
                 if n <= 0 { return }
                 off += n
             }
