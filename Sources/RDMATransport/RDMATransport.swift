@@ -251,21 +251,10 @@ public final class RDMATransport: RemoteMemoryTransport {
         return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: plan)
     }
 
-    /// Posts the work requests (up to the send-queue depth at once); returns at once.
-    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
-        try post(prepared, notifyValue: nil)
-    }
-
-    /// Posts a WRITE followed by a zero-length WRITE_WITH_IMM carrying `value`;
-    /// RC ordering makes the peer see it only after the data landed.
-    public func post(_ prepared: PreparedTransfer, notify value: UInt32) throws(MemWallError) -> TransferRequest {
-        guard prepared.operation == .write else {
-            throw MemWallError(.invalidArgument, "notifications follow WRITE transfers; this one is a \(prepared.operation)")
-        }
-        return try post(prepared, notifyValue: value)
-    }
-
-    private func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
+    /// Posts the work requests (up to the send-queue depth at once) and, for a
+    /// notification, a zero-length WRITE_WITH_IMM after them: RC ordering makes
+    /// the peer see it only after the data landed. Returns at once.
+    public func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
         try checkOwnership(prepared)
         guard let plan = prepared.plan as? Plan else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")

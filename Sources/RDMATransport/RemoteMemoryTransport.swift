@@ -121,9 +121,11 @@ public protocol RemoteMemoryTransport: Transport {
     /// - Throws: `disconnected` when nothing listens there, `timedOut`, `invalidArgument`.
     func connect(address: String, port: UInt16, timeout: Duration) throws(MemWallError) -> RemotePeer
 
-    /// Posts a prepared WRITE and, after all of its data has landed at the
-    /// peer, delivers `value` to the peer's ``nextNotification(timeout:)``.
-    func post(_ prepared: PreparedTransfer, notify value: UInt32) throws(MemWallError) -> TransferRequest
+    /// The one posting entry point each remote transport implements: posts
+    /// `prepared` and, when `notifyValue` is given, a notification that the peer
+    /// sees only after all of the transfer's data has landed. Callers use
+    /// ``Transport/post(_:)`` or ``post(_:notify:)``.
+    func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest
 
     /// Waits for the next notification a peer sent to this side.
     /// - Throws: `timedOut` when none arrives within `timeout`.
@@ -131,6 +133,21 @@ public protocol RemoteMemoryTransport: Transport {
 }
 
 extension RemoteMemoryTransport {
+    /// Starts moving a prepared list; returns at once.
+    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try post(prepared, notifyValue: nil)
+    }
+
+    /// Posts a prepared WRITE and, after all of its data has landed at the
+    /// peer, delivers `value` to the peer's ``nextNotification(timeout:)``.
+    /// - Throws: `invalidArgument` for a READ (notifications follow writes).
+    public func post(_ prepared: PreparedTransfer, notify value: UInt32) throws(MemWallError) -> TransferRequest {
+        guard prepared.operation == .write else {
+            throw MemWallError(.invalidArgument, "notifications follow WRITE transfers; this one is a \(prepared.operation)")
+        }
+        return try post(prepared, notifyValue: value)
+    }
+
     /// Exports a whole region under `name`.
     public func export(_ region: MemoryRegion, as name: String, access: RemoteAccess) throws(MemWallError) {
         try export(region, offset: 0, length: region.byteCount, as: name, access: access)

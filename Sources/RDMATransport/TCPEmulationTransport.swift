@@ -139,20 +139,10 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: items)
     }
 
-    /// Hands the descriptors to their connections' sender threads; returns at once.
-    public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
-        try post(prepared, notifyValue: nil)
-    }
-
-    /// Posts a WRITE and then a notification that the peer sees only after the data landed.
-    public func post(_ prepared: PreparedTransfer, notify value: UInt32) throws(MemWallError) -> TransferRequest {
-        guard prepared.operation == .write else {
-            throw MemWallError(.invalidArgument, "notifications follow WRITE transfers; this one is a \(prepared.operation)")
-        }
-        return try post(prepared, notifyValue: value)
-    }
-
-    private func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
+    /// Hands the descriptors to their connections' sender threads, then the
+    /// optional notification, which the peer sees only after the data landed.
+    /// Returns at once.
+    public func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
         try checkOwnership(prepared)
         guard let items = prepared.plan as? [PlanItem], items.count == prepared.descriptors.count else {
             throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")
