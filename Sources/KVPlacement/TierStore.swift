@@ -283,7 +283,7 @@ public final class TierStore {
             bytesRegion = dram
             offset = Int(location[s]) * blockBytes
         } else {
-            try read(tier: tier, payloadSlot: location[s], into: staging, at: 0, path: "verify")
+            try move(.read, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "verify")
             bytesRegion = staging
             offset = 0
         }
@@ -328,9 +328,9 @@ public final class TierStore {
             dram.withUnsafeMutableBytes(offset: Int(location[s]) * blockBytes, length: 1) { $0[0] ^= 0xFF }
             return
         }
-        try read(tier: tier, payloadSlot: location[s], into: staging, at: 0, path: "test")
+        try move(.read, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "test")
         staging.withUnsafeMutableBytes(length: 1) { $0[0] ^= 0xFF }
-        try write(tier: tier, payloadSlot: location[s], from: staging, at: 0, path: "test")
+        try move(.write, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "test")
     }
 
     private func checkHolds(slot: Int32, tier: Int, key: BlockKey) throws(MemWallError) {
@@ -427,20 +427,18 @@ public final class TierStore {
         while location.count <= Int(slot) { location.append(-1); checksums.append(0) }
     }
 
-    private func read(tier: Int, payloadSlot: Int32, into region: MemoryRegion, at offset: Int, path: String) throws(MemWallError) {
+    /// Moves one block between `local` at `offset` and payload slot `payloadSlot`
+    /// of `tier`, through that tier's transport, and counts the bytes per path.
+    /// `.read` brings the block from the tier, `.write` sends it there; `path`
+    /// names the other side in the statistics.
+    private func move(_ operation: TransferOperation, tier: Int, payloadSlot: Int32,
+                      local region: MemoryRegion, at offset: Int, path: String) throws(MemWallError) {
         guard let b = backings[tier] else { return }
         let d = TransferDescriptor(local: region, localOffset: offset, target: b.target,
                                    targetOffset: Int64(payloadSlot) * Int64(blockBytes), length: blockBytes)
-        try b.transport.post(b.transport.prepare(.read, [d])).waitBlocking()
-        bytesMovedByPath["\(b.transport.name): \(tierNames[tier]) -> \(path)", default: 0] += blockBytes
-    }
-
-    private func write(tier: Int, payloadSlot: Int32, from region: MemoryRegion, at offset: Int, path: String) throws(MemWallError) {
-        guard let b = backings[tier] else { return }
-        let d = TransferDescriptor(local: region, localOffset: offset, target: b.target,
-                                   targetOffset: Int64(payloadSlot) * Int64(blockBytes), length: blockBytes)
-        try b.transport.post(b.transport.prepare(.write, [d])).waitBlocking()
-        bytesMovedByPath["\(b.transport.name): \(path) -> \(tierNames[tier])", default: 0] += blockBytes
+        try b.transport.post(b.transport.prepare(operation, [d])).waitBlocking()
+        let label = operation == .read ? "\(tierNames[tier]) -> \(path)" : "\(path) -> \(tierNames[tier])"
+        bytesMovedByPath["\(b.transport.name): \(label)", default: 0] += blockBytes
     }
 }
 
@@ -463,7 +461,7 @@ extension TierStore: BlockPayloadStore {
             }
             checksums[Int(slot)] = sum
             do throws(MemWallError) {
-                try write(tier: tier, payloadSlot: p, from: staging, at: 0, path: "new block")
+                try move(.write, tier: tier, payloadSlot: p, local: staging, at: 0, path: "new block")
             } catch {
                 freeSlots[tier].append(p)
                 location[Int(slot)] = -1
@@ -482,7 +480,7 @@ extension TierStore: BlockPayloadStore {
         do throws(MemWallError) {
             if to == 0 {
                 try checkArrived(slot: slot, key: key, tier: from)
-                try read(tier: from, payloadSlot: src, into: dram, at: Int(dst) * blockBytes, path: tierNames[0])
+                try move(.read, tier: from, payloadSlot: src, local: dram, at: Int(dst) * blockBytes, path: tierNames[0])
                 let sum = dram.withUnsafeBytes(offset: Int(dst) * blockBytes, length: blockBytes) { TierStore.checksum($0) }
                 guard sum == checksums[s] else {
                     throw MemWallError(.corrupted,
@@ -496,8 +494,8 @@ extension TierStore: BlockPayloadStore {
                 enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: r, at: Int(src) * blockBytes, path: tierNames[from])
                 try postAtOnceUnlessBatching(slot)
             } else {
-                try read(tier: from, payloadSlot: src, into: staging, at: 0, path: "staging")
-                try write(tier: to, payloadSlot: dst, from: staging, at: 0, path: "staging")
+                try move(.read, tier: from, payloadSlot: src, local: staging, at: 0, path: "staging")
+                try move(.write, tier: to, payloadSlot: dst, local: staging, at: 0, path: "staging")
             }
         } catch {
             freeSlots[to].append(dst)

@@ -157,14 +157,21 @@ struct Checker {
         throw fail("\(what): expected error \(code), but it succeeded")
     }
 
+    /// A source and a destination region of `bytes` each, both registered with `t`
+    /// (the set-up most checks share).
+    func registeredPair(_ bytes: Int, on t: any Transport) throws -> (MemoryRegion, MemoryRegion) {
+        let src = try fixture.makeLocal(bytes)
+        let dst = try fixture.makeLocal(bytes)
+        try t.register(src)
+        try t.register(dst)
+        return (src, dst)
+    }
+
     /// Writes `length` patterned bytes from a fresh local region to the target
     /// at `targetOffset`, reads them back into another region, compares.
     func writeThenRead(_ t: any Transport, target: TransferTarget, length: Int, localOffset: Int,
                        targetOffset: Int64, seed: UInt64) async throws {
-        let src = try fixture.makeLocal(localOffset + length)
-        let dst = try fixture.makeLocal(localOffset + length)
-        try t.register(src)
-        try t.register(dst)
+        let (src, dst) = try registeredPair(localOffset + length, on: t)
         defer { try? t.deregister(src); try? t.deregister(dst) }
         Pattern.fill(src, offset: localOffset, length: length, seed: seed)
         Pattern.zero(dst)
@@ -205,9 +212,7 @@ struct Checker {
         let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 8
         let piece = max(a, 16 * 1024)
-        let src = try fixture.makeLocal(pieces * piece)
-        let dst = try fixture.makeLocal(pieces * piece)
-        try t.register(src); try t.register(dst)
+        let (src, dst) = try registeredPair(pieces * piece, on: t)
         Pattern.fill(src, offset: 0, length: pieces * piece, seed: 42)
         Pattern.zero(dst)
         // Pieces land in reverse order, spread out, so a transport that ignores offsets fails.
@@ -237,9 +242,7 @@ struct Checker {
         let t = try fixture.makeTransport(.system)
         let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let n = max(a, 32 * 1024)
-        let src = try fixture.makeLocal(n)
-        let dst = try fixture.makeLocal(n)
-        try t.register(src); try t.register(dst)
+        let (src, dst) = try registeredPair(n, on: t)
         let write = try t.prepare(.write, [TransferDescriptor(local: src, target: target, targetOffset: Int64(a), length: n)])
         let read = try t.prepare(.read, [TransferDescriptor(local: dst, target: target, targetOffset: Int64(a), length: n)])
         let rounds = 10
@@ -333,14 +336,11 @@ struct Checker {
         let tasks = 16
         let rounds = 6
         let slot = max(a, 64 * 1024)
-        let fixture = self.fixture
         let check = self
         try await withThrowingTaskGroup(of: Void.self) { group in
             for k in 0..<tasks {
                 group.addTask {
-                    let src = try fixture.makeLocal(slot)
-                    let dst = try fixture.makeLocal(slot)
-                    try t.register(src); try t.register(dst)
+                    let (src, dst) = try registeredPair(slot, on: t)
                     let w = try t.prepare(.write, [TransferDescriptor(local: src, target: target, targetOffset: Int64(k * slot), length: slot)])
                     let r = try t.prepare(.read, [TransferDescriptor(local: dst, target: target, targetOffset: Int64(k * slot), length: slot)])
                     for round in 0..<rounds {
@@ -365,9 +365,7 @@ struct Checker {
         let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 64
         let piece = max(a, 64 * 1024)
-        let src = try fixture.makeLocal(pieces * piece)
-        let dst = try fixture.makeLocal(pieces * piece)
-        try t.register(src); try t.register(dst)
+        let (src, dst) = try registeredPair(pieces * piece, on: t)
         Pattern.fill(src, offset: 0, length: pieces * piece, seed: 7)
         // Known contents first, so a cancelled descriptor's range can be told apart.
         try await t.transfer(.write, [TransferDescriptor(local: src, target: target, length: pieces * piece)])
@@ -442,9 +440,7 @@ struct Checker {
             let t = try fixture.makeTransport(funnel)
             let target = try fixture.makeTarget(TransportConformance.targetSize, t)
             let n = max(a, 64 * 1024)
-            let src = try fixture.makeLocal(n)
-            let dst = try fixture.makeLocal(n)
-            try t.register(src); try t.register(dst)
+            let (src, dst) = try registeredPair(n, on: t)
             Pattern.fill(src, offset: 0, length: n, seed: 5)
             Pattern.zero(dst)
             let write = [TransferDescriptor(local: src, target: target, targetOffset: Int64(a), length: n)]
