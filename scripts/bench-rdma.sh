@@ -3,7 +3,9 @@
 # Benchmarks/RESULTS.md:
 #   host: TCP emulation bandwidth on loopback vs iperf3 (single stream);
 #   lab:  `memwall bench rdma` on rxe0 vs ib_write_bw / ib_read_lat, same
-#         sizes and iterations, server and client both in the guest on 127.0.0.1.
+#         sizes and iterations, server and client both in the guest on rxe0's
+#         address (198.18.0.1, see scripts/lab), both connected through librdmacm
+#         (perftest -R, memwall --cm rdmacm).
 #
 #   scripts/bench-rdma.sh [host|lab|all]      (default: all)
 #
@@ -85,53 +87,54 @@ lab_inner() {
   local serve_port_file="$tmp/serve.out"
   # Our far side: a separate process, as perftest's server is.
   local maxsize; maxsize=$(python3 -c "print(max(int(x) for x in '$BW_SIZES,$LAT_SIZES'.split(',')))")
-  (sleep 100000 | "$bin" rdma-serve --transport rdma --device rxe0 --cm socket --export "bench:${maxsize}:rw" > "$serve_port_file") &
+  local addr=${MEMWALL_RDMA_ADDR:-127.0.0.1}
+  (sleep 100000 | "$bin" rdma-serve --transport rdma --device rxe0 --cm rdmacm --address "$addr" --export "bench:${maxsize}:rw" > "$serve_port_file") &
   local serve=$!
   for _ in $(seq 100); do grep -q listening "$serve_port_file" 2>/dev/null && break; sleep 0.2; done
   local port; port=$(awk '/listening/ {print $2}' "$serve_port_file")
   echo "# clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)" >&2
-  echo "### Lab: rxe0 soft-RoCE, perftest vs memwall, one guest run ($(date -u +%Y-%m-%d), TCG, 2 vCPUs)"
+  echo "### Lab: rxe0 soft-RoCE on $addr, perftest vs memwall, one guest run ($(date -u +%Y-%m-%d %H:%M UTC), TCG, 2 vCPUs, clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null))"
   echo
   echo "| test | size | iterations | perftest | memwall | ratio |"
   echo "|---|---:|---:|---:|---:|---:|"
   IFS=, read -ra bws <<< "$BW_SIZES"
   for s in "${bws[@]}"; do
-    timeout 300 ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
+    timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
     local ps=$!
     sleep 1
     echo "# running ib_write_bw -s $s" >&2
-    timeout 300 ib_write_bw -d rxe0 -s "$s" -n "$BW_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
+    timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" "$addr" > "$tmp/pt.txt" 2>&1 || true
     wait "$ps" || true
     sed 's/^/# ib_write_bw: /' "$tmp/pt.txt" >&2
     local pt; pt=$(awk -v s="$s" '$1==s {print $4}' "$tmp/pt.txt")
     for pl in 1 16; do
       echo "# running memwall bw -s $s --post-list $pl" >&2
-      timeout 300 $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --post-list "$pl" --json > "$tmp/bw.json"
+      timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --post-list "$pl" --json > "$tmp/bw.json"
       local mw; mw=$(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']")
       python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| WRITE bw MB/s, higher is better (memwall post list $pl) | $s | $BW_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt))"
     done
   done
   IFS=, read -ra lats <<< "$LAT_SIZES"
   for s in "${lats[@]}"; do
-    timeout 300 ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
+    timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
     local ps=$!
     sleep 1
     echo "# running ib_read_lat -s $s" >&2
-    timeout 300 ib_read_lat -d rxe0 -s "$s" -n "$LAT_ITERS" 127.0.0.1 > "$tmp/pt.txt" 2>&1 || true
+    timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" "$addr" > "$tmp/pt.txt" 2>&1 || true
     wait "$ps" || true
     sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
     # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
     local pt; pt=$(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")
     echo "# running memwall lat -s $s" >&2
-    timeout 300 $cmd --transport rdma --device rxe0 --cm socket --connect "127.0.0.1:$port" --mode lat --ops read --sizes "$s" -n "$LAT_ITERS" --json > "$tmp/lat.json"
+    timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode lat --ops read --sizes "$s" -n "$LAT_ITERS" --json > "$tmp/lat.json"
     local mw; mw=$(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']")
     python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| READ lat t_typical usec, lower is better | $s | $LAT_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt if pt == pt and pt > 0 else float('nan')))"
   done
   kill "$serve" 2>/dev/null || true
   echo
-  echo "perftest: \`ib_write_bw -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... 127.0.0.1\` (client); \`ib_read_lat -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
-  echo "memwall: \`memwall rdma-serve --transport rdma --device rxe0 --cm socket --export bench:${maxsize}:rw\` (server) +"
-  echo "\`memwall bench rdma --transport rdma --device rxe0 --cm socket --connect 127.0.0.1:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS\`"
+  echo "perftest: \`ib_write_bw -R -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... $addr\` (client); \`ib_read_lat -R -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
+  echo "memwall: \`memwall rdma-serve --transport rdma --device rxe0 --cm rdmacm --address $addr --export bench:${maxsize}:rw\` (server) +"
+  echo "\`memwall bench rdma --transport rdma --device rxe0 --cm rdmacm --connect $addr:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS --post-list {1,16}\`"
   echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS\` (release build, completions polled on the posting thread as perftest does)."
   echo
   rm -rf "$tmp"

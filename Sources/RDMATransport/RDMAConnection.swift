@@ -12,10 +12,18 @@ import Transport
 /// descriptor results.
 ///
 /// Posting is bounded by the send-queue depth; descriptors beyond it wait in
-/// a software backlog and go out as completions free slots. Only every
-/// `signalInterval`-th work request (and the last of each post) asks for a
-/// completion: RC completes in order, so one signalled completion retires
-/// every unsignalled request before it.
+/// a software backlog and go out as completions free slots.
+///
+/// Selective signalling: RC completes in order, so one signalled completion
+/// retires every unsignalled work request before it. A work request asks for a
+/// completion when it is the `signalInterval`-th since the last one that did,
+/// or when it ends a post onto an empty send queue (a lone request, as in a
+/// latency loop, completes by itself). A post that ends unsignalled behind
+/// others is retired by a later signalled one; if none follows — every
+/// signalled request retired, the caller posts nothing more — the poller posts
+/// one signalled zero-length fence behind it. A stream of one-message posts
+/// thus costs one completion per `signalInterval` messages, as perftest's
+/// `--cq-mod` does, instead of one each.
 final class RDMAConnection: RemoteConnectionHandle {
     /// One work request: a descriptor, or a notification (`request == nil`).
     struct Operation: Sendable {
@@ -38,6 +46,14 @@ final class RDMAConnection: RemoteConnectionHandle {
             request.complete(descriptor: index, r)
         }
 
+        /// A signalled zero-length operation of the same kind at the same remote
+        /// address and key as `self` (so it needs no rights `self` did not):
+        /// its completion retires everything posted before it.
+        var fence: Operation {
+            Operation(request: nil, index: 0, opcode: opcode == .read ? .read : .write, localAddress: 0, lkey: 0, length: 0,
+                      remoteAddress: remoteAddress, rkey: rkey, immediate: 0, registration: nil)
+        }
+
         /// This prepared operation, posted for `request` (counts as in flight on its registration).
         func bound(to request: TransferRequest) -> Operation {
             registration?.retain()
@@ -52,12 +68,23 @@ final class RDMAConnection: RemoteConnectionHandle {
         let postedAt: UInt64
     }
 
+    /// A notification to post after a request's work: WRITE_WITH_IMM of `value` at `address`/`key`.
+    struct Notification: Sendable {
+        let address: UInt64
+        let key: UInt32
+        let value: UInt32
+    }
+
     private struct State: Sendable {
         var backlog: [Operation] = []
         var backlogHead = 0
         var fifo: [Posted] = []
         var fifoHead = 0
         var nextSeq: UInt64 = 1
+        /// Sequence number of the newest signalled work request (0: none yet).
+        var lastSignalled: UInt64 = 0
+        /// Fences posted so far (for tests and reports).
+        var fences = 0
         var closed: MemWallError?
         var closedAt: UInt64 = 0
         var sinceSignal = 0
@@ -89,6 +116,9 @@ final class RDMAConnection: RemoteConnectionHandle {
         nonisolated(unsafe) private let wrs: UnsafeMutablePointer<ibv_send_wr>
         nonisolated(unsafe) private let sges: UnsafeMutablePointer<ibv_sge>
         private let disconnectIssued = Atomic<Bool>(false)
+        /// True while the newest posted work request is unsignalled: only then can
+        /// work be stranded, so an idle poll checks this instead of taking the lock.
+        private let newestUnsignalled = Atomic<Bool>(false)
 
         init(queuePair: QueuePair, control: Control, peerName: String, options: RemoteTransportOptions) {
             self.queuePair = queuePair
@@ -109,18 +139,27 @@ final class RDMAConnection: RemoteConnectionHandle {
         }
 
         var isOpen: Bool { state.withLock { $0.closed == nil } }
+        /// Zero-length fences posted to retire stranded unsignalled work.
+        var fenceCount: Int { state.withLock { $0.fences } }
         var isDrained: Bool { state.withLock { $0.closed != nil && $0.outstanding == 0 } }
 
-        /// Queues operations and posts as many as the send queue takes.
-        func submit(_ ops: [Operation]) {
-            var failed: [Operation] = []
-            var err: MemWallError?
-            state.withLock { s in
-                if let c = s.closed { failed = ops; err = c; return }
-                s.backlog.append(contentsOf: ops)
+        /// Queues `templates` bound to `request` (and the notification after
+        /// them) and posts as many as the send queue takes.
+        func submit(_ templates: [Operation], for request: TransferRequest, notification: Notification?) {
+            let err = state.withLock { s -> MemWallError? in
+                if let c = s.closed { return c }
+                for t in templates { s.backlog.append(t.bound(to: request)) }
+                if let n = notification {
+                    s.backlog.append(Operation(request: nil, index: 0, opcode: .notify, localAddress: 0, lkey: 0, length: 0,
+                                               remoteAddress: n.address, rkey: n.key, immediate: n.value, registration: nil))
+                }
                 pump(&s)
+                return nil
             }
-            if let err { for op in failed { op.finish(.failure(err)) } }
+            if let err {
+                // Closed: nothing was queued; each descriptor fails with the reason.
+                for t in templates { t.bound(to: request).finish(.failure(err)) }
+            }
             finishOrphans()
         }
 
@@ -144,14 +183,18 @@ final class RDMAConnection: RemoteConnectionHandle {
             while s.closed == nil && s.backlogCount > 0 && s.outstanding < depth {
                 let n = min(depth - s.outstanding, s.backlogCount)
                 let now = CoarseClock.nanoseconds()
+                let queueWasEmpty = s.outstanding == 0
                 for k in 0 ..< n {
                     let op = s.backlog[s.backlogHead + k]
                     let seq = s.nextSeq
                     s.nextSeq += 1
                     s.sinceSignal += 1
                     let isLast = k == n - 1
-                    let signal = isLast || s.sinceSignal >= signalInterval
-                    if signal { s.sinceSignal = 0 }
+                    let signal = s.sinceSignal >= signalInterval || (isLast && queueWasEmpty)
+                    if signal {
+                        s.sinceSignal = 0
+                        s.lastSignalled = seq
+                    }
                     sges[k] = ibv_sge(addr: op.localAddress, length: UInt32(op.length), lkey: op.lkey)
                     var wr = ibv_send_wr()
                     wr.wr_id = seq
@@ -173,6 +216,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                 }
                 s.backlogHead += n
                 if s.backlogHead == s.backlog.count { s.backlog.removeAll(keepingCapacity: true); s.backlogHead = 0 }
+                newestUnsignalled.store(s.lastSignalled != s.nextSeq - 1, ordering: .relaxed)
                 var bad: UnsafeMutablePointer<ibv_send_wr>?
                 let rc = ibv_post_send(queuePair.qp, wrs, &bad)
                 if rc != 0 {
@@ -220,40 +264,58 @@ final class RDMAConnection: RemoteConnectionHandle {
         }
 
         /// Polls the completion queue once; returns the number of completions handled.
+        ///
+        /// Retired operations are finished under the connection's lock: finishing
+        /// only records the result in the request and resumes its waiters (which
+        /// run elsewhere), so no lock is taken that could lead back here, and the
+        /// hot path allocates nothing.
         @discardableResult
         func pollOnce() -> Int {
-            let cap = 32
+            // 16 completions (768 bytes) stay under the standard library's 1 KiB
+            // limit for a plain stack allocation; above it every call pays a
+            // runtime check of the stack bounds.
+            let cap = 16
             return withUnsafeTemporaryAllocation(of: ibv_wc.self, capacity: cap) { buf -> Int in
                 guard let base = buf.baseAddress else { return 0 }
                 let n = Int(ibv_poll_cq(queuePair.completionQueue.cq, Int32(cap), base))
-                guard n > 0 else { return 0 }
-                var done: [(Operation, Result<Int, MemWallError>)] = []
+                if n < 0 { return 0 }
+                if n == 0 && !newestUnsignalled.load(ordering: .relaxed) { return 0 }
                 state.withLock { s in
                     for i in 0 ..< n {
                         let wc = base[i]
-                        retire(&s, upTo: wc.wr_id, status: wc.status, vendor: wc.vendor_err, into: &done)
+                        retire(&s, upTo: wc.wr_id, status: wc.status, vendor: wc.vendor_err)
                     }
-                    pump(&s)
+                    if n > 0 { pump(&s) }
+                    fenceIfStranded(&s)
                 }
-                for (op, r) in done { op.finish(r) }
                 finishOrphans()
                 return n
             }
         }
 
-        private func retire(_ s: inout State, upTo seq: UInt64, status: ibv_wc_status, vendor: UInt32,
-                            into done: inout [(Operation, Result<Int, MemWallError>)]) {
+        /// Posts a signalled fence when the send queue holds only unsignalled work
+        /// that nothing will ever retire (see the type's comment). Lock held.
+        private func fenceIfStranded(_ s: inout State) {
+            guard s.closed == nil, s.backlogCount == 0, s.outstanding > 0, s.outstanding < depth,
+                  s.lastSignalled < s.fifo[s.fifoHead].seq, let last = s.fifo.last else { return }
+            s.backlog.append(last.operation.fence)
+            s.fences += 1
+            s.sinceSignal = signalInterval
+            pump(&s)
+        }
+
+        private func retire(_ s: inout State, upTo seq: UInt64, status: ibv_wc_status, vendor: UInt32) {
             while s.fifoHead < s.fifo.count && s.fifo[s.fifoHead].seq <= seq {
                 let p = s.fifo[s.fifoHead]
                 s.fifoHead += 1
                 if p.seq == seq && status != IBV_WC_SUCCESS {
                     let e = Self.error(status, vendor: vendor, op: p.operation, peer: peerName)
-                    done.append((p.operation, .failure(s.closed ?? e)))
+                    p.operation.finish(.failure(s.closed ?? e))
                     if s.closed == nil { close(&s, e) }
                 } else if let c = s.closed {
-                    done.append((p.operation, .failure(c)))
+                    p.operation.finish(.failure(c))
                 } else {
-                    done.append((p.operation, .success(p.operation.length)))
+                    p.operation.finish(.success(p.operation.length))
                 }
             }
             // Retired entries still hold their requests and registrations: drop
@@ -412,7 +474,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                 try withUnsafeMutablePointer(to: &src) { q throws(MemWallError) in
                     try q.withMemoryRebound(to: sockaddr.self, capacity: 1) { srcp throws(MemWallError) in
                         try CCall.minusOne(rdma_resolve_addr(id.id, isLoopback ? srcp : nil, sp, ms), "rdma_resolve_addr",
-                                           "cannot resolve \(name) to an RDMA device")
+                                           "cannot resolve \(name) to an RDMA device: connect to an address of the interface an RDMA device is bound to (see `rdma link`)")
                     }
                 }
             }
@@ -423,7 +485,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                 "\(name) is reached through RDMA device '\(id.deviceName ?? "none")', not '\(device.name)'; use that device or another address")
         }
         try CCall.minusOne(rdma_resolve_route(id.id, ms), "rdma_resolve_route",
-                           "cannot resolve a route to \(name); on a device bound to lo, use the socket exchange (--cm socket)")
+                           "cannot resolve a route to \(name); a device bound to lo has none — bind it to an interface with a routable address (`rdma link add rxe0 type rxe netdev IFACE`), or use the socket exchange (--cm socket)")
         try channel.expect(RDMA_CM_EVENT_ROUTE_RESOLVED, on: id.key, deadline: deadline, step: "route resolution", peer: name)
 
         let cq = try CompletionQueue(device: device, entries: depth + 8)
@@ -529,7 +591,9 @@ final class RDMAConnection: RemoteConnectionHandle {
         _ = core.abandonIfStale(grace: 0)
     }
 
-    func submit(_ ops: [Operation]) { core.submit(ops) }
+    func submit(_ templates: [Operation], for request: TransferRequest, notification: Notification?) {
+        core.submit(templates, for: request, notification: notification)
+    }
     func purge(_ request: TransferRequest) { core.purge(request) }
 }
 

@@ -26,6 +26,9 @@ public final class RDMATransport: RemoteMemoryTransport {
     public var deviceName: String { device.name }
     /// How connections are set up.
     public let connectionManager: RDMAConnectionManager
+    /// The IPv4 addresses the device serves (those of the interface it is bound
+    /// to): the addresses to listen on and to give peers.
+    public var localAddresses: [String] { device.ipv4Addresses() }
 
     let device: VerbsDevice
     let domain: ProtectionDomain
@@ -208,8 +211,9 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     // MARK: Data path
 
-    /// What `prepare` resolves once: per connection, the work requests to post
-    /// (all but the request they belong to).
+    /// What `prepare` resolves once, so that a post only binds the request:
+    /// per connection, the work requests to post; the registrations to check;
+    /// the cancel handler.
     final class Plan: Sendable {
         struct Group: Sendable {
             let connection: RDMAConnection
@@ -219,7 +223,17 @@ public final class RDMATransport: RemoteMemoryTransport {
             let notifyKey: UInt32
         }
         let groups: [Group]
-        init(groups: [Group]) { self.groups = groups }
+        /// Each local registration the descriptors use, once.
+        let registrations: [LocalRegistration]
+        /// Withdraws a request's not-yet-posted work from every connection.
+        let cancel: @Sendable (TransferRequest) -> Void
+
+        init(groups: [Group], registrations: [LocalRegistration]) {
+            self.groups = groups
+            self.registrations = registrations
+            let connections = groups.map(\.connection)
+            self.cancel = { request in for c in connections { c.purge(request) } }
+        }
     }
 
     /// Validates descriptors and resolves lkeys, remote addresses and rkeys once.
@@ -245,9 +259,13 @@ public final class RDMATransport: RemoteMemoryTransport {
                                               immediate: 0, registration: reg)
             if let g = groups.firstIndex(where: { $0.0 === conn }) { groups[g].1.append(op) } else { groups.append((conn, [op])) }
         }
+        var used: [LocalRegistration] = []
+        for (_, ops) in groups {
+            for op in ops { if let r = op.registration, !used.contains(where: { $0 === r }) { used.append(r) } }
+        }
         let plan = Plan(groups: groups.map { c, ops in
             Plan.Group(connection: c, templates: ops, notifyAddress: ops.last?.remoteAddress ?? 0, notifyKey: ops.last?.rkey ?? 0)
-        })
+        }, registrations: used)
         return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: plan)
     }
 
@@ -262,22 +280,11 @@ public final class RDMATransport: RemoteMemoryTransport {
         for g in plan.groups where !g.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(g.connection.peerName) is closed; connect again and prepare anew")
         }
+        for reg in plan.registrations { try registrations.requireCurrent(reg, transport: name) }
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: plan.cancel)
         for g in plan.groups {
-            for op in g.templates { if let reg = op.registration { try registrations.requireCurrent(reg, transport: name) } }
-        }
-        let box = WeakRequest()
-        let request = TransferRequest(prepared: prepared, estimator: costEstimator) {
-            guard let r = box.request else { return }
-            for g in plan.groups { g.connection.purge(r) }
-        }
-        box.request = request
-        for g in plan.groups {
-            var ops = g.templates.map { $0.bound(to: request) }
-            if let notifyValue {
-                ops.append(.init(request: nil, index: 0, opcode: .notify, localAddress: 0, lkey: 0, length: 0,
-                                 remoteAddress: g.notifyAddress, rkey: g.notifyKey, immediate: notifyValue, registration: nil))
-            }
-            g.connection.submit(ops)
+            g.connection.submit(g.templates, for: request,
+                                notification: notifyValue.map { .init(address: g.notifyAddress, key: g.notifyKey, value: $0) })
         }
         return request
     }

@@ -152,13 +152,9 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         }
         for item in items { try registrations.requireCurrent(item.registration, transport: name) }
         let connections = Self.distinctConnections(items)
-        // The cancel handler needs the request it belongs to; it reaches it through a weak box.
-        let box = WeakRequest()
-        let request = TransferRequest(prepared: prepared, estimator: costEstimator) {
-            guard let request = box.request else { return }
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator) { request in
             for c in connections { c.purge(request) }
         }
-        box.request = request
         var ops: [TCPClientConnection.Operation] = []
         ops.reserveCapacity(items.count)
         for (i, item) in items.enumerated() {
@@ -189,17 +185,6 @@ extension TCPEmulationTransport {
     static func distinctConnections(_ items: [PlanItem]) -> [TCPClientConnection] {
         var seen = Set<ObjectIdentifier>()
         return items.compactMap { seen.insert(ObjectIdentifier($0.connection)).inserted ? $0.connection : nil }
-    }
-}
-
-/// A weak reference to a request, for handlers created before the request exists.
-final class WeakRequest: Sendable {
-    private let storage = Mutex<Weak?>(nil)
-    private struct Weak: Sendable { weak var value: TransferRequest? }
-
-    var request: TransferRequest? {
-        get { storage.withLock { $0?.value } }
-        set { storage.withLock { $0 = Weak(value: newValue) } }
     }
 }
 

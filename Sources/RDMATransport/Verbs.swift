@@ -241,10 +241,10 @@ struct CMEvent: Sendable {
                 function: "rdma_connect", errno: status < 0 ? Errno(rawValue: -status) : nil)
         case RDMA_CM_EVENT_ADDR_ERROR:
             return MemWallError(.notFound,
-                "no RDMA device reaches \(peer) (\(name)); is rxe0/the NIC bound to that network?", function: "rdma_resolve_addr",
+                "no RDMA device reaches \(peer) (\(name)): connect to an address of the interface an RDMA device is bound to, or one routed through it (see `rdma link`)", function: "rdma_resolve_addr",
                 errno: status < 0 ? Errno(rawValue: -status) : nil)
         case RDMA_CM_EVENT_ROUTE_ERROR:
-            return MemWallError(.notFound, "no RDMA route to \(peer) (\(name))", function: "rdma_resolve_route",
+            return MemWallError(.notFound, "no RDMA route to \(peer) (\(name)); a device bound to lo has none — bind it to an interface with a routable address, or use the socket exchange (--cm socket)", function: "rdma_resolve_route",
                                 errno: status < 0 ? Errno(rawValue: -status) : nil)
         default:
             return MemWallError(.disconnected, "\(step) for \(peer) got \(name) (status \(status))")
@@ -331,6 +331,21 @@ extension VerbsDevice {
             if bytes == want { found = (i, bytes) }
         }
         return found
+    }
+
+    /// The IPv4 addresses the port serves, read from its IPv4-mapped (RoCE) GIDs:
+    /// the addresses of the interface the device is bound to, in GID-table order.
+    func ipv4Addresses(port: UInt8 = 1) -> [String] {
+        var out: [String] = []
+        for i in 0 ..< 64 {
+            var gid = ibv_gid()
+            guard ibv_query_gid(context, port, Int32(i), &gid) == 0 else { break }
+            let b = withUnsafeBytes(of: gid.raw) { Array($0) }
+            guard b[0 ..< 10].allSatisfy({ $0 == 0 }), b[10] == 0xFF, b[11] == 0xFF else { continue }
+            let text = "\(b[12]).\(b[13]).\(b[14]).\(b[15])"
+            if !out.contains(text) { out.append(text) }
+        }
+        return out
     }
 
     /// The port's active MTU.

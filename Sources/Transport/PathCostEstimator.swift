@@ -19,19 +19,25 @@ public struct PathEstimate: Sendable, Hashable {
 /// EWMA bandwidth and latency per (target kind, operation), fed by every
 /// finished request, read by the placement engine to price a move.
 public final class PathCostEstimator: Sendable {
-    private struct Key: Hashable { var target: LocationKind; var operation: TransferOperation }
     /// Requests at or under this size update latency; larger ones update bandwidth.
     public static let smallTransferLimit = 64 * 1024
     /// Weight of the newest sample.
     public let alpha: Double
-    private let table = Mutex<[Key: PathEstimate]>([:])
+    /// One slot per (target kind, operation): indexed, not hashed, since every
+    /// finished request updates it.
+    private let table = Mutex<[PathEstimate?]>(Array(repeating: nil, count: LocationKind.allCases.count * 2))
+
+    private static func slot(_ target: LocationKind, _ operation: TransferOperation) -> Int {
+        let k = switch target { case .memory: 0; case .storage: 1; case .remote: 2 }
+        return k * 2 + (operation == .read ? 0 : 1)
+    }
 
     /// - Parameter alpha: Weight of each new sample, in (0, 1].
     public init(alpha: Double = 0.2) { self.alpha = min(max(alpha, 0.01), 1) }
 
     /// Folds in one finished request.
     public func record(target: LocationKind, operation: TransferOperation, report: TransferReport) {
-        let key = Key(target: target, operation: operation)
+        let key = Self.slot(target, operation)
         let ns = Double(max(report.nanoseconds, 1))
         table.withLock { t in
             var e = t[key] ?? PathEstimate(bytesPerSecond: 0, latencyNanoseconds: 0, samples: 0)
@@ -49,6 +55,6 @@ public final class PathCostEstimator: Sendable {
 
     /// The current estimate, or `nil` before any request finished on that path.
     public func estimate(target: LocationKind, operation: TransferOperation) -> PathEstimate? {
-        table.withLock { $0[Key(target: target, operation: operation)] }
+        table.withLock { $0[Self.slot(target, operation)] }
     }
 }

@@ -87,8 +87,42 @@ public final class PreparedTransfer: Sendable {
 /// not yet handed over; the ones in flight run to completion first, so no
 /// buffer is released while hardware may still write it.
 public final class TransferRequest: Sendable, CustomStringConvertible {
+    /// One bit per descriptor, the first 64 inline: a request of up to 64
+    /// descriptors allocates nothing beyond itself on the success path.
+    private struct DescriptorBits {
+        private var inline: UInt64 = 0
+        private var spill: [UInt64] = []
+
+        init(count: Int) {
+            if count > 64 { spill = Array(repeating: 0, count: (count - 64 + 63) / 64) }
+        }
+
+        func contains(_ i: Int) -> Bool {
+            if i < 64 { return inline & (1 << UInt64(i)) != 0 }
+            let j = i - 64
+            return spill[j >> 6] & (1 << UInt64(j & 63)) != 0
+        }
+
+        /// Sets bit `i`; false when it was already set.
+        mutating func insert(_ i: Int) -> Bool {
+            if i < 64 {
+                let bit: UInt64 = 1 << UInt64(i)
+                defer { inline |= bit }
+                return inline & bit == 0
+            }
+            let j = i - 64
+            let bit: UInt64 = 1 << UInt64(j & 63)
+            defer { spill[j >> 6] |= bit }
+            return spill[j >> 6] & bit == 0
+        }
+    }
+
     private struct State {
-        var descriptorStatus: [TransferStatus]
+        /// Descriptors that are final.
+        var finished: DescriptorBits
+        /// The final status of descriptors that did not complete (failed or
+        /// cancelled); every other finished descriptor completed.
+        var unsuccessful: [Int: TransferStatus] = [:]
         var remaining: Int
         var bytes = 0
         var firstError: MemWallError?
@@ -96,6 +130,11 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
         var completedAt: UInt64 = 0
         var cancelRequested = false
         var waiters: [CheckedContinuation<Void, Never>] = []
+
+        func status(_ i: Int) -> TransferStatus {
+            guard finished.contains(i) else { return .pending }
+            return unsuccessful[i] ?? .completed
+        }
     }
 
     private static let nextID = Atomic<UInt64>(1)
@@ -108,24 +147,24 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     public let postedAt: UInt64
     private let state: Mutex<State>
     private let estimator: PathCostEstimator?
-    private let targetKind: LocationKind
-    private let onCancel: (@Sendable () -> Void)?
+    private let onCancel: (@Sendable (TransferRequest) -> Void)?
     /// Atomic mirror of "finished" so `poll` costs one load on the hot path.
     private let finished = Atomic<Bool>(false)
 
     /// Created by transports in `post`.
     /// - Parameters:
     ///   - estimator: Receives this request's report when it finishes.
-    ///   - onCancel: Asks the transport to stop what it has not handed over yet.
-    package init(prepared: PreparedTransfer, estimator: PathCostEstimator?, onCancel: (@Sendable () -> Void)? = nil) {
+    ///   - onCancel: Asks the transport to stop what it has not handed over yet
+    ///     for this request. It is handed the request, so a transport can make
+    ///     the handler once (in `prepare`) instead of once per post.
+    package init(prepared: PreparedTransfer, estimator: PathCostEstimator?, onCancel: (@Sendable (TransferRequest) -> Void)? = nil) {
         self.id = TransferRequest.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.prepared = prepared
         self.postedAt = MonotonicClock.nanoseconds()
         self.estimator = estimator
-        self.targetKind = prepared.descriptors.first?.target.kind ?? .memory
         self.onCancel = onCancel
         let n = prepared.descriptors.count
-        self.state = Mutex(State(descriptorStatus: Array(repeating: .pending, count: n), remaining: n))
+        self.state = Mutex(State(finished: DescriptorBits(count: n), remaining: n))
         if n == 0 { finishEmpty() }
     }
 
@@ -137,38 +176,35 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     /// Records the outcome of descriptor `index`: bytes moved, or an error.
     /// Called exactly once per descriptor by the transport.
     package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
-        let (isLast, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
-            guard s.descriptorStatus[index] == .pending else { return (false, []) }
+        // Whether this was the last descriptor, and the report of a clean request,
+        // come out of the same critical section: one lock per descriptor.
+        let (isLast, report, waiters) = state.withLock { s -> (Bool, TransferReport?, [CheckedContinuation<Void, Never>]) in
+            guard s.finished.insert(index) else { return (false, nil, []) }
             switch result {
             case .success(let n):
-                s.descriptorStatus[index] = .completed
                 s.bytes += n
             case .failure(let e) where e.code == .cancelled:
-                s.descriptorStatus[index] = .cancelled
+                s.unsuccessful[index] = .cancelled
                 s.cancelledCount += 1
             case .failure(let e):
-                s.descriptorStatus[index] = .failed(e)
+                s.unsuccessful[index] = .failed(e)
                 if s.firstError == nil { s.firstError = e }
             }
             s.remaining -= 1
-            guard s.remaining == 0 else { return (false, []) }
+            guard s.remaining == 0 else { return (false, nil, []) }
             s.completedAt = MonotonicClock.nanoseconds()
+            let clean = s.firstError == nil && s.cancelledCount == 0
+            let report = TransferReport(bytes: s.bytes, descriptorCount: prepared.descriptors.count, postedAt: postedAt,
+                                        completedAt: s.completedAt)
             defer { s.waiters = [] }
-            return (true, s.waiters)
+            return (true, clean ? report : nil, s.waiters)
         }
         guard isLast else { return }
         finished.store(true, ordering: .releasing)
-        publishReport()
-        for w in waiters { w.resume() }
-    }
-
-    private func publishReport() {
-        guard let estimator else { return }
-        let (failed, report) = state.withLock { s in
-            (s.firstError != nil || s.cancelledCount > 0,
-             TransferReport(bytes: s.bytes, descriptorCount: s.descriptorStatus.count, postedAt: postedAt, completedAt: s.completedAt))
+        if let report, let estimator, let kind = prepared.descriptors.first?.target.kind {
+            estimator.record(target: kind, operation: prepared.operation, report: report)
         }
-        if !failed { estimator.record(target: targetKind, operation: prepared.operation, report: report) }
+        for w in waiters { w.resume() }
     }
 
     /// True once the owner asked to cancel; transports check it before handing
@@ -182,7 +218,7 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
             defer { s.cancelRequested = true }
             return !s.cancelRequested
         }
-        if first { onCancel?() }
+        if first { onCancel?(self) }
     }
 
     /// The request's status without waiting or allocating: one atomic load while pending.
@@ -198,11 +234,15 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
 
     /// Status of descriptor `index`.
     public func status(ofDescriptor index: Int) -> TransferStatus {
-        state.withLock { $0.descriptorStatus[index] }
+        precondition(prepared.descriptors.indices.contains(index),
+                     "descriptor index \(index) is outside 0..<\(prepared.descriptors.count) of request \(id)")
+        return state.withLock { $0.status(index) }
     }
 
     /// Every descriptor's status, in order.
-    public var descriptorStatuses: [TransferStatus] { state.withLock { $0.descriptorStatus } }
+    public var descriptorStatuses: [TransferStatus] {
+        state.withLock { s in (0 ..< prepared.descriptors.count).map { s.status($0) } }
+    }
 
     /// Waits until every descriptor is final.
     ///
@@ -242,7 +282,7 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     private func finalReport() throws(MemWallError) -> TransferReport {
         let (err, cancelled, report) = state.withLock { s in
             (s.firstError, s.cancelledCount > 0,
-             TransferReport(bytes: s.bytes, descriptorCount: s.descriptorStatus.count, postedAt: postedAt, completedAt: s.completedAt))
+             TransferReport(bytes: s.bytes, descriptorCount: prepared.descriptors.count, postedAt: postedAt, completedAt: s.completedAt))
         }
         if let err { throw err }
         if cancelled {

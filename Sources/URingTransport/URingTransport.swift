@@ -285,7 +285,7 @@ public final class URingTransport: Transport {
     private func makeWork(_ prepared: PreparedTransfer, _ ops: [URingOp]) throws(MemWallError) -> (TransferRequest, [URingWork]) {
         let acquired = try regions.acquire(prepared.descriptors.map(\.local))
         let engine = self.engine
-        let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: { [weak engine] in
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: { [weak engine] _ in
             engine?.cancelRequested()
         })
         let tracked = InFlightRequest(request: request, uses: acquired.map(\.1))

@@ -15,8 +15,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
         commandName: "rdma",
         abstract: "Measure remote WRITE/READ bandwidth and latency (perftest-style) over RDMA or its TCP emulation.",
         discussion: """
-            Without --connect a server transport in this process exports the target region on 127.0.0.1 \
-            (on RDMA the server's CPU takes no part in one-sided transfers). RDMA completions are polled \
+            Without --connect a server transport in this process exports the target region on the RDMA \
+            device's own address (127.0.0.1 for tcp; on RDMA the server's CPU takes no part in one-sided transfers). RDMA completions are polled \
             on the posting thread, as perftest does. Bandwidth keeps --tx-depth requests in flight; latency \
             posts one at a time.
             """)
@@ -98,8 +98,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
             let r = try MemoryRegion.allocate(byteCount: maxSize)
             try s.register(r)
             try s.export(r, as: "bench", access: [.read, .write])
-            let port = try s.listen(address: "127.0.0.1", port: 0)
-            peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(10))
+            let address = RemoteTransportSelection.defaultAddress(for: s)
+            let port = try s.listen(address: address, port: 0)
+            peer = try client.connect(address: address, port: port, timeout: .seconds(10))
             server = s
             serverRegion = r
         }

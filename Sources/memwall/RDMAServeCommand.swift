@@ -23,8 +23,8 @@ struct RemoteTransportSelection: ParsableArguments {
     @Option(name: .long, help: "RDMA device (default: the first one, e.g. rxe0).")
     var device: String?
 
-    @Option(name: .long, help: "RDMA connection setup: rdmacm, or socket (queue pairs exchanged over TCP; needed for soft-RoCE on lo).")
-    var cm: String = "socket"
+    @Option(name: .long, help: "RDMA connection setup: rdmacm, or socket (queue pairs exchanged over TCP, as perftest does without -R; works for soft-RoCE on lo, where rdmacm cannot route).")
+    var cm: String = "rdmacm"
 
     @Option(name: .long, help: "Send-queue depth (outstanding work requests per connection).")
     var sqDepth: Int = 256
@@ -32,6 +32,13 @@ struct RemoteTransportSelection: ParsableArguments {
     /// The transport kind after defaults.
     var resolvedKind: RemoteTransportKind {
         transport ?? (RDMATransport.availableDevices().isEmpty ? .tcp : .rdma)
+    }
+
+    /// Where a server on this host listens by default: the first IPv4 address
+    /// the RDMA device serves (loopback has no RDMA route unless a device is
+    /// bound to lo), 127.0.0.1 for the TCP emulation.
+    static func defaultAddress(for transport: any RemoteMemoryTransport) -> String {
+        (transport as? RDMATransport)?.localAddresses.first ?? "127.0.0.1"
     }
 
     /// Opens the transport.
@@ -105,8 +112,8 @@ struct RDMAServeCommand: AsyncParsableCommand {
 
     @OptionGroup var selection: RemoteTransportSelection
 
-    @Option(name: .long, help: "Address to listen on.")
-    var address: String = "127.0.0.1"
+    @Option(name: .long, help: "Address to listen on (default: the RDMA device's first IPv4 address; 127.0.0.1 for tcp).")
+    var address: String?
 
     @Option(name: .long, help: "Port (0: any free port; the chosen one is printed).")
     var port: UInt16 = 0
@@ -131,8 +138,9 @@ struct RDMAServeCommand: AsyncParsableCommand {
             try t.export(r, offset: 0, length: s.bytes, as: s.name, access: s.access)
             regions.append(r)
         }
-        let bound = try t.listen(address: address, port: port)
-        print("listening \(bound) \(t.name) (\(t.capabilities.implementation))")
+        let listenAddress = address ?? RemoteTransportSelection.defaultAddress(for: t)
+        let bound = try t.listen(address: listenAddress, port: port)
+        print("listening \(bound) \(t.name) (\(t.capabilities.implementation)) on \(listenAddress)")
         fflush(nil)
         // Notifications are printed as they come; stdin closing ends the server.
         let notifier = Task {

@@ -9,9 +9,18 @@ import Transport
 
 let inLab = ProcessInfo.processInfo.environment["MEMWALL_LAB"] == "1"
 let labDevice = ProcessInfo.processInfo.environment["MEMWALL_RDMA_DEVICE"] ?? "rxe0"
-/// rdmacm cannot resolve a RoCE route over lo (perftest -R fails the same way), so
-/// the lab connects by socket exchange unless MEMWALL_RDMA_CM=rdmacm says otherwise.
-let labManager = RDMAConnectionManager(rawValue: ProcessInfo.processInfo.environment["MEMWALL_RDMA_CM"] ?? "socket") ?? .socketExchange
+/// The address the lab's RDMA device owns: scripts/lab binds rxe0 to a dummy
+/// interface with 198.18.0.1, so librdmacm can resolve a route to it (it cannot
+/// over lo). Both ends of every lab connection use it.
+let labAddress = ProcessInfo.processInfo.environment["MEMWALL_RDMA_ADDR"] ?? "127.0.0.1"
+/// librdmacm, as between hosts; MEMWALL_RDMA_CM=socket selects the socket exchange.
+let labManager = RDMAConnectionManager(rawValue: ProcessInfo.processInfo.environment["MEMWALL_RDMA_CM"] ?? "rdmacm") ?? .rdmacm
+
+/// Where a test's server listens and its client connects: the RDMA device's own
+/// address for verbs, loopback for the TCP emulation.
+func peerAddress(for transport: any RemoteMemoryTransport) -> String {
+    transport is RDMATransport ? labAddress : "127.0.0.1"
+}
 
 func makeRDMA(_ options: RemoteTransportOptions = RemoteTransportOptions()) throws(MemWallError) -> RDMATransport {
     try RDMATransport(device: labDevice, options: options, connectionManager: labManager)
@@ -50,6 +59,31 @@ struct RDMATransportInLab {
         try await RemoteConformance.descriptorLists(try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 16, signalInterval: 8, operationTimeout: .seconds(60))))
     }
 
+    @Test("one-message posts behind others go unsignalled and still complete: one fence retires the stranded tail")
+    func selectiveSignallingOfSinglePosts() async throws {
+        // Caller-polled: nothing is retired until we poll, so the posts after the
+        // first land on a busy send queue and ask for no completion of their own.
+        let options = RemoteTransportOptions(signalInterval: 16, operationTimeout: .seconds(60), completionThread: false)
+        let p = try Self.pair(options: options)
+        let client = try #require(p.client as? RDMATransport)
+        let slot = try p.peer.segment(named: "slot")
+        fill(p.local, offset: 0, length: 5 * 4096, seed: 31)
+        let requests = try (0 ..< 5).map { i in
+            try client.post(try client.prepare(.write, [TransferDescriptor(local: p.local, localOffset: i * 4096, target: .remote(slot),
+                                                                             targetOffset: Int64(i * 4096), length: 4096)]))
+        }
+        let connection = try #require(p.peer.connection as? RDMAConnection)
+        let deadline = MonotonicClock.nanoseconds() + 60_000_000_000
+        while requests.contains(where: { $0.poll() == .pending }) && MonotonicClock.nanoseconds() < deadline {
+            if client.progress(p.peer) == 0 { sched_yield() }
+        }
+        for r in requests { #expect(r.poll() == .completed, "\(r)") }
+        #expect(firstMismatch(p.serverRegion, offset: 0, length: 5 * 4096, seed: 31) == nil)
+        // The first post found the queue empty and was signalled; the other four were
+        // stranded once it retired, and exactly one fence released them.
+        #expect(connection.core.fenceCount == 1)
+    }
+
     @Test("a WRITE_WITH_IMM notification arrives only after all data landed")
     func notification() async throws { try await RemoteConformance.notificationAfterData(try Self.pair()) }
 
@@ -59,7 +93,7 @@ struct RDMATransportInLab {
         var extra: [RemotePeer] = []
         var locals: [MemoryRegion] = []
         for _ in 0 ..< 2 {
-            extra.append(try p.client.connect(address: "127.0.0.1", port: p.port, timeout: .seconds(10)))
+            extra.append(try p.client.connect(address: labAddress, port: p.port, timeout: .seconds(10)))
             let r = try MemoryRegion.allocate(byteCount: RemotePair.regionBytes)
             try p.client.register(r)
             locals.append(r)
@@ -78,7 +112,7 @@ struct RDMATransportInLab {
         #expect(e?.code == .remoteAccess)
         // On RDMA the access error moves the queue pair to the error state.
         #expect(!p.peer.isConnected)
-        let again = try p.client.connect(address: "127.0.0.1", port: p.port, timeout: .seconds(10))
+        let again = try p.client.connect(address: labAddress, port: p.port, timeout: .seconds(10))
         let q = RemotePair(server: p.server, client: p.client, port: p.port, serverRegion: p.serverRegion,
                            readOnlyRegion: p.readOnlyRegion, local: p.local, peer: again)
         // Beyond the MR (the forged length reaches past the registration): refused by the NIC.
@@ -90,7 +124,7 @@ struct RDMATransportInLab {
                                                                     targetOffset: Int64(slot.byteCount * 2), length: 4096)])
         }
         #expect(oob?.code == .remoteAccess)
-        let third = try p.client.connect(address: "127.0.0.1", port: p.port, timeout: .seconds(10))
+        let third = try p.client.connect(address: labAddress, port: p.port, timeout: .seconds(10))
         let r = RemotePair(server: q.server, client: q.client, port: q.port, serverRegion: q.serverRegion,
                            readOnlyRegion: q.readOnlyRegion, local: q.local, peer: third)
         try await RemoteConformance.boundsAndPermissions(r, forgedKeyKillsConnection: true)
@@ -143,24 +177,29 @@ struct RDMATransportInLab {
         let r2 = try MemoryRegion.allocate(byteCount: 1 << 20)
         try server2.register(r2)
         try server2.export(r2, as: "slot", access: [.read, .write])
-        let port2 = try server2.listen(address: "127.0.0.1", port: 0)
-        let peer2 = try p.client.connect(address: "127.0.0.1", port: port2, timeout: .seconds(10))
+        let port2 = try server2.listen(address: labAddress, port: 0)
+        let peer2 = try p.client.connect(address: labAddress, port: port2, timeout: .seconds(10))
         fill(p.local, offset: 0, length: 4096, seed: 8)
         try await p.client.transfer(.write, [TransferDescriptor(local: p.local, target: .remote(try peer2.segment(named: "slot")), length: 4096)])
         #expect(firstMismatch(r2, offset: 0, length: 4096, seed: 8) == nil)
     }
 
-    @Test("librdmacm listen/connect/accept on this device, or a skip naming why rdmacm cannot route here")
-    func connectionManager() async throws {
-        let server = try RDMATransport(device: labDevice, connectionManager: .rdmacm)
-        let client = try RDMATransport(device: labDevice, connectionManager: .rdmacm)
-        let p: RemotePair
-        do {
-            p = try RemotePair.make(server: server, client: client)
-        } catch let e as MemWallError where e.function == "rdma_resolve_route" && e.errno == .noDevice {
-            try Test.cancel("rdmacm cannot resolve a RoCE route on \(labDevice) bound to lo (\(e)); perftest -R fails the same way here")
-        }
+    @Test("the socket exchange (perftest's out-of-band queue-pair set-up) connects as well as librdmacm")
+    func socketExchange() async throws {
+        let other: RDMAConnectionManager = labManager == .rdmacm ? .socketExchange : .rdmacm
+        let options = RemoteTransportOptions(operationTimeout: .seconds(60))
+        let p = try RemotePair.make(server: try RDMATransport(device: labDevice, options: options, connectionManager: other),
+                                    client: try RDMATransport(device: labDevice, options: options, connectionManager: other))
         try await RemoteConformance.roundTrip(p)
         try await RemoteConformance.notificationAfterData(p)
+    }
+
+    @Test("librdmacm on a device bound to lo fails with a message that names the way out")
+    func rdmacmOverLoopbackIsExplained() throws {
+        // The lab's rxe0 owns 198.18.0.1; 127.0.0.1 belongs to lo, which has no RDMA device.
+        let t = try RDMATransport(device: labDevice, connectionManager: .rdmacm)
+        let e = caught { try t.connect(address: "127.0.0.1", port: 1, timeout: .seconds(5)) }
+        #expect(e != nil)
+        #expect(e?.message.contains("127.0.0.1") == true, "\(String(describing: e))")
     }
 }

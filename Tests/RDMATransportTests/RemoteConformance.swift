@@ -65,10 +65,11 @@ struct RemotePair {
         try server.register(ro)
         try server.export(sr, as: "slot", access: [.read, .write])
         try server.export(ro, as: "ro", access: .read)
-        let port = try server.listen(address: "127.0.0.1", port: 0)
+        let address = peerAddress(for: server)
+        let port = try server.listen(address: address, port: 0)
         let local = try MemoryRegion.allocate(byteCount: regionBytes)
         try client.register(local)
-        let peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(10))
+        let peer = try client.connect(address: address, port: port, timeout: .seconds(10))
         return RemotePair(server: server, client: client, port: port, serverRegion: sr, readOnlyRegion: ro, local: local, peer: peer)
     }
 }
@@ -223,12 +224,12 @@ enum RemoteConformance {
         let lonely = try make()
         let freePort = try {
             let t = try make()
-            let port = try t.listen(address: "127.0.0.1", port: 0)
+            let port = try t.listen(address: peerAddress(for: t), port: 0)
             (t as? TCPEmulationTransport)?.close()
             (t as? RDMATransport)?.close()
             return port
         }()
-        let refused = caught { try lonely.connect(address: "127.0.0.1", port: freePort, timeout: .seconds(5)) }
+        let refused = caught { try lonely.connect(address: peerAddress(for: lonely), port: freePort, timeout: .seconds(5)) }
         #expect(refused?.code == .disconnected)
         let badAddress = caught { try lonely.connect(address: "not-an-address", port: 1, timeout: .seconds(1)) }
         #expect(badAddress?.code == .invalidArgument)
@@ -253,10 +254,10 @@ enum RemoteConformance {
         for s in 0 ..< 8 {
             try server.export(pool, offset: s * 128 * 1024, length: 128 * 1024, as: "kv/session-47291/slot-\(s)", access: .write)
         }
-        let port = try server.listen(address: "127.0.0.1", port: 0)
+        let port = try server.listen(address: peerAddress(for: server), port: 0)
         let local = try MemoryRegion.allocate(byteCount: 128 * 1024)
         try client.register(local)
-        let peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(10))
+        let peer = try client.connect(address: peerAddress(for: client), port: port, timeout: .seconds(10))
         #expect(peer.exports.count == 8)
         for s in [5, 2] {
             fill(local, offset: 0, length: local.byteCount, seed: s)

@@ -13,13 +13,15 @@ import TransportConformance
 final class RemoteSlotPool: Sendable {
     static let slotBytes = TransportConformance.targetSize
 
+    let address: String
     let port: UInt16
     let names: [String]
     private let next = Atomic<Int>(0)
     /// The server transport or process; kept alive, never touched after init.
     nonisolated(unsafe) private let peerOwner: AnyObject
 
-    private init(port: UInt16, names: [String], peerOwner: AnyObject) {
+    private init(address: String, port: UInt16, names: [String], peerOwner: AnyObject) {
+        self.address = address
         self.port = port
         self.names = names
         self.peerOwner = peerOwner
@@ -36,14 +38,14 @@ final class RemoteSlotPool: Sendable {
             try server.register(r)
             try server.export(r, as: name, access: [.read, .write])
         }
-        return RemoteSlotPool(port: try server.listen(address: "127.0.0.1", port: 0), names: names, peerOwner: server)
+        return RemoteSlotPool(address: "127.0.0.1", port: try server.listen(address: "127.0.0.1", port: 0), names: names, peerOwner: server)
     }
 
-    /// `memwall rdma-serve` in a second process exporting `count` read-write slots.
-    static func serveProcess(slots count: Int, arguments: [String]) throws -> RemoteSlotPool {
+    /// `memwall rdma-serve` in a second process exporting `count` read-write slots on `address`.
+    static func serveProcess(slots count: Int, address: String, arguments: [String]) throws -> RemoteSlotPool {
         let names = slotNames(count)
-        let serve = try ServeProcess(arguments: arguments + names.flatMap { ["--export", "\($0):\(slotBytes >> 20)M:rw"] })
-        return RemoteSlotPool(port: serve.port, names: names, peerOwner: serve)
+        let serve = try ServeProcess(arguments: arguments + ["--address", address] + names.flatMap { ["--export", "\($0):\(slotBytes >> 20)M:rw"] })
+        return RemoteSlotPool(address: address, port: serve.port, names: names, peerOwner: serve)
     }
 
     /// A fresh slot of the peer, resolved through `transport`'s own connection.
@@ -58,7 +60,7 @@ final class RemoteSlotPool: Sendable {
         guard i < names.count else {
             throw MemWallError(.outOfBounds, "all \(names.count) exported slots are in use; export more for this many targets")
         }
-        let peer = try remote.connect(address: "127.0.0.1", port: port, timeout: .seconds(30))
+        let peer = try remote.connect(address: address, port: port, timeout: .seconds(30))
         return .remote(try peer.segment(named: names[i]))
     }
 }
@@ -114,16 +116,16 @@ struct TCPEmulationConformanceTests {
 }
 
 /// The same suite on RDMA verbs over soft-RoCE in the lab guest, against
-/// `memwall rdma-serve` in a second process.
+/// `memwall rdma-serve` in a second process, connected through librdmacm.
 @Suite(.enabled(if: inLab, "runs in the lab guest (make lab)"), .timeLimit(.minutes(10)),
        .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"))
 struct RDMAConformanceInLab {
     static let pool = LazyPool {
-        try RemoteSlotPool.serveProcess(slots: 12, arguments: ["--transport", "rdma", "--device", labDevice, "--cm", labManager.rawValue])
+        try RemoteSlotPool.serveProcess(slots: 12, address: labAddress, arguments: ["--transport", "rdma", "--device", labDevice, "--cm", labManager.rawValue])
     }
 
     static let fixture = ConformanceFixture(
-        name: "rdma on \(labDevice) to a second process",
+        name: "rdma on \(labDevice) to a second process (\(labManager.rawValue))",
         alignment: 1,
         faultPoints: [:],
         noFaultPointsReason: "posts work requests to the NIC on its data path, with no system call per transfer (peer loss and remote access errors are the RDMA fault tests)",

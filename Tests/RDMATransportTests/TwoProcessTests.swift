@@ -90,11 +90,12 @@ final class ServeProcess {
 /// The two-process checks, run on the TCP emulation on the host and on RDMA in the lab.
 enum TwoProcessChecks {
     static func run(client: any RemoteMemoryTransport, serveArguments: [String]) async throws {
-        let serve = try ServeProcess(arguments: serveArguments + ["--export", "slot:8M:rw", "--export", "ro:64k:r", "--fill", "11"])
+        let address = peerAddress(for: client)
+        let serve = try ServeProcess(arguments: serveArguments + ["--address", address, "--export", "slot:8M:rw", "--export", "ro:64k:r", "--fill", "11"])
         defer { serve.stop() }
         let local = try MemoryRegion.allocate(byteCount: 8 << 20)
         try client.register(local)
-        let peer = try client.connect(address: "127.0.0.1", port: serve.port, timeout: .seconds(20))
+        let peer = try client.connect(address: address, port: serve.port, timeout: .seconds(20))
         #expect(Set(peer.exports.map(\.name)) == ["slot", "ro"])
         let slot = try peer.segment(named: "slot")
 
@@ -149,9 +150,9 @@ enum TwoProcessChecks {
         #expect(late != nil)
 
         // A new server process: reconnecting works.
-        let again = try ServeProcess(arguments: serveArguments + ["--export", "slot:1M:rw"])
+        let again = try ServeProcess(arguments: serveArguments + ["--address", address, "--export", "slot:1M:rw"])
         defer { again.stop() }
-        let peer2 = try client.connect(address: "127.0.0.1", port: again.port, timeout: .seconds(20))
+        let peer2 = try client.connect(address: address, port: again.port, timeout: .seconds(20))
         fill(local, offset: 0, length: 65_536, seed: 77)
         let seg2 = try peer2.segment(named: "slot")
         try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(seg2), length: 65_536)])
