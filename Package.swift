@@ -74,7 +74,11 @@ let package = Package(
 
         .testTarget(name: "MemWallCoreTests", dependencies: ["MemWallCore"],
                     swiftSettings: swiftSettings),
-        .testTarget(name: "TopologyTests", dependencies: ["Topology", "MemWallCore"], exclude: ["Fixtures"],
+        // Also the CLI's own argument handling (`@testable import memwall`).
+        .testTarget(name: "TopologyTests",
+                    dependencies: ["Topology", "MemWallCore", "memwall",
+                                   .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                    exclude: ["Fixtures"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "TransportTests",
                     dependencies: ["Transport", "NUMATransport", "URingTransport", "MemWallCore",

@@ -76,7 +76,11 @@ enum HwlocReader {
             // Plugins are loaded at init: skip those whose output MemWall does not use
             // (GL display names, OpenCL handles that duplicate the PCI GPU, libxml2 when
             // hwloc's own parser reads the XML); dlopen-ing libOpenCL alone costs milliseconds.
-            environment.set("HWLOC_PLUGINS_BLACKLIST", "hwloc_gl,hwloc_opencl,hwloc_xml_libxml")
+            // Without the libpciaccess plugin hwloc's Linux backend builds the same PCI tree
+            // (bus IDs, bridges, locality, OS devices) from sysfs; what is lost is only the
+            // PCIVendor/PCIDevice name strings looked up in pci.ids, which MemWall does not
+            // show, and that lookup made each live load about 6 ms slower.
+            environment.set("HWLOC_PLUGINS_BLACKLIST", "hwloc_gl,hwloc_opencl,hwloc_xml_libxml,hwloc_pci")
             let handle = try HwlocHandle()
             // Devices as lstopo shows them. CPU caches are not part of MemWall's model and
             // reading them is most of hwloc's sysfs traffic (several files per cache per
@@ -132,14 +136,15 @@ enum HwlocReader {
         facts.coreCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE))
         facts.processingUnitCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU))
 
+        let coresPerPackage = countPerPackage(topology, HWLOC_OBJ_CORE)
+        let unitsPerPackage = countPerPackage(topology, HWLOC_OBJ_PU)
         var package = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_PACKAGE, nil)
         while let p = package {
-            let cpuset = p.pointee.cpuset
-            let osIndex = p.pointee.os_index == UInt32.max ? Int(p.pointee.logical_index) : Int(p.pointee.os_index)
+            let logical = Int(p.pointee.logical_index)
+            let osIndex = p.pointee.os_index == UInt32.max ? logical : Int(p.pointee.os_index)
             facts.packages.append(Package(
-                index: osIndex, cpus: cpuSet(cpuset),
-                cores: Int(hwloc_get_nbobjs_inside_cpuset_by_type(topology, cpuset, HWLOC_OBJ_CORE)),
-                processingUnits: Int(hwloc_get_nbobjs_inside_cpuset_by_type(topology, cpuset, HWLOC_OBJ_PU))))
+                index: osIndex, cpus: cpuSet(p.pointee.cpuset),
+                cores: coresPerPackage[logical], processingUnits: unitsPerPackage[logical]))
             package = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_PACKAGE, p)
         }
 
@@ -157,6 +162,24 @@ enum HwlocReader {
         }
         facts.distances = distances(topology)
         return facts
+    }
+
+    /// How many objects of `type` (cores, PUs) with a non-empty cpuset lie under each package,
+    /// indexed by the package's logical index: one pass over the level, where asking hwloc per
+    /// package (`hwloc_get_nbobjs_inside_cpuset_by_type`) walks the whole level once for every
+    /// package (128 packages × 512 cores and PUs on the 64-node snapshot). In hwloc's tree an
+    /// object's cpuset lies inside a package's exactly when the package is its ancestor.
+    private static func countPerPackage(_ topology: hwloc_topology_t, _ type: hwloc_obj_type_t) -> [Int] {
+        var counts = [Int](repeating: 0, count: Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PACKAGE)))
+        var object = hwloc_get_next_obj_by_type(topology, type, nil)
+        while let o = object {
+            if let cpuset = o.pointee.cpuset, hwloc_bitmap_iszero(cpuset) == 0,
+               let package = hwloc_get_ancestor_obj_by_type(topology, HWLOC_OBJ_PACKAGE, o) {
+                counts[Int(package.pointee.logical_index)] += 1
+            }
+            object = hwloc_get_next_obj_by_type(topology, type, o)
+        }
+        return counts
     }
 
     private static func node(_ topology: hwloc_topology_t, _ obj: hwloc_obj_t) -> HwlocFacts.Node {

@@ -24,8 +24,16 @@ struct MemWall: AsyncParsableCommand {
     /// Runs the chosen subcommand. MemWall's own errors print as one
     /// `error: …` line with exit status 1; argument errors keep the parser's
     /// message and usage (exit status 64).
+    ///
+    /// Plain `memwall topo …` invocations skip the parser (see
+    /// ``TopoOptions/init(plainArguments:)``): its first parse would be a tenth
+    /// of the command's run time.
     static func main() async {
         do {
+            if let topo = TopoOptions(plainArguments: Array(CommandLine.arguments.dropFirst())) {
+                try topo.run()
+                return
+            }
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
