@@ -9,7 +9,7 @@
 #
 #   scripts/bench-rdma.sh [host|lab|all]      (default: all)
 #
-# Environment: BW_SIZES (4096,65536), BW_ITERS (2000), LAT_SIZES (64,4096),
+# Environment: BW_SIZES (4096,65536), BW_ITERS (2000), LAT_SIZES (64,4096), LAB_ROUNDS (3),
 # LAT_ITERS (1000), HOST_SIZE (1M), HOST_ITERS (4000), IPERF_SECONDS (5).
 # Uses release builds (swift build -c release).
 set -euo pipefail
@@ -23,7 +23,7 @@ BW_SIZES=${BW_SIZES:-4096,65536}
 BW_ITERS=${BW_ITERS:-2000}
 LAT_SIZES=${LAT_SIZES:-64,4096}
 LAT_ITERS=${LAT_ITERS:-1000}
-LAB_ROUNDS=${LAB_ROUNDS:-1}
+LAB_ROUNDS=${LAB_ROUNDS:-3}
 HOST_SIZE=${HOST_SIZE:-1M}
 HOST_ITERS=${HOST_ITERS:-4000}
 IPERF_SECONDS=${IPERF_SECONDS:-5}
@@ -34,6 +34,18 @@ bin="$here/.build/release/memwall"
 bench_cmd() {
   # (`--help` cannot tell: the root prints its own help for an unknown subcommand.)
   if "$bin" --help 2>/dev/null | grep -qE '^ +bench( |$)'; then echo "$bin bench rdma"; else echo "$bin rdma"; fi
+}
+
+# perftest_client TOOL ARGS...: the client, retried while its server is still starting
+# (under TCG a perftest server can take seconds before it listens).
+perftest_client() {
+  local out
+  for _ in 1 2 3 4 5 6; do
+    out=$(timeout 300 "$@" 2>&1) && { echo "$out"; return 0; }
+    grep -q 'Unable to perform rdma_client function\|Couldn.t connect' <<< "$out" || { echo "$out"; return 1; }
+    sleep 2
+  done
+  echo "$out"; return 1
 }
 
 json_field() { # json_field FILE PYTHON-EXPR (rows as r)
@@ -93,56 +105,88 @@ lab_inner() {
   for _ in $(seq 100); do grep -q listening "$serve_port_file" 2>/dev/null && break; sleep 0.2; done
   local port; port=$(awk '/listening/ {print $2}' "$serve_port_file")
   echo "# clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)" >&2
-  echo "### Lab: rxe0 soft-RoCE on $addr, perftest vs memwall, one guest run ($(date -u +%Y-%m-%d %H:%M UTC), TCG, 2 vCPUs, clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null))"
-  echo
-  echo "| test | size | iterations | perftest | memwall | ratio |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  # The guest is noisy (TCG; perftest itself flips between two latency levels from
+  # run to run), so LAB_ROUNDS rounds alternate the tools and medians are compared.
+  local rec="$tmp/records"; : > "$rec"
   IFS=, read -ra bws <<< "$BW_SIZES"
-  for s in "${bws[@]}"; do
-    timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
-    local ps=$!
-    sleep 1
-    echo "# running ib_write_bw -s $s" >&2
-    timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" "$addr" > "$tmp/pt.txt" 2>&1 || true
-    wait "$ps" || true
-    sed 's/^/# ib_write_bw: /' "$tmp/pt.txt" >&2
-    local pt; pt=$(awk -v s="$s" '$1==s {print $4}' "$tmp/pt.txt")
-    for pl in 1 16; do
-      echo "# running memwall bw -s $s --post-list $pl" >&2
-      timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode bw --ops write --sizes "$s" -n "$BW_ITERS" --post-list "$pl" --json > "$tmp/bw.json"
-      local mw; mw=$(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']")
-      python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| WRITE bw MB/s, higher is better (memwall post list $pl) | $s | $BW_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt))"
+  IFS=, read -ra lats <<< "$LAT_SIZES"
+  for round in $(seq "$LAB_ROUNDS"); do
+    for s in "${bws[@]}"; do
+      timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
+      local ps=$!
+      sleep 1
+      echo "# round $round: ib_write_bw -s $s" >&2
+      perftest_client ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" "$addr" > "$tmp/pt.txt" || true
+      wait "$ps" || true
+      sed 's/^/# ib_write_bw: /' "$tmp/pt.txt" >&2
+      echo "bw $s perftest $(awk -v s="$s" '$1==s {print $4}' "$tmp/pt.txt")" >> "$rec"
+      for variant in "direct 1" "request 1" "direct 16"; do
+        set -- $variant
+        echo "# round $round: memwall bw -s $s --path $1 --post-list $2" >&2
+        timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode bw --ops write --sizes "$s" \
+          -n "$BW_ITERS" --path "$1" --post-list "$2" --json > "$tmp/bw.json" || true
+        echo "bw $s $1-pl$2 $(json_field "$tmp/bw.json" "rows[0]['mebibytesPerSecond']" 2>/dev/null)" >> "$rec"
+      done
+    done
+    for s in "${lats[@]}"; do
+      timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
+      local ps=$!
+      sleep 1
+      echo "# round $round: ib_read_lat -s $s" >&2
+      perftest_client ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" "$addr" > "$tmp/pt.txt" || true
+      wait "$ps" || true
+      sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
+      # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
+      echo "lat $s perftest $(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")" >> "$rec"
+      for path in direct request; do
+        echo "# round $round: memwall lat -s $s --path $path" >&2
+        timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode lat --ops read --sizes "$s" \
+          -n "$LAT_ITERS" --path "$path" --json > "$tmp/lat.json" || true
+        echo "lat $s $path $(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']" 2>/dev/null)" >> "$rec"
+      done
     done
   done
-  IFS=, read -ra lats <<< "$LAT_SIZES"
-  for s in "${lats[@]}"; do
-    timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
-    local ps=$!
-    sleep 1
-    echo "# running ib_read_lat -s $s" >&2
-    timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" "$addr" > "$tmp/pt.txt" 2>&1 || true
-    wait "$ps" || true
-    sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
-    # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
-    local pt; pt=$(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")
-    echo "# running memwall lat -s $s" >&2
-    timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode lat --ops read --sizes "$s" -n "$LAT_ITERS" --json > "$tmp/lat.json"
-    local mw; mw=$(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']")
-    python3 -c "pt=float('${pt:-nan}'); mw=$mw; print('| READ lat t_typical usec, lower is better | $s | $LAT_ITERS | %.2f | %.2f | %.2f |' % (pt, mw, mw/pt if pt == pt and pt > 0 else float('nan')))"
-  done
+  echo "### Lab: rxe0 soft-RoCE on $addr, perftest vs memwall, one guest run ($(date -u '+%Y-%m-%d %H:%M UTC'), TCG, 2 vCPUs, clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null), medians of $LAB_ROUNDS alternating rounds)"
+  echo
+  python3 - "$rec" "$BW_ITERS" "$LAT_ITERS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) < 4: continue
+    kind, size, who, value = parts[0], int(parts[1]), parts[2], parts[3]
+    try: v = float(value)
+    except ValueError: continue
+    rows.setdefault((kind, size), {}).setdefault(who, []).append(v)
+labels = {"direct-pl1": "memwall direct queue, 1 message per post", "request-pl1": "memwall request path, 1 message per post",
+          "direct-pl16": "memwall direct queue, 16 messages per post", "direct": "memwall direct queue", "request": "memwall request path"}
+print("| test | size | iterations | tool | per round | median | ratio to perftest |")
+print("|---|---:|---:|---|---|---:|---:|")
+for (kind, size) in sorted(rows, key=lambda k: (k[0] != "bw", k[1])):
+    per = rows[(kind, size)]
+    ref = statistics.median(per["perftest"]) if per.get("perftest") else float("nan")
+    test = "WRITE bw MB/s (higher is better)" if kind == "bw" else "READ lat t_typical µs (lower is better)"
+    iters = sys.argv[2] if kind == "bw" else sys.argv[3]
+    for who in ["perftest"] + [w for w in per if w != "perftest"]:
+        if who not in per: continue
+        m = statistics.median(per[who])
+        name = "ib_write_bw -R" if (who == "perftest" and kind == "bw") else ("ib_read_lat -R" if who == "perftest" else labels.get(who, who))
+        ratio = m / ref if ref == ref and ref > 0 else float("nan")
+        print(f"| {test} | {size} | {iters} | {name} | {', '.join(f'{x:.2f}' for x in per[who])} | {m:.2f} | {ratio:.2f} |")
+PY
   kill "$serve" 2>/dev/null || true
   echo
   echo "perftest: \`ib_write_bw -R -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... $addr\` (client); \`ib_read_lat -R -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
   echo "memwall: \`memwall rdma-serve --transport rdma --device rxe0 --cm rdmacm --address $addr --export bench:${maxsize}:rw\` (server) +"
-  echo "\`memwall bench rdma --transport rdma --device rxe0 --cm rdmacm --connect $addr:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS --post-list {1,16}\`"
-  echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS\` (release build, completions polled on the posting thread as perftest does)."
+  echo "\`memwall bench rdma --transport rdma --device rxe0 --cm rdmacm --connect $addr:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS --path {direct,request} --post-list {1,16}\`"
+  echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS --path {direct,request}\` (release build, completions polled on the posting thread as perftest does)."
   echo
   rm -rf "$tmp"
 }
 
 lab() {
   swift build -c release --product memwall >&2
-  "$here/scripts/lab" -- "BW_SIZES=$BW_SIZES BW_ITERS=$BW_ITERS LAT_SIZES=$LAT_SIZES LAT_ITERS=$LAT_ITERS scripts/bench-rdma.sh lab-inner"
+  "$here/scripts/lab" -- "BW_SIZES=$BW_SIZES BW_ITERS=$BW_ITERS LAT_SIZES=$LAT_SIZES LAT_ITERS=$LAT_ITERS LAB_ROUNDS=$LAB_ROUNDS scripts/bench-rdma.sh lab-inner"
 }
 
 case "$what" in

@@ -85,6 +85,8 @@ final class RDMAConnection: RemoteConnectionHandle {
         var lastSignalled: UInt64 = 0
         /// Fences posted so far (for tests and reports).
         var fences = 0
+        /// A direct queue drives the queue pair; general posts are refused.
+        var claimedByDirectQueue = false
         var closed: MemWallError?
         var closedAt: UInt64 = 0
         var sinceSignal = 0
@@ -119,6 +121,9 @@ final class RDMAConnection: RemoteConnectionHandle {
         /// True while the newest posted work request is unsignalled: only then can
         /// work be stranded, so an idle poll checks this instead of taking the lock.
         private let newestUnsignalled = Atomic<Bool>(false)
+        /// Mirrors `claimedByDirectQueue` for the poller: the direct queue reaps
+        /// this completion queue itself, so general polling must not take its entries.
+        private let directQueueOwnsCompletions = Atomic<Bool>(false)
 
         init(queuePair: QueuePair, control: Control, peerName: String, options: RemoteTransportOptions) {
             self.queuePair = queuePair
@@ -148,6 +153,10 @@ final class RDMAConnection: RemoteConnectionHandle {
         func submit(_ templates: [Operation], for request: TransferRequest, notification: Notification?) {
             let err = state.withLock { s -> MemWallError? in
                 if let c = s.closed { return c }
+                if s.claimedByDirectQueue {
+                    return MemWallError(.invalidArgument,
+                        "the connection to \(peerName) is driven by an RDMADirectQueue; post through it, or release it first")
+                }
                 for t in templates { s.backlog.append(t.bound(to: request)) }
                 if let n = notification {
                     s.backlog.append(Operation(request: nil, index: 0, opcode: .notify, localAddress: 0, lkey: 0, length: 0,
@@ -161,6 +170,32 @@ final class RDMAConnection: RemoteConnectionHandle {
                 for t in templates { t.bound(to: request).finish(.failure(err)) }
             }
             finishOrphans()
+        }
+
+        /// Hands the queue pair to a direct queue: nothing may be in flight or queued.
+        func claimExclusive() throws(MemWallError) {
+            let problem = state.withLock { s -> MemWallError? in
+                if let c = s.closed { return c }
+                if s.claimedByDirectQueue {
+                    return MemWallError(.invalidArgument, "the connection to \(peerName) already has a direct queue; release it first")
+                }
+                if s.outstanding > 0 || s.backlogCount > 0 {
+                    return MemWallError(.invalidArgument,
+                        "the connection to \(peerName) has \(s.outstanding + s.backlogCount) work requests in flight; wait for them before creating a direct queue")
+                }
+                s.claimedByDirectQueue = true
+                directQueueOwnsCompletions.store(true, ordering: .releasing)
+                return nil
+            }
+            if let problem { throw problem }
+        }
+
+        /// Gives the queue pair back to general posts.
+        func releaseExclusive() {
+            state.withLock { s in
+                s.claimedByDirectQueue = false
+                directQueueOwnsCompletions.store(false, ordering: .releasing)
+            }
         }
 
         /// Removes not-yet-posted descriptors of `request`; they end as cancelled.
@@ -275,6 +310,7 @@ final class RDMAConnection: RemoteConnectionHandle {
             // limit for a plain stack allocation; above it every call pays a
             // runtime check of the stack bounds.
             let cap = 16
+            if directQueueOwnsCompletions.load(ordering: .acquiring) { return 0 }
             return withUnsafeTemporaryAllocation(of: ibv_wc.self, capacity: cap) { buf -> Int in
                 guard let base = buf.baseAddress else { return 0 }
                 let n = Int(ibv_poll_cq(queuePair.completionQueue.cq, Int32(cap), base))
@@ -561,6 +597,9 @@ final class RDMAConnection: RemoteConnectionHandle {
     }
 
     var isConnected: Bool { core.isOpen }
+
+    /// Whether a thread polls this connection's completions (else the caller does).
+    var hasCompletionThread: Bool { thread != nil }
 
     func disconnect() {
         core.fail(MemWallError(.disconnected, "the connection to \(peerName) was closed by this side"))

@@ -41,6 +41,12 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bandwidth: messages per request, posted as one work-request list with selective signalling (perftest -l).")
     var postList: Int = 16
 
+    @Option(name: .long, help: "RDMA posting path: direct (RDMADirectQueue: preallocated slots, no per-transfer objects, as perftest's loop) or request (a TransferRequest per post). TCP always uses request.")
+    var path: String = "direct"
+
+    @Option(name: .long, help: "Give the CPU away (sched_yield) every N empty completion polls, so kernel-side NIC work on this CPU (soft-RoCE) is not starved; 0 spins without yielding (perftest's loop).")
+    var yieldEvery: Int = 8
+
     @Option(name: .long, help: "Use a peer started with 'memwall rdma-serve --export bench:SIZE:rw' at HOST:PORT.")
     var connect: String?
 
@@ -69,6 +75,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
         var schema = "memwall.bench.rdma/1"
         var transport: String
         var implementation: String
+        /// "direct queue" or "request path".
+        var path: String
         var device: String?
         var peer: String
         var rows: [Row]
@@ -78,6 +86,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
         guard iterations >= 1 else { throw ValidationError("invalid --iterations '\(iterations)': expected at least 1") }
         guard (1 ... 16384).contains(txDepth) else { throw ValidationError("invalid --tx-depth '\(txDepth)': expected 1 to 16384") }
         guard (1 ... 1024).contains(postList) else { throw ValidationError("invalid --post-list '\(postList)': expected 1 to 1024") }
+        guard yieldEvery >= 0 else { throw ValidationError("invalid --yield-every '\(yieldEvery)': expected 0 (never) or a positive number of polls") }
+        guard ["direct", "request"].contains(path) else { throw ValidationError("invalid --path '\(path)': expected direct or request") }
     }
 
     func run() async throws {
@@ -112,8 +122,22 @@ struct BenchRDMACommand: AsyncParsableCommand {
         local.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = UInt8(truncatingIfNeeded: i) } }
         try client.register(local)
         let poller = try (client as? RDMATransport)?.completionPoller(for: peer)
-        let progress: () -> Void = poller.map { p in { _ = p.poll() } } ?? { sched_yield() }
-        let label = "\(client.name), \(client.capabilities.implementation)"
+        var emptyPolls = 0
+        let every = yieldEvery
+        let progress: () -> Void = poller.map { p in
+            {
+                if p.poll() == 0 {
+                    emptyPolls += 1
+                    if every > 0 && emptyPolls % every == 0 { sched_yield() }
+                }
+            }
+        } ?? { sched_yield() }
+        let direct: RDMADirectQueue? = if path == "direct", let rdma = client as? RDMATransport {
+            try RDMADirectQueue(transport: rdma, peer: peer, depth: min(txDepth, selection.sqDepth - 1))
+        } else {
+            nil
+        }
+        let label = "\(client.name), \(client.capabilities.implementation), \(direct == nil ? "request path" : "direct queue")"
         if !json { print("memwall bench rdma — \(label), peer \(peer.address)") }
         var rows: [Row] = []
         var reporter = ProgressReporter("bench rdma", total: operations.count * modes.count * sizeList.count, enabled: !json)
@@ -126,9 +150,18 @@ struct BenchRDMACommand: AsyncParsableCommand {
                     let row: Row
                     if m == "bw" {
                         let list = try client.prepare(operation, Array(repeating: one, count: postList))
-                        row = try Self.bandwidth(client, list, messageBytes: size, iterations: iterations, window: txDepth, progress: progress)
+                        row = if let direct {
+                            try Self.bandwidth(direct, list, messageBytes: size, iterations: iterations, window: txDepth, yieldEvery: yieldEvery)
+                        } else {
+                            try Self.bandwidth(client, list, messageBytes: size, iterations: iterations, window: txDepth, progress: progress)
+                        }
                     } else {
-                        row = try Self.latency(client, try client.prepare(operation, [one]), iterations: iterations, progress: progress)
+                        let single = try client.prepare(operation, [one])
+                        row = if let direct {
+                            try Self.latency(direct, single, iterations: iterations, yieldEvery: yieldEvery)
+                        } else {
+                            try Self.latency(client, single, iterations: iterations, progress: progress)
+                        }
                     }
                     rows.append(row)
                     step += 1
@@ -136,8 +169,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
                 }
             }
         }
-        withExtendedLifetime((server, serverRegion)) {}
+        withExtendedLifetime((server, serverRegion, direct)) {}
         let report = Report(transport: client.name, implementation: client.capabilities.implementation.description,
+                            path: direct == nil ? "request path" : "direct queue",
                             device: (client as? RDMATransport)?.deviceName, peer: peer.address, rows: rows)
         peer.disconnect()
         if json {
@@ -189,6 +223,59 @@ struct BenchRDMACommand: AsyncParsableCommand {
                    messagesPerSecond: Double(sent) / ns * 1e9)
     }
 
+    /// The bandwidth loop on a direct queue: `window` messages in flight in
+    /// slots, each slot reposted as soon as it is reaped.
+    static func bandwidth(_ q: RDMADirectQueue, _ prepared: PreparedTransfer, messageBytes: Int, iterations messages: Int,
+                          window messageWindow: Int, yieldEvery: Int) throws -> Row {
+        let perRequest = prepared.descriptors.count
+        let iterations = max(1, (messages + perRequest - 1) / perRequest)
+        let slots = max(1, min(q.depth, messageWindow / perRequest))
+        for s in 0 ..< min(16, iterations, slots) { try q.post(prepared, slot: s) }
+        try q.reap(waitingFor: q.inFlight) { c in _ = try c.result.get() }
+        var free = Array((0 ..< slots).reversed())
+        var posted = 0
+        var done = 0
+        let start = MonotonicClock.nanoseconds()
+        while done < iterations {
+            while posted < iterations, let s = free.popLast() {
+                try q.post(prepared, slot: s)
+                posted += 1
+            }
+            try q.reap(waitingFor: 1, yieldEvery: yieldEvery) { c in
+                _ = try c.result.get()
+                free.append(c.slot)
+                done += 1
+            }
+        }
+        let ns = Double(MonotonicClock.nanoseconds() - start)
+        let sent = iterations * perRequest
+        let bytes = Double(messageBytes) * Double(sent)
+        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: sent,
+                   mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
+                   messagesPerSecond: Double(sent) / ns * 1e9)
+    }
+
+    /// The latency loop on a direct queue: one slot, posted and reaped in turn.
+    static func latency(_ q: RDMADirectQueue, _ prepared: PreparedTransfer, iterations: Int, yieldEvery: Int) throws -> Row {
+        var h = LatencyHistogram()
+        let warmUp = min(16, iterations)
+        for i in 0 ..< iterations + warmUp {
+            try q.post(prepared, slot: 0)
+            try q.reap(waitingFor: 1, yieldEvery: yieldEvery) { c in
+                _ = try c.result.get()
+                if i >= warmUp { h.record(c.nanoseconds) }
+            }
+        }
+        return latencyRow(prepared, iterations: iterations, h)
+    }
+
+    static func latencyRow(_ prepared: PreparedTransfer, iterations: Int, _ h: LatencyHistogram) -> Row {
+        let us = { (v: UInt64) in Double(v) / 1000 }
+        return Row(operation: prepared.operation.rawValue, metric: "lat", bytes: prepared.totalBytes, iterations: iterations,
+                   minMicroseconds: us(h.min), typicalMicroseconds: us(h.percentile(50)), averageMicroseconds: h.mean / 1000,
+                   p99Microseconds: us(h.percentile(99)), p999Microseconds: us(h.percentile(99.9)), maxMicroseconds: us(h.max))
+    }
+
     /// One request at a time; perftest's lat loop. Latency is post → completion
     /// as the request's telemetry stamps it.
     static func latency(_ t: any RemoteMemoryTransport, _ prepared: PreparedTransfer, iterations: Int,
@@ -202,10 +289,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
             let report = try r.waitBlocking()
             if i >= min(16, iterations) { h.record(report.nanoseconds) }
         }
-        let us = { (v: UInt64) in Double(v) / 1000 }
-        return Row(operation: prepared.operation.rawValue, metric: "lat", bytes: prepared.totalBytes, iterations: iterations,
-                   minMicroseconds: us(h.min), typicalMicroseconds: us(h.percentile(50)), averageMicroseconds: h.mean / 1000,
-                   p99Microseconds: us(h.percentile(99)), p999Microseconds: us(h.percentile(99.9)), maxMicroseconds: us(h.max))
+        return latencyRow(prepared, iterations: iterations, h)
     }
 
     static func printTable(_ r: Report) {
