@@ -41,7 +41,7 @@ bench_cmd() {
 perftest_client() {
   local out
   for _ in 1 2 3 4 5 6; do
-    out=$(timeout 300 "$@" 2>&1) && { echo "$out"; return 0; }
+    out=$(timeout 120 "$@" 2>&1) && { echo "$out"; return 0; }
     grep -q 'Unable to perform rdma_client function\|Couldn.t connect' <<< "$out" || { echo "$out"; return 1; }
     sleep 2
   done
@@ -112,7 +112,7 @@ lab_inner() {
   IFS=, read -ra lats <<< "$LAT_SIZES"
   for round in $(seq "$LAB_ROUNDS"); do
     for s in "${bws[@]}"; do
-      timeout 300 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
+      timeout 150 ib_write_bw -R -d rxe0 -s "$s" -n "$BW_ITERS" >/dev/null 2>&1 &
       local ps=$!
       sleep 1
       echo "# round $round: ib_write_bw -s $s" >&2
@@ -129,7 +129,7 @@ lab_inner() {
       done
     done
     for s in "${lats[@]}"; do
-      timeout 300 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
+      timeout 150 ib_read_lat -R -d rxe0 -s "$s" -n "$LAT_ITERS" >/dev/null 2>&1 &
       local ps=$!
       sleep 1
       echo "# round $round: ib_read_lat -s $s" >&2
@@ -174,6 +174,7 @@ for (kind, size) in sorted(rows, key=lambda k: (k[0] != "bw", k[1])):
         ratio = m / ref if ref == ref and ref > 0 else float("nan")
         print(f"| {test} | {size} | {iters} | {name} | {', '.join(f'{x:.2f}' for x in per[who])} | {m:.2f} | {ratio:.2f} |")
 PY
+  dmesg | grep -i -E 'rxe|rdma' | tail -5 | sed 's/^/# dmesg: /' >&2
   kill "$serve" 2>/dev/null || true
   echo
   echo "perftest: \`ib_write_bw -R -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... $addr\` (client); \`ib_read_lat -R -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
