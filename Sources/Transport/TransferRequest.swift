@@ -130,6 +130,8 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
         var completedAt: UInt64 = 0
         var cancelRequested = false
         var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Threads parked in `waitBlocking` (made only when one parks).
+        var parked: ThreadParking?
 
         func status(_ i: Int) -> TransferStatus {
             guard finished.contains(i) else { return .pending }
@@ -178,8 +180,8 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
         // Whether this was the last descriptor, and the report of a clean request,
         // come out of the same critical section: one lock per descriptor.
-        let (isLast, report, waiters) = state.withLock { s -> (Bool, TransferReport?, [CheckedContinuation<Void, Never>]) in
-            guard s.finished.insert(index) else { return (false, nil, []) }
+        let (isLast, report, waiters, parked) = state.withLock { s -> (Bool, TransferReport?, [CheckedContinuation<Void, Never>], ThreadParking?) in
+            guard s.finished.insert(index) else { return (false, nil, [], nil) }
             switch result {
             case .success(let n):
                 s.bytes += n
@@ -191,16 +193,17 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
                 if s.firstError == nil { s.firstError = e }
             }
             s.remaining -= 1
-            guard s.remaining == 0 else { return (false, nil, []) }
+            guard s.remaining == 0 else { return (false, nil, [], nil) }
             s.completedAt = MonotonicClock.nanoseconds()
             let clean = s.firstError == nil && s.cancelledCount == 0
             let report = TransferReport(bytes: s.bytes, descriptorCount: prepared.descriptors.count, postedAt: postedAt,
                                         completedAt: s.completedAt)
             defer { s.waiters = [] }
-            return (true, clean ? report : nil, s.waiters)
+            return (true, clean ? report : nil, s.waiters, s.parked)
         }
         guard isLast else { return }
         finished.store(true, ordering: .releasing)
+        parked?.wakeAll()
         if let report, let estimator, let kind = prepared.descriptors.first?.target.kind {
             estimator.record(target: kind, operation: prepared.operation, report: report)
         }
@@ -268,13 +271,25 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     }
 
     /// Blocks the calling thread until the request is final (for benchmarks and
-    /// threads outside Swift concurrency). Spins briefly, then sleeps.
+    /// threads outside Swift concurrency). Spins briefly (a fast device finishes
+    /// within microseconds), then parks on a condition variable that the last
+    /// completion signals, so a long wait costs no CPU that the completion
+    /// thread may need.
     @discardableResult
     public func waitBlocking() throws(MemWallError) -> TransferReport {
         var spins = 0
         while !finished.load(ordering: .acquiring) {
             spins += 1
-            if spins > 10_000 { usleep(20) } else if spins > 100 { sched_yield() }
+            if spins > 200 {
+                let parking = state.withLock { s -> ThreadParking? in
+                    if s.remaining == 0 { return nil }
+                    if s.parked == nil { s.parked = ThreadParking() }
+                    return s.parked
+                }
+                parking?.park { self.finished.load(ordering: .acquiring) }
+                break
+            }
+            if spins > 50 { sched_yield() }
         }
         return try finalReport()
     }
@@ -297,3 +312,42 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     }
 }
 
+/// A condition variable for threads blocked in ``TransferRequest/waitBlocking()``;
+/// made only when a thread actually parks, so a request that nobody waits on
+/// allocates none.
+final class ThreadParking: @unchecked Sendable {
+    // pthread objects must not move: they live in their own allocations.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var woken = false
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+
+    /// Sleeps until ``wakeAll()`` or until `isDone` holds (checked under the
+    /// mutex, so a wake between the caller's check and the sleep is not lost).
+    func park(until isDone: () -> Bool) {
+        pthread_mutex_lock(mutex)
+        while !woken && !isDone() {
+            pthread_cond_wait(condition, mutex)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Wakes every parked thread, now and for later parkers.
+    func wakeAll() {
+        pthread_mutex_lock(mutex)
+        woken = true
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+}
