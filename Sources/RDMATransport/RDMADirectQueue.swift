@@ -21,9 +21,10 @@ import Transport
 ///
 /// What the transport's contract guarantees still holds: transfers are
 /// prepared (registrations, remote bounds and rights) by
-/// ``RDMATransport/prepare(_:_:)``; a slot keeps its ``PreparedTransfer`` —
-/// and so its buffers — until its completion, and marks its registrations in
-/// flight so the transport refuses to deregister them; every completion feeds
+/// ``RDMATransport/prepare(_:_:)``; a slot keeps the last ``PreparedTransfer``
+/// posted into it — and so its buffers — and marks its registrations in use,
+/// so the transport refuses to deregister them while the queue lives (a
+/// repost never carries a stale key); every completion feeds
 /// the transport's cost estimate; errors are the transport's typed errors
 /// (`.remoteAccess`, `.disconnected`, `.timedOut`), after which the
 /// connection is closed and every slot in flight is reported failed; `deinit`
@@ -50,7 +51,10 @@ public final class RDMADirectQueue {
     }
 
     private struct Slot {
+        /// The transfer in flight in this slot (nil when the slot is free).
         var prepared: PreparedTransfer?
+        /// The transfer `templates` were resolved for: reposting it skips the resolution.
+        var bound: PreparedTransfer?
         var templates: [RDMAConnection.Operation] = []
         var postedAt: UInt64 = 0
         var bytes = 0
@@ -129,6 +133,7 @@ public final class RDMADirectQueue {
             fail(MemWallError(.disconnected, "a direct queue was released with work still on the send queue"))
         }
         core.releaseExclusive()
+        for slot in slots { for op in slot.templates { op.registration?.release() } }
         wrs.deallocate()
         sges.deallocate()
     }
@@ -152,30 +157,28 @@ public final class RDMADirectQueue {
         guard slots[slot].prepared == nil else {
             throw MemWallError(.invalidArgument, "slot \(slot) still holds a transfer in flight; post into a slot once its completion was reaped")
         }
-        if slots[slot].templates.isEmpty || slots[slot].prepared !== prepared {
+        if slots[slot].bound !== prepared {
             try bind(prepared, to: slot)
         }
-        let templates = slots[slot].templates
-        let n = templates.count
+        let n = slots[slot].templates.count
         guard workRequests + n + 1 <= core.depth else {
             throw MemWallError(.outOfBounds,
                 "the send queue holds \(workRequests) work requests of \(core.depth); reap completions before posting \(n) more")
         }
         let queueWasIdle = workRequests == 0
-        for (k, op) in templates.enumerated() {
+        for k in 0 ..< n {
+            let op = slots[slot].templates[k]
             sinceSignal += 1
             let isLast = k == n - 1
             let signal = isLast && (queueWasIdle || sinceSignal >= core.signalInterval)
             if signal { sinceSignal = 0 }
             fill(k, op, id: UInt64(slot), signal: signal, next: !isLast)
-            op.registration?.retain()
         }
         slots[slot].prepared = prepared
         slots[slot].postedAt = MonotonicClock.nanoseconds()
         var bad: UnsafeMutablePointer<ibv_send_wr>?
         let rc = ibv_post_send(core.queuePair.qp, wrs, &bad)
         guard rc == 0 else {
-            for op in templates { op.registration?.release() }
             slots[slot].prepared = nil
             let e = MemWallError(.disconnected, "posting to \(core.peerName) failed; connection closed",
                                  function: "ibv_post_send", errno: Errno(rawValue: rc))
@@ -202,8 +205,14 @@ public final class RDMADirectQueue {
         guard group.templates.count < core.depth else {
             throw .invalid("descriptor count", group.templates.count, expected: "fewer than the send-queue depth \(core.depth)")
         }
+        // A bound slot counts as a use of its registrations for as long as it
+        // stays bound, so the transport refuses to deregister them meanwhile
+        // and a repost never carries a stale lkey; no per-post bookkeeping.
+        for op in group.templates { op.registration?.retain() }
+        for op in slots[slot].templates { op.registration?.release() }
         slots[slot].templates = group.templates
         slots[slot].bytes = prepared.totalBytes
+        slots[slot].bound = prepared
     }
 
     private func fill(_ k: Int, _ op: RDMAConnection.Operation, id: UInt64, signal: Bool, next: Bool) {
@@ -331,7 +340,6 @@ public final class RDMADirectQueue {
             orderHead = (orderHead + 1) % depth
             inFlight -= 1
             workRequests -= s.templates.count
-            for op in s.templates { op.registration?.release() }
             slots[slot].prepared = nil
             if isLast || last == nil, let lastError, failure == nil {
                 failure = lastError

@@ -50,14 +50,17 @@ final class RDMAListener: Sendable {
 
         /// Handles this connection's completions: notifications are delivered and their receive slot reposted.
         func poll(into notifications: NotificationQueue) -> Int {
-            var wcs = [ibv_wc](repeating: ibv_wc(), count: 16)
-            let n = Int(ibv_poll_cq(queuePair.completionQueue.cq, 16, &wcs))
-            guard n > 0 else { return 0 }
-            for wc in wcs[0 ..< n] where wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM && wc.status == IBV_WC_SUCCESS {
-                notifications.push(RemoteNotification(peer: peer, value: UInt32(bigEndian: wc.imm_data)))
-                try? queuePair.postReceive(id: 1, address: nil, length: 0, lkey: 0)
+            withUnsafeTemporaryAllocation(of: ibv_wc.self, capacity: 16) { buf -> Int in
+                guard let wcs = buf.baseAddress else { return 0 }
+                let n = Int(ibv_poll_cq(queuePair.completionQueue.cq, 16, wcs))
+                guard n > 0 else { return 0 }
+                for wc in UnsafeBufferPointer(start: wcs, count: n)
+                where wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM && wc.status == IBV_WC_SUCCESS {
+                    notifications.push(RemoteNotification(peer: peer, value: UInt32(bigEndian: wc.imm_data)))
+                    try? queuePair.postReceive(id: 1, address: nil, length: 0, lkey: 0)
+                }
+                return n
             }
-            return n
         }
     }
 
@@ -71,9 +74,12 @@ final class RDMAListener: Sendable {
         let maxReadDepth: Int
         let stopped = Atomic<Bool>(false)
         let accepted = Mutex<[UInt: Accepted]>([:])
+        /// `stop()` writes a byte here to wake a thread asleep in poll(2).
+        let wake: WakePipe
 
         init(device: VerbsDevice, domain: ProtectionDomain, channel: CMEventChannel, listenID: CMIdentifier,
-             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int) {
+             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int, wake: WakePipe) {
+            self.wake = wake
             self.device = device
             self.domain = domain
             self.channel = channel
@@ -93,14 +99,31 @@ final class RDMAListener: Sendable {
                     handle(ev)
                     busy = true
                 }
-                if busy { idle = 0 } else {
-                    idle += 1
-                    if idle < 100 { sched_yield() }
-                }
+                if busy { idle = 0; continue }
+                idle += 1
+                if idle < 100 { sched_yield(); continue }
+                sleepUntilSomethingHappens(conns)
             }
             // Closing: disconnect every peer, then let the objects go (QP before its identifier).
             let conns = accepted.withLock { a -> [Accepted] in defer { a = [:] }; return Array(a.values) }
             for c in conns { c.queuePair.moveToError() }
+        }
+
+        /// Idle: sleep in poll(2) until a connection event, a completion on
+        /// any accepted connection (a notification) or `stop()` — no periodic
+        /// wake-ups, so an idle server takes no CPU from the peers' traffic.
+        private func sleepUntilSomethingHappens(_ conns: [Accepted]) {
+            // Arm first, then look once more: a completion that arrived between
+            // the last poll and the arm raises no event.
+            for c in conns { c.queuePair.completionQueue.arm() }
+            if conns.contains(where: { $0.poll(into: notifications) > 0 }) { return }
+            var fds = [pollfd(fd: channel.eventDescriptor, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake.readDescriptor, events: Int16(POLLIN), revents: 0)]
+            for c in conns { fds.append(pollfd(fd: c.queuePair.completionQueue.eventDescriptor, events: Int16(POLLIN), revents: 0)) }
+            // The timeout is only a safety net; every source above wakes the poll.
+            guard Glibc.poll(&fds, nfds_t(fds.count), 1000) > 0 else { return }
+            for (i, c) in conns.enumerated() where fds[i + 2].revents != 0 { c.queuePair.completionQueue.consumeEvent() }
+            if fds[1].revents != 0 { wake.drain() }
         }
 
         private func handle(_ ev: CMEvent) {
@@ -172,7 +195,7 @@ final class RDMAListener: Sendable {
         try CCall.minusOne(rdma_listen(id.id, 64), "rdma_listen", "cannot listen on \(where_)")
         self.port = UInt16(bigEndian: rdma_get_src_port(id.id))
         let core = Core(device: device, domain: domain, channel: channel, listenID: id, exports: exports,
-                        notifications: notifications, maxReadDepth: maxReadDepth)
+                        notifications: notifications, maxReadDepth: maxReadDepth, wake: try WakePipe())
         self.core = core
         self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
     }
@@ -180,8 +203,43 @@ final class RDMAListener: Sendable {
     /// Stops accepting and disconnects every accepted peer.
     func stop() {
         guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        core.wake.signal()
         thread.join()
     }
 
     deinit { stop() }
+}
+
+/// A non-blocking pipe that wakes a thread sleeping in poll(2).
+final class WakePipe: Sendable {
+    let readDescriptor: Int32
+    private let writeDescriptor: Int32
+
+    init() throws(MemWallError) {
+        var fds: [Int32] = [-1, -1]
+        try CCall.minusOne(pipe(&fds), "pipe", "cannot create the listener's wake-up pipe")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        readDescriptor = fds[0]
+        writeDescriptor = fds[1]
+    }
+
+    /// Makes the read end readable (a full pipe is already readable).
+    func signal() {
+        var byte: UInt8 = 1
+        _ = write(writeDescriptor, &byte, 1)
+    }
+
+    /// Empties the pipe.
+    func drain() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(readDescriptor, &buffer, buffer.count) > 0 {}
+    }
+
+    deinit {
+        close(readDescriptor)
+        close(writeDescriptor)
+    }
 }

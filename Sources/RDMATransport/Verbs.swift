@@ -164,6 +164,15 @@ final class CompletionQueue: Sendable {
     func sleep(milliseconds: Int32) {
         var p = pollfd(fd: channel.pointee.fd, events: Int16(POLLIN), revents: 0)
         guard poll(&p, 1, milliseconds) > 0 else { return }
+        consumeEvent()
+    }
+
+    /// The completion channel's descriptor, readable after an armed completion.
+    var eventDescriptor: Int32 { channel.pointee.fd }
+
+    /// Takes and acknowledges the channel's pending event, if any (the channel
+    /// is non-blocking, so this never waits).
+    func consumeEvent() {
         var evCQ: UnsafeMutablePointer<ibv_cq>?
         var ctx: UnsafeMutableRawPointer?
         if ibv_get_cq_event(channel, &evCQ, &ctx) == 0, let evCQ { ibv_ack_cq_events(evCQ, 1) }
@@ -192,6 +201,9 @@ final class CMEventChannel: Sendable {
         _ = fcntl(ch.pointee.fd, F_SETFL, flags | O_NONBLOCK)
         self.channel = ch
     }
+
+    /// The channel's descriptor, readable when an event is pending.
+    var eventDescriptor: Int32 { channel.pointee.fd }
 
     /// One event, copied out and acknowledged, or nil when none came within `milliseconds`.
     func next(milliseconds: Int32) -> CMEvent? {

@@ -56,6 +56,9 @@ struct RDMADirectQueueInLab {
         try q.post(read, slot: 1)
         #expect(caught { try q.post(read, slot: 1) }?.message.contains("still holds") == true)
         q.reap(waitingFor: 1) { _ in }
+        // Slots keep their registrations in use while the queue lives.
+        #expect(caught { try client.deregister(p.local) }?.message.contains("in flight") == true)
+        withExtendedLifetime(q) {}
     }
 
     @Test("the queue owns its connection: general posts and a second queue are refused until it is released")
