@@ -46,6 +46,29 @@ final class RDMAConnection: RemoteConnectionHandle {
             request.complete(descriptor: index, r)
         }
 
+        /// Writes this operation as work request `k` of the list at `wrs` (its
+        /// scatter entry at `sges[k]`), linked to entry `k + 1` when `chained`.
+        func encode(into wrs: UnsafeMutablePointer<ibv_send_wr>, _ sges: UnsafeMutablePointer<ibv_sge>, at k: Int,
+                    id: UInt64, signal: Bool, chained: Bool) {
+            sges[k] = ibv_sge(addr: localAddress, length: UInt32(length), lkey: lkey)
+            var wr = ibv_send_wr()
+            wr.wr_id = id
+            wr.next = chained ? wrs + (k + 1) : nil
+            wr.sg_list = length > 0 ? sges + k : nil
+            wr.num_sge = length > 0 ? 1 : 0
+            switch opcode {
+            case .read: wr.opcode = IBV_WR_RDMA_READ
+            case .write: wr.opcode = IBV_WR_RDMA_WRITE
+            case .notify:
+                wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM
+                wr.imm_data = immediate.bigEndian
+            }
+            wr.send_flags = signal ? IBV_SEND_SIGNALED.rawValue : 0
+            wr.wr.rdma.remote_addr = remoteAddress
+            wr.wr.rdma.rkey = rkey
+            wrs[k] = wr
+        }
+
         /// A signalled zero-length operation of the same kind at the same remote
         /// address and key as `self` (so it needs no rights `self` did not):
         /// its completion retires everything posted before it.
@@ -230,23 +253,7 @@ final class RDMAConnection: RemoteConnectionHandle {
                         s.sinceSignal = 0
                         s.lastSignalled = seq
                     }
-                    sges[k] = ibv_sge(addr: op.localAddress, length: UInt32(op.length), lkey: op.lkey)
-                    var wr = ibv_send_wr()
-                    wr.wr_id = seq
-                    wr.next = isLast ? nil : wrs + (k + 1)
-                    wr.sg_list = op.length > 0 ? sges + k : nil
-                    wr.num_sge = op.length > 0 ? 1 : 0
-                    switch op.opcode {
-                    case .read: wr.opcode = IBV_WR_RDMA_READ
-                    case .write: wr.opcode = IBV_WR_RDMA_WRITE
-                    case .notify:
-                        wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM
-                        wr.imm_data = op.immediate.bigEndian
-                    }
-                    wr.send_flags = signal ? IBV_SEND_SIGNALED.rawValue : 0
-                    wr.wr.rdma.remote_addr = op.remoteAddress
-                    wr.wr.rdma.rkey = op.rkey
-                    wrs[k] = wr
+                    op.encode(into: wrs, sges, at: k, id: seq, signal: signal, chained: !isLast)
                     s.fifo.append(Posted(seq: seq, operation: op, postedAt: now))
                 }
                 s.backlogHead += n

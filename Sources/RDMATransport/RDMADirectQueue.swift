@@ -172,7 +172,7 @@ public final class RDMADirectQueue {
             let isLast = k == n - 1
             let signal = isLast && (queueWasIdle || sinceSignal >= core.signalInterval)
             if signal { sinceSignal = 0 }
-            fill(k, op, id: UInt64(slot), signal: signal, next: !isLast)
+            op.encode(into: wrs, sges, at: k, id: UInt64(slot), signal: signal, chained: !isLast)
         }
         slots[slot].prepared = prepared
         slots[slot].postedAt = MonotonicClock.nanoseconds()
@@ -213,20 +213,6 @@ public final class RDMADirectQueue {
         slots[slot].templates = group.templates
         slots[slot].bytes = prepared.totalBytes
         slots[slot].bound = prepared
-    }
-
-    private func fill(_ k: Int, _ op: RDMAConnection.Operation, id: UInt64, signal: Bool, next: Bool) {
-        sges[k] = ibv_sge(addr: op.localAddress, length: UInt32(op.length), lkey: op.lkey)
-        var wr = ibv_send_wr()
-        wr.wr_id = id
-        wr.next = next ? wrs + (k + 1) : nil
-        wr.sg_list = op.length > 0 ? sges + k : nil
-        wr.num_sge = op.length > 0 ? 1 : 0
-        wr.opcode = op.opcode == .read ? IBV_WR_RDMA_READ : IBV_WR_RDMA_WRITE
-        wr.send_flags = signal ? IBV_SEND_SIGNALED.rawValue : 0
-        wr.wr.rdma.remote_addr = op.remoteAddress
-        wr.wr.rdma.rkey = op.rkey
-        wrs[k] = wr
     }
 
     /// Reports finished slots to `handler`, polling until at least `minimum`
@@ -371,7 +357,7 @@ public final class RDMADirectQueue {
         guard closed == nil, inFlight > 0, signalledOutstanding == 0, workRequests < core.depth else { return }
         let slot = order[(orderHead + inFlight - 1) % depth]
         guard let op = slots[slot].templates.last else { return }
-        fill(0, op.fence, id: Self.fenceID, signal: true, next: false)
+        op.fence.encode(into: wrs, sges, at: 0, id: Self.fenceID, signal: true, chained: false)
         var bad: UnsafeMutablePointer<ibv_send_wr>?
         let rc = ibv_post_send(core.queuePair.qp, wrs, &bad)
         guard rc == 0 else {
