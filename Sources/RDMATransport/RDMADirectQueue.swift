@@ -83,7 +83,6 @@ public final class RDMADirectQueue {
     private var closed: MemWallError?
     private let wrs: UnsafeMutablePointer<ibv_send_wr>
     private let sges: UnsafeMutablePointer<ibv_sge>
-    private let scratchCapacity: Int
 
     /// wr_id of a fence: above every slot number.
     private static let fenceID = UInt64.max
@@ -111,7 +110,6 @@ public final class RDMADirectQueue {
         self.depth = depth
         self.slots = ContiguousArray(repeating: Slot(), count: depth)
         self.order = ContiguousArray(repeating: -1, count: depth)
-        self.scratchCapacity = core.depth
         self.wrs = .allocate(capacity: core.depth)
         self.sges = .allocate(capacity: core.depth)
     }
