@@ -102,28 +102,11 @@ final class RDMAListener: Sendable {
                 if busy { idle = 0; continue }
                 idle += 1
                 if idle < 100 { sched_yield(); continue }
-                sleepUntilSomethingHappens(conns)
+                RDMAListener.sleepUntilActivity(conns, notifications: notifications, sources: [channel.eventDescriptor], wake: wake)
             }
             // Closing: disconnect every peer, then let the objects go (QP before its identifier).
             let conns = accepted.withLock { a -> [Accepted] in defer { a = [:] }; return Array(a.values) }
             for c in conns { c.queuePair.moveToError() }
-        }
-
-        /// Idle: sleep in poll(2) until a connection event, a completion on
-        /// any accepted connection (a notification) or `stop()` — no periodic
-        /// wake-ups, so an idle server takes no CPU from the peers' traffic.
-        private func sleepUntilSomethingHappens(_ conns: [Accepted]) {
-            // Arm first, then look once more: a completion that arrived between
-            // the last poll and the arm raises no event.
-            for c in conns { c.queuePair.completionQueue.arm() }
-            if conns.contains(where: { $0.poll(into: notifications) > 0 }) { return }
-            var fds = [pollfd(fd: channel.eventDescriptor, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wake.readDescriptor, events: Int16(POLLIN), revents: 0)]
-            for c in conns { fds.append(pollfd(fd: c.queuePair.completionQueue.eventDescriptor, events: Int16(POLLIN), revents: 0)) }
-            // The timeout is only a safety net; every source above wakes the poll.
-            guard Glibc.poll(&fds, nfds_t(fds.count), 1000) > 0 else { return }
-            for (i, c) in conns.enumerated() where fds[i + 2].revents != 0 { c.queuePair.completionQueue.consumeEvent() }
-            if fds[1].revents != 0 { wake.drain() }
         }
 
         private func handle(_ ev: CMEvent) {
@@ -208,6 +191,28 @@ final class RDMAListener: Sendable {
     }
 
     deinit { stop() }
+}
+
+extension RDMAListener {
+    /// The idle sleep of both listeners: no periodic wake-ups, so an idle
+    /// server takes no CPU from its peers' traffic. Arms every accepted
+    /// connection's completion queue, looks once more (a completion that came
+    /// between the last poll and the arm raises no event), then sleeps in
+    /// poll(2) on the listener's own `sources`, the wake pipe and every
+    /// completion channel. Returns when any of them is ready; what made a
+    /// source ready is handled by the caller's next pass (poll is level-triggered).
+    static func sleepUntilActivity(_ conns: [Accepted], notifications: NotificationQueue, sources: [Int32], wake: WakePipe) {
+        for c in conns { c.queuePair.completionQueue.arm() }
+        if conns.contains(where: { $0.poll(into: notifications) > 0 }) { return }
+        var fds = [pollfd(fd: wake.readDescriptor, events: Int16(POLLIN), revents: 0)]
+        for fd in sources { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        let firstQueue = fds.count
+        for c in conns { fds.append(pollfd(fd: c.queuePair.completionQueue.eventDescriptor, events: Int16(POLLIN), revents: 0)) }
+        // The timeout is only a safety net; every source above wakes the poll.
+        guard Glibc.poll(&fds, nfds_t(fds.count), 1000) > 0 else { return }
+        for (i, c) in conns.enumerated() where fds[firstQueue + i].revents != 0 { c.queuePair.completionQueue.consumeEvent() }
+        if fds[0].revents != 0 { wake.drain() }
+    }
 }
 
 /// A non-blocking pipe that wakes a thread sleeping in poll(2).

@@ -103,10 +103,13 @@ final class RDMASocketListener: Sendable {
         let mtu: UInt32
         let stopped = Atomic<Bool>(false)
         let accepted = Mutex<[Int32: RDMAListener.Accepted]>([:])
+        /// `stop()` writes a byte here to wake the thread from its idle sleep.
+        let wake: WakePipe
 
         init(fd: Int32, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable, notifications: NotificationQueue,
-             maxReadDepth: Int, mtu: UInt32) {
+             maxReadDepth: Int, mtu: UInt32, wake: WakePipe) {
             self.fd = fd
+            self.wake = wake
             self.device = device
             self.domain = domain
             self.exports = exports
@@ -125,16 +128,15 @@ final class RDMASocketListener: Sendable {
                 for (_, c) in conns where c.poll(into: notifications) > 0 { busy = true }
                 var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
                 for (cfd, _) in conns { fds.append(pollfd(fd: cfd, events: Int16(POLLIN), revents: 0)) }
-                let wait: Int32 = busy || idle < 100 ? 0 : 5
-                if poll(&fds, nfds_t(fds.count), wait) > 0 {
+                if poll(&fds, nfds_t(fds.count), 0) > 0 {
                     busy = true
                     if fds[0].revents != 0 { acceptOne() }
                     for p in fds.dropFirst() where p.revents != 0 { checkControl(p.fd) }
                 }
-                if busy { idle = 0 } else {
-                    idle += 1
-                    if idle < 100 { sched_yield() }
-                }
+                if busy { idle = 0; continue }
+                idle += 1
+                if idle < 100 { sched_yield(); continue }
+                RDMAListener.sleepUntilActivity(conns.map(\.1), notifications: notifications, sources: fds.map(\.fd), wake: wake)
             }
             let conns = accepted.withLock { a -> [(Int32, RDMAListener.Accepted)] in defer { a = [:] }; return Array(a) }
             for (cfd, c) in conns {
@@ -200,6 +202,7 @@ final class RDMASocketListener: Sendable {
             throw MemWallError(.unsupported, "\(device.name) has no GID for \(where_); bind the device to the interface holding that address")
         }
         let mtu = try device.activeMTU()
+        let wake = try WakePipe()
         let fd = try SocketIO.makeStreamSocket()
         var one: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -218,13 +221,14 @@ final class RDMASocketListener: Sendable {
         }
         self.port = UInt16(bigEndian: bound.sin_port)
         let core = Core(fd: fd, device: device, domain: domain, exports: exports, notifications: notifications,
-                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue)
+                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue, wake: wake)
         self.core = core
         self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
     }
 
     func stop() {
         guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        core.wake.signal()
         thread.join()
     }
 

@@ -103,4 +103,35 @@ struct RDMADirectQueueInLab {
         #expect(after != nil)
         #expect(!p.peer.isConnected)
     }
+
+    @Test("the peer going away: slots in flight all report (no hang), the loss is a typed error, later posts are refused")
+    func peerGoesAway() throws {
+        let (p, client) = try Self.pair()
+        let slot = try p.peer.segment(named: "slot")
+        let q = try RDMADirectQueue(transport: client, peer: p.peer, depth: 8)
+        let big = try client.prepare(.write, [TransferDescriptor(local: p.local, target: .remote(slot), length: 1 << 20)])
+        let small = try client.prepare(.write, [TransferDescriptor(local: p.local, target: .remote(slot), length: 64)])
+        for s in 0 ..< 8 { try q.post(big, slot: s) }
+        // Stopping the server's listener disconnects its accepted peers (their queue pairs go to the error state).
+        let server = try #require(p.server as? RDMATransport)
+        server.close()
+        var reported = 0
+        var failure: MemWallError?
+        while q.inFlight > 0 {
+            q.reap(waitingFor: 1) { c in
+                reported += 1
+                if case .failure(let e) = c.result { failure = failure ?? e }
+            }
+        }
+        #expect(reported == 8)
+        // Whatever was still in flight failed for a named reason; if everything had
+        // landed first, the loss shows on the next posts.
+        for _ in 0 ..< 50 where failure == nil {
+            do { try q.post(small, slot: 0) } catch { failure = error; break }
+            q.reap(waitingFor: 1) { c in if case .failure(let e) = c.result { failure = e } }
+        }
+        #expect(failure?.code == .disconnected || failure?.code == .timedOut, "\(String(describing: failure))")
+        #expect(caught { try q.post(small, slot: 1) } != nil)
+        #expect(!p.peer.isConnected)
+    }
 }
