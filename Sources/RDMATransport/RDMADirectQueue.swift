@@ -18,14 +18,17 @@ import Transport
 /// slots instead (NIXL's reusable transfer handles are the same idea): a
 /// slot's state is preallocated and indexed by the work request id, and one
 /// thread drives the queue pair, so nothing is locked or allocated per post.
+/// A slot's work requests are encoded once, when a transfer is first posted
+/// into it, and reposting only flips the last one's signal flag — perftest
+/// likewise builds its work requests before its timed loop.
 ///
 /// What the transport's contract guarantees still holds: transfers are
 /// prepared (registrations, remote bounds and rights) by
 /// ``RDMATransport/prepare(_:_:)``; a slot keeps the last ``PreparedTransfer``
 /// posted into it — and so its buffers — and marks its registrations in use,
 /// so the transport refuses to deregister them while the queue lives (a
-/// repost never carries a stale key); every completion feeds
-/// the transport's cost estimate; errors are the transport's typed errors
+/// repost never carries a stale key); completions feed the transport's cost
+/// estimate (one in ``estimateInterval``); errors are the transport's typed errors
 /// (`.remoteAccess`, `.disconnected`, `.timedOut`), after which the
 /// connection is closed and every slot in flight is reported failed; `deinit`
 /// waits (bounded) for work in flight before the connection is handed back.
@@ -50,42 +53,85 @@ public final class RDMADirectQueue {
         public var nanoseconds: UInt64
     }
 
-    private struct Slot {
-        /// The transfer in flight in this slot (nil when the slot is free).
-        var prepared: PreparedTransfer?
-        /// The transfer `templates` were resolved for: reposting it skips the resolution.
-        var bound: PreparedTransfer?
-        var templates: [RDMAConnection.Operation] = []
-        var postedAt: UInt64 = 0
+    /// A slot's per-post state: plain values only, so posting and reaping
+    /// touch no reference counts and no exclusivity checks (under QEMU's TCG
+    /// those runtime calls cost microseconds per READ).
+    private struct SlotState {
+        /// The bound transfer's work requests, encoded once at bind time and
+        /// chained (`next`, `sg_list` point into this slot's own arrays); a post
+        /// only sets the last one's signal flag.
+        var wrs: UnsafeMutablePointer<ibv_send_wr>?
+        var sges: UnsafeMutablePointer<ibv_sge>?
+        var workRequests = 0
+        /// Identity of the bound ``PreparedTransfer`` (kept alive by `bindings`).
+        var bound: ObjectIdentifier?
+        var busy = false
         var bytes = 0
+        var postedAt: UInt64 = 0
+        var targetKind: LocationKind?
+        var operation: TransferOperation = .read
+        var descriptorCount = 0
+    }
+
+    /// What a bound slot holds on to: the transfer (its buffers) and its
+    /// operations (registrations marked in use; the last one names the
+    /// failing descriptor in errors). Touched when binding, on errors and in deinit.
+    private struct Binding {
+        let prepared: PreparedTransfer
+        let templates: [RDMAConnection.Operation]
+    }
+
+    /// Counters of the queue, behind a pointer for the same reason as `SlotState`.
+    private struct Counters {
+        var inFlight = 0
+        /// Index in `order` of the oldest slot in flight.
+        var orderHead = 0
+        /// Work requests on the send queue (a slot's transfer may take several).
+        var workRequests = 0
+        var sinceSignal = 0
+        /// Signalled work requests (slot ends and fences) whose completion has not
+        /// been seen: at zero with slots in flight, those slots are stranded.
+        var signalledOutstanding = 0
+        var idlePasses = 0
+        /// Completions since one last fed the cost estimate.
+        var sinceEstimate = 0
+        var isClosed = false
     }
 
     /// Slots of this queue (at most the connection's send-queue depth).
     public let depth: Int
     /// Slots posted and not yet reported.
-    public private(set) var inFlight = 0
+    public var inFlight: Int { counters.pointee.inFlight }
 
     private let transport: RDMATransport
     private let connection: RDMAConnection
     private let core: RDMAConnection.Core
-    private var slots: ContiguousArray<Slot>
+    // The verbs objects, read once: the connection (held above) keeps them alive.
+    private let qp: UnsafeMutablePointer<ibv_qp>
+    private let cq: UnsafeMutablePointer<ibv_cq>
+    private let sendQueueDepth: Int
+    private let signalInterval: Int
+    private let slots: UnsafeMutablePointer<SlotState>
     /// Slots in the order they were posted (a ring of `depth` entries): RC
     /// completes in this order.
-    private var order: ContiguousArray<Int>
-    private var orderHead = 0
-    /// Work requests on the send queue (a slot's transfer may take several).
-    private var workRequests = 0
-    private var sinceSignal = 0
-    /// Signalled work requests (slot ends and fences) whose completion has not
-    /// been seen: at zero with slots in flight, those slots are stranded.
-    private var signalledOutstanding = 0
-    private var idlePasses = 0
+    private let order: UnsafeMutablePointer<Int>
+    private let counters: UnsafeMutablePointer<Counters>
+    private var bindings: [Binding?]
     private var closed: MemWallError?
-    private let wrs: UnsafeMutablePointer<ibv_send_wr>
-    private let sges: UnsafeMutablePointer<ibv_sge>
+    /// One fence work request and its (empty) scatter entry.
+    private let fenceWR: UnsafeMutablePointer<ibv_send_wr>
+    private let fenceSGE: UnsafeMutablePointer<ibv_sge>
+    /// Completions polled in one pass.
+    private let completions: UnsafeMutablePointer<ibv_wc>
 
     /// wr_id of a fence: above every slot number.
     private static let fenceID = UInt64.max
+    /// Completions per batch polled from the completion queue.
+    private static let pollBatch = 16
+    /// One completion in this many feeds the transport's cost estimate: an
+    /// exponentially weighted average needs samples, not every READ of a
+    /// million-READ loop, and each sample takes the estimator's lock.
+    public static let estimateInterval = 16
 
     /// Claims `peer`'s connection for a direct queue of `depth` slots.
     /// - Throws: `invalidArgument` for a peer of another transport, a depth out
@@ -107,11 +153,21 @@ public final class RDMADirectQueue {
         self.transport = transport
         self.connection = connection
         self.core = core
+        self.qp = core.queuePair.qp
+        self.cq = core.queuePair.completionQueue.cq
+        self.sendQueueDepth = core.depth
+        self.signalInterval = core.signalInterval
         self.depth = depth
-        self.slots = ContiguousArray(repeating: Slot(), count: depth)
-        self.order = ContiguousArray(repeating: -1, count: depth)
-        self.wrs = .allocate(capacity: core.depth)
-        self.sges = .allocate(capacity: core.depth)
+        self.slots = .allocate(capacity: depth)
+        slots.initialize(repeating: SlotState(), count: depth)
+        self.order = .allocate(capacity: depth)
+        order.initialize(repeating: -1, count: depth)
+        self.counters = .allocate(capacity: 1)
+        counters.initialize(to: Counters())
+        self.bindings = Array(repeating: nil, count: depth)
+        self.fenceWR = .allocate(capacity: 1)
+        self.fenceSGE = .allocate(capacity: 1)
+        self.completions = .allocate(capacity: Self.pollBatch)
     }
 
     deinit {
@@ -125,20 +181,30 @@ public final class RDMADirectQueue {
                 fail(MemWallError(.timedOut, "a direct queue was released with work in flight that did not finish in time"))
             }
         }
-        if inFlight > 0 || signalledOutstanding > 0 {
+        let c = counters.pointee
+        if c.inFlight > 0 || c.signalledOutstanding > 0 {
             // The NIC did not report everything: the buffers stay with the slots'
             // transfers, which this queue no longer owns; the connection is closed.
             fail(MemWallError(.disconnected, "a direct queue was released with work still on the send queue"))
         }
         core.releaseExclusive()
-        for slot in slots { for op in slot.templates { op.registration?.release() } }
-        wrs.deallocate()
-        sges.deallocate()
+        for binding in bindings { for op in binding?.templates ?? [] { op.registration?.release() } }
+        for i in 0 ..< depth {
+            slots[i].wrs?.deallocate()
+            slots[i].sges?.deallocate()
+        }
+        slots.deinitialize(count: depth)
+        slots.deallocate()
+        order.deallocate()
+        counters.deallocate()
+        fenceWR.deallocate()
+        fenceSGE.deallocate()
+        completions.deallocate()
     }
 
     /// Whether `slot` holds a transfer not yet reported.
     public func isBusy(slot: Int) -> Bool {
-        slot >= 0 && slot < depth && slots[slot].prepared != nil
+        slot >= 0 && slot < depth && slots[slot].busy
     }
 
     /// Posts `prepared` (prepared by this queue's transport, every descriptor
@@ -148,49 +214,50 @@ public final class RDMADirectQueue {
     ///   of another transport or peer; `outOfBounds` when the send queue has no
     ///   room for it (reap first); the closing error once the connection failed.
     public func post(_ prepared: PreparedTransfer, slot: Int) throws(MemWallError) {
-        if let closed { throw closed }
+        if counters.pointee.isClosed, let closed { throw closed }
         guard slot >= 0, slot < depth else {
             throw .invalid("slot", slot, expected: "0..<\(depth) (the queue's depth)")
         }
-        guard slots[slot].prepared == nil else {
+        let s = slots + slot
+        guard !s.pointee.busy else {
             throw MemWallError(.invalidArgument, "slot \(slot) still holds a transfer in flight; post into a slot once its completion was reaped")
         }
-        if slots[slot].bound !== prepared {
+        if s.pointee.bound != ObjectIdentifier(prepared) {
             try bind(prepared, to: slot)
         }
-        let n = slots[slot].templates.count
-        guard workRequests + n + 1 <= core.depth else {
+        let n = s.pointee.workRequests
+        let c = counters
+        guard c.pointee.workRequests + n + 1 <= sendQueueDepth else {
             throw MemWallError(.outOfBounds,
-                "the send queue holds \(workRequests) work requests of \(core.depth); reap completions before posting \(n) more")
+                "the send queue holds \(c.pointee.workRequests) work requests of \(sendQueueDepth); reap completions before posting \(n) more")
         }
-        let queueWasIdle = workRequests == 0
-        for k in 0 ..< n {
-            let op = slots[slot].templates[k]
-            sinceSignal += 1
-            let isLast = k == n - 1
-            let signal = isLast && (queueWasIdle || sinceSignal >= core.signalInterval)
-            if signal { sinceSignal = 0 }
-            op.encode(into: wrs, sges, at: k, id: UInt64(slot), signal: signal, chained: !isLast)
-        }
-        slots[slot].prepared = prepared
-        slots[slot].postedAt = MonotonicClock.nanoseconds()
+        // Only the last work request may ask for a completion: when the queue
+        // was idle (a lone request completes by itself) or every signalInterval.
+        c.pointee.sinceSignal += n
+        let signal = c.pointee.workRequests == 0 || c.pointee.sinceSignal >= signalInterval
+        if signal { c.pointee.sinceSignal = 0 }
+        guard let wrs = s.pointee.wrs else { return }  // bind always encodes at least one
+        wrs[n - 1].send_flags = signal ? IBV_SEND_SIGNALED.rawValue : 0
+        s.pointee.busy = true
+        s.pointee.postedAt = MonotonicClock.nanoseconds()
         var bad: UnsafeMutablePointer<ibv_send_wr>?
-        let rc = ibv_post_send(core.queuePair.qp, wrs, &bad)
+        let rc = ibv_post_send(qp, wrs, &bad)
         guard rc == 0 else {
-            slots[slot].prepared = nil
+            s.pointee.busy = false
             let e = MemWallError(.disconnected, "posting to \(core.peerName) failed; connection closed",
                                  function: "ibv_post_send", errno: Errno(rawValue: rc))
             fail(e)
             throw e
         }
-        if sinceSignal == 0 { signalledOutstanding += 1 }
-        workRequests += n
-        order[(orderHead + inFlight) % depth] = slot
-        inFlight += 1
+        if signal { c.pointee.signalledOutstanding += 1 }
+        c.pointee.workRequests += n
+        order[(c.pointee.orderHead + c.pointee.inFlight) % depth] = slot
+        c.pointee.inFlight += 1
     }
 
-    /// Resolves `prepared`'s work requests for `slot` once; a slot reposted with
-    /// the same transfer reuses them.
+    /// Resolves `prepared`'s work requests for `slot` once and encodes them
+    /// into the slot's own list; a slot reposted with the same transfer
+    /// reuses them.
     private func bind(_ prepared: PreparedTransfer, to slot: Int) throws(MemWallError) {
         try transport.checkOwnership(prepared)
         guard let plan = prepared.plan as? RDMATransport.Plan else {
@@ -200,17 +267,36 @@ public final class RDMADirectQueue {
             throw MemWallError(.invalidArgument,
                 "a direct queue posts to one peer (\(core.peerName)); this transfer names \(plan.groups.count == 1 ? "another peer" : "\(plan.groups.count) peers")")
         }
-        guard group.templates.count < core.depth else {
-            throw .invalid("descriptor count", group.templates.count, expected: "fewer than the send-queue depth \(core.depth)")
+        let n = group.templates.count
+        guard n > 0 else {
+            throw MemWallError(.invalidArgument, "a transfer with no descriptors has nothing to post")
+        }
+        guard n < sendQueueDepth else {
+            throw .invalid("descriptor count", n, expected: "fewer than the send-queue depth \(sendQueueDepth)")
         }
         // A bound slot counts as a use of its registrations for as long as it
         // stays bound, so the transport refuses to deregister them meanwhile
         // and a repost never carries a stale lkey; no per-post bookkeeping.
         for op in group.templates { op.registration?.retain() }
-        for op in slots[slot].templates { op.registration?.release() }
-        slots[slot].templates = group.templates
-        slots[slot].bytes = prepared.totalBytes
-        slots[slot].bound = prepared
+        for op in bindings[slot]?.templates ?? [] { op.registration?.release() }
+        let s = slots + slot
+        if s.pointee.workRequests != n {
+            s.pointee.wrs?.deallocate()
+            s.pointee.sges?.deallocate()
+            s.pointee.wrs = .allocate(capacity: n)
+            s.pointee.sges = .allocate(capacity: n)
+        }
+        guard let wrs = s.pointee.wrs, let sges = s.pointee.sges else { return }
+        for (k, op) in group.templates.enumerated() {
+            op.encode(into: wrs, sges, at: k, id: UInt64(slot), signal: false, chained: k < n - 1)
+        }
+        s.pointee.workRequests = n
+        s.pointee.bytes = prepared.totalBytes
+        s.pointee.bound = ObjectIdentifier(prepared)
+        s.pointee.targetKind = prepared.descriptors.first?.target.kind
+        s.pointee.operation = prepared.operation
+        s.pointee.descriptorCount = prepared.descriptors.count
+        bindings[slot] = Binding(prepared: prepared, templates: group.templates)
     }
 
     /// Reports finished slots to `handler`, polling until at least `minimum`
@@ -222,22 +308,21 @@ public final class RDMADirectQueue {
     /// (`sched_yield`) every `yieldEvery` empty passes: where the NIC's work is
     /// done by the kernel on this CPU (soft-RoCE runs its responder as a
     /// softirq), a poller that never yields delays that work until its time
-    /// slice ends (measured in the lab: a median READ latency of 41 µs yielding
-    /// every 8 passes, 67 µs every 64, 107 µs never). When nothing else wants
-    /// the CPU the yield returns at once. 0 never yields, for a core dedicated
-    /// to polling a hardware NIC.
+    /// slice ends. When nothing else wants the CPU the yield returns at once.
+    /// 0 never yields, for a core dedicated to polling a hardware NIC.
     /// - Returns: Slots reported.
     @discardableResult
     public func reap<E: Error>(waitingFor minimum: Int = 1, yieldEvery: Int = 8,
                                _ handler: (Completion) throws(E) -> Void) throws(E) -> Int {
         var reported = 0
         var empty = 0
+        let c = counters
         while true {
             let n = try takeCompletions(handler: handler)
             reported += n
-            if reported >= minimum || inFlight == 0 { return reported }
-            idlePasses &+= 1
-            if idlePasses & 1023 == 0 { watch() }
+            if reported >= minimum || c.pointee.inFlight == 0 { return reported }
+            c.pointee.idlePasses &+= 1
+            if c.pointee.idlePasses & 1023 == 0 { watch() }
             if n == 0 {
                 empty += 1
                 if yieldEvery > 0 && empty % yieldEvery == 0 { sched_yield() }
@@ -252,7 +337,7 @@ public final class RDMADirectQueue {
             fail(MemWallError(.disconnected, "the connection to \(core.peerName) closed"))
         }
         guard closed == nil, inFlight > 0 else { return }
-        let oldest = slots[order[orderHead]].postedAt
+        let oldest = slots[order[counters.pointee.orderHead]].postedAt
         let now = MonotonicClock.nanoseconds()
         if now > oldest && now - oldest > core.timeout {
             fail(MemWallError(.timedOut,
@@ -264,45 +349,45 @@ public final class RDMADirectQueue {
     /// Closes the connection: the queue pair goes to the error state, so the
     /// NIC flushes (and reports) everything posted.
     private func fail(_ error: MemWallError) {
-        if closed == nil { closed = error }
+        if closed == nil {
+            closed = error
+            counters.pointee.isClosed = true
+        }
         core.fail(error)
     }
 
     /// One pass over the completion queue.
     private func takeCompletions<E: Error>(handler: (Completion) throws(E) -> Void) throws(E) -> Int {
-        let cap = 16  // 768 bytes: a plain stack allocation (see RDMAConnection.Core.pollOnce)
-        return try withUnsafeTemporaryAllocation(of: ibv_wc.self, capacity: cap) { buf throws(E) -> Int in
-            guard let base = buf.baseAddress else { return 0 }
-            let n = Int(ibv_poll_cq(core.queuePair.completionQueue.cq, Int32(cap), base))
-            var reported = 0
-            if n > 0 {
-                let now = MonotonicClock.nanoseconds()
-                for i in 0 ..< n {
-                    let wc = base[i]
-                    let ok = wc.status == IBV_WC_SUCCESS
-                    // A successful completion is always that of a signalled request;
-                    // after an error every request is flushed, signalled or not.
-                    if ok { signalledOutstanding -= 1 }
-                    if wc.wr_id == Self.fenceID {
-                        workRequests -= 1
-                        reported += try retire(through: nil, lastError: ok ? nil : error(of: wc, slot: nil), now: now, handler: handler)
-                        continue
-                    }
-                    let slot = Int(wc.wr_id)
-                    // Another flushed request of a slot already reported.
-                    guard slot < depth, slots[slot].prepared != nil else { continue }
-                    reported += try retire(through: slot, lastError: ok ? nil : error(of: wc, slot: slot), now: now, handler: handler)
+        let base = completions
+        let n = Int(ibv_poll_cq(cq, Int32(Self.pollBatch), base))
+        var reported = 0
+        if n > 0 {
+            let now = MonotonicClock.nanoseconds()
+            for i in 0 ..< n {
+                let ok = base[i].status == IBV_WC_SUCCESS
+                let id = base[i].wr_id
+                // A successful completion is always that of a signalled request;
+                // after an error every request is flushed, signalled or not.
+                if ok { counters.pointee.signalledOutstanding -= 1 }
+                if id == Self.fenceID {
+                    counters.pointee.workRequests -= 1
+                    reported += try retire(through: nil, lastError: ok ? nil : error(of: base[i], slot: nil), now: now, handler: handler)
+                    continue
                 }
+                let slot = Int(truncatingIfNeeded: id)
+                // Another flushed request of a slot already reported.
+                guard slot >= 0, slot < depth, slots[slot].busy else { continue }
+                reported += try retire(through: slot, lastError: ok ? nil : error(of: base[i], slot: slot), now: now, handler: handler)
             }
-            releaseStrandedTail()
-            return reported
         }
+        releaseStrandedTail()
+        return reported
     }
 
     /// The typed error of a failed completion (the closing error once closed).
     private func error(of wc: ibv_wc, slot: Int?) -> MemWallError {
         if let closed { return closed }
-        guard let slot, let op = slots[slot].templates.last else {
+        guard let slot, let op = bindings[slot]?.templates.last else {
             return MemWallError(.disconnected, "the connection to \(core.peerName) failed: \(String(cString: ibv_wc_status_str(wc.status)))")
         }
         return RDMAConnection.Core.error(wc.status, vendor: wc.vendor_err, op: op, peer: core.peerName)
@@ -315,31 +400,34 @@ public final class RDMADirectQueue {
     private func retire<E: Error>(through last: Int?, lastError: MemWallError?, now: UInt64,
                                   handler: (Completion) throws(E) -> Void) throws(E) -> Int {
         var reported = 0
-        var failure = closed
-        while inFlight > 0 {
-            let slot = order[orderHead]
+        var failure = counters.pointee.isClosed ? closed : nil
+        let c = counters
+        while c.pointee.inFlight > 0 {
+            let slot = order[c.pointee.orderHead]
+            let s = slots + slot
+            guard s.pointee.busy else { break }
             let isLast = slot == last
-            let s = slots[slot]
-            guard let prepared = s.prepared else { break }
-            orderHead = (orderHead + 1) % depth
-            inFlight -= 1
-            workRequests -= s.templates.count
-            slots[slot].prepared = nil
+            c.pointee.orderHead = (c.pointee.orderHead + 1) % depth
+            c.pointee.inFlight -= 1
+            c.pointee.workRequests -= s.pointee.workRequests
+            s.pointee.busy = false
             if isLast || last == nil, let lastError, failure == nil {
                 failure = lastError
                 fail(lastError)
             }
-            let elapsed = now > s.postedAt ? now - s.postedAt : 0
+            let postedAt = s.pointee.postedAt
+            let elapsed = now > postedAt ? now - postedAt : 0
             let result: Result<Int, MemWallError>
             if let failure {
                 result = .failure(failure)
             } else {
-                result = .success(s.bytes)
-                if let kind = prepared.descriptors.first?.target.kind {
-                    transport.costEstimator.record(target: kind, operation: prepared.operation,
-                        report: TransferReport(bytes: s.bytes, descriptorCount: prepared.descriptors.count,
-                                               postedAt: s.postedAt, completedAt: now))
+                result = .success(s.pointee.bytes)
+                if c.pointee.sinceEstimate == 0, let kind = s.pointee.targetKind {
+                    transport.costEstimator.record(target: kind, operation: s.pointee.operation,
+                        report: TransferReport(bytes: s.pointee.bytes, descriptorCount: s.pointee.descriptorCount,
+                                               postedAt: postedAt, completedAt: now))
                 }
+                c.pointee.sinceEstimate = (c.pointee.sinceEstimate + 1) % Self.estimateInterval
             }
             reported += 1
             try handler(Completion(slot: slot, result: result, nanoseconds: elapsed))
@@ -352,18 +440,20 @@ public final class RDMADirectQueue {
     /// Posts a signalled zero-length fence when slots are in flight but no
     /// signalled request is left to retire them.
     private func releaseStrandedTail() {
-        guard closed == nil, inFlight > 0, signalledOutstanding == 0, workRequests < core.depth else { return }
-        let slot = order[(orderHead + inFlight - 1) % depth]
-        guard let op = slots[slot].templates.last else { return }
-        op.fence.encode(into: wrs, sges, at: 0, id: Self.fenceID, signal: true, chained: false)
+        let c = counters
+        guard !c.pointee.isClosed, c.pointee.inFlight > 0, c.pointee.signalledOutstanding == 0,
+              c.pointee.workRequests < sendQueueDepth else { return }
+        let slot = order[(c.pointee.orderHead + c.pointee.inFlight - 1) % depth]
+        guard let op = bindings[slot]?.templates.last else { return }
+        op.fence.encode(into: fenceWR, fenceSGE, at: 0, id: Self.fenceID, signal: true, chained: false)
         var bad: UnsafeMutablePointer<ibv_send_wr>?
-        let rc = ibv_post_send(core.queuePair.qp, wrs, &bad)
+        let rc = ibv_post_send(qp, fenceWR, &bad)
         guard rc == 0 else {
             fail(MemWallError(.disconnected, "posting to \(core.peerName) failed; connection closed",
                               function: "ibv_post_send", errno: Errno(rawValue: rc)))
             return
         }
-        signalledOutstanding += 1
-        workRequests += 1
+        c.pointee.signalledOutstanding += 1
+        c.pointee.workRequests += 1
     }
 }
