@@ -142,11 +142,14 @@ lab_inner() {
       sed 's/^/# ib_read_lat: /' "$tmp/pt.txt" >&2
       # Columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%.
       echo "lat $s perftest $(awk -v s="$s" '$1==s {print $5}' "$tmp/pt.txt")" >> "$rec"
-      for path in direct request; do
-        echo "# round $round: memwall lat -s $s --path $path" >&2
+      for variant in "direct direct" "direct-sleep8 direct --sleep-after 8" "request request"; do
+        set -- $variant
+        local label=$1; shift 2
+        local path=${label%%-*}
+        echo "# round $round: memwall lat -s $s --path $path $*" >&2
         timeout 300 $cmd --transport rdma --device rxe0 --cm rdmacm --connect "$addr:$port" --mode lat --ops read --sizes "$s" \
-          -n "$LAT_ITERS" --path "$path" --json > "$tmp/lat.json" || true
-        echo "lat $s $path $(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']" 2>/dev/null)" >> "$rec"
+          -n "$LAT_ITERS" --path "$path" "$@" --json > "$tmp/lat.json" || true
+        echo "lat $s $label $(json_field "$tmp/lat.json" "rows[0]['typicalMicroseconds']" 2>/dev/null)" >> "$rec"
       done
     done
   done
@@ -163,7 +166,8 @@ for line in open(sys.argv[1]):
     except ValueError: continue
     rows.setdefault((kind, size), {}).setdefault(who, []).append(v)
 labels = {"direct-pl1": "memwall direct queue, 1 message per post", "request-pl1": "memwall request path, 1 message per post",
-          "direct-pl16": "memwall direct queue, 16 messages per post", "direct": "memwall direct queue", "request": "memwall request path"}
+          "direct-pl16": "memwall direct queue, 16 messages per post", "direct": "memwall direct queue (spin, yield every 8 polls)",
+          "direct-sleep8": "memwall direct queue, sleeping on the completion channel after 8 empty polls", "request": "memwall request path"}
 print("| test | size | iterations | tool | per round | median | best | ratio, best rounds | ratio, medians |")
 print("|---|---:|---:|---|---|---:|---:|---:|---:|")
 for (kind, size) in sorted(rows, key=lambda k: (k[0] != "bw", k[1])):
@@ -188,7 +192,7 @@ PY
   echo "perftest: \`ib_write_bw -R -d rxe0 -s SIZE -n $BW_ITERS\` (server) + \`... $addr\` (client); \`ib_read_lat -R -d rxe0 -s SIZE -n $LAT_ITERS\` likewise."
   echo "memwall: \`memwall rdma-serve --transport rdma --device rxe0 --cm rdmacm --address $addr --export bench:${maxsize}:rw\` (server) +"
   echo "\`memwall bench rdma --transport rdma --device rxe0 --cm rdmacm --connect $addr:PORT --mode bw --ops write --sizes SIZE -n $BW_ITERS --path {direct,request} --post-list {1,16}\`"
-  echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS --path {direct,request}\` (release build, completions polled on the posting thread as perftest does)."
+  echo "and \`... --mode lat --ops read --sizes SIZE -n $LAT_ITERS --path {direct,request}\` (direct also with \`--sleep-after 8\`) (release build, completions polled on the posting thread as perftest does)."
   echo
   rm -rf "$tmp"
 }

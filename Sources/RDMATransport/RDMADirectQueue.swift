@@ -109,6 +109,7 @@ public final class RDMADirectQueue {
     // The verbs objects, read once: the connection (held above) keeps them alive.
     private let qp: UnsafeMutablePointer<ibv_qp>
     private let cq: UnsafeMutablePointer<ibv_cq>
+    private let completionQueue: CompletionQueue
     private let sendQueueDepth: Int
     private let signalInterval: Int
     private let slots: UnsafeMutablePointer<SlotState>
@@ -118,6 +119,8 @@ public final class RDMADirectQueue {
     private let counters: UnsafeMutablePointer<Counters>
     private var bindings: [Binding?]
     private var closed: MemWallError?
+    /// Times a reap slept on the completion channel (tests check the path ran).
+    private(set) var sleeps = 0
     /// One fence work request and its (empty) scatter entry.
     private let fenceWR: UnsafeMutablePointer<ibv_send_wr>
     private let fenceSGE: UnsafeMutablePointer<ibv_sge>
@@ -155,6 +158,7 @@ public final class RDMADirectQueue {
         self.core = core
         self.qp = core.queuePair.qp
         self.cq = core.queuePair.completionQueue.cq
+        self.completionQueue = core.queuePair.completionQueue
         self.sendQueueDepth = core.depth
         self.signalInterval = core.signalInterval
         self.depth = depth
@@ -310,9 +314,19 @@ public final class RDMADirectQueue {
     /// softirq), a poller that never yields delays that work until its time
     /// slice ends. When nothing else wants the CPU the yield returns at once.
     /// 0 never yields, for a core dedicated to polling a hardware NIC.
+    ///
+    /// After `sleepAfter` empty passes in a row the poller stops spinning: it
+    /// arms the completion queue, polls once more (a completion may have landed
+    /// meanwhile) and sleeps on the queue's completion channel until the next
+    /// completion. Why: Linux's scheduler shares a CPU fairly between a
+    /// spinning poller and the softirq thread doing soft-RoCE's work, so once
+    /// that thread has run more than the poller, a yield no longer hands it the
+    /// CPU and the poller spins for as long as the work takes (measured in the
+    /// lab: ksoftirqd waiting in the run queue about as long as it ran for a
+    /// 4 KiB READ). A sleeping poller competes with nothing. `nil` never sleeps.
     /// - Returns: Slots reported.
     @discardableResult
-    public func reap<E: Error>(waitingFor minimum: Int = 1, yieldEvery: Int = 8,
+    public func reap<E: Error>(waitingFor minimum: Int = 1, yieldEvery: Int = 8, sleepAfter: Int? = nil,
                                _ handler: (Completion) throws(E) -> Void) throws(E) -> Int {
         var reported = 0
         var empty = 0
@@ -323,9 +337,21 @@ public final class RDMADirectQueue {
             if reported >= minimum || c.pointee.inFlight == 0 { return reported }
             c.pointee.idlePasses &+= 1
             if c.pointee.idlePasses & 1023 == 0 { watch() }
-            if n == 0 {
-                empty += 1
-                if yieldEvery > 0 && empty % yieldEvery == 0 { sched_yield() }
+            guard n == 0 else { empty = 0; continue }
+            empty += 1
+            if let sleepAfter, empty >= sleepAfter, !c.pointee.isClosed {
+                empty = 0
+                completionQueue.arm()
+                let m = try takeCompletions(handler: handler)
+                reported += m
+                if reported >= minimum || c.pointee.inFlight == 0 { return reported }
+                // Bounded, so a peer that never answers still meets the timeout.
+                if m == 0 {
+                    sleeps &+= 1
+                    if !completionQueue.sleep(milliseconds: 100) { watch() }
+                }
+            } else if yieldEvery > 0 && empty % yieldEvery == 0 {
+                sched_yield()
             }
         }
     }

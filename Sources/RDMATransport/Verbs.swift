@@ -161,10 +161,13 @@ final class CompletionQueue: Sendable {
     func arm() { _ = ibv_req_notify_cq(cq, 0) }
 
     /// Sleeps until the channel fires or `milliseconds` pass; acknowledges the event.
-    func sleep(milliseconds: Int32) {
+    /// - Returns: Whether the channel fired (false: the time ran out).
+    @discardableResult
+    func sleep(milliseconds: Int32) -> Bool {
         var p = pollfd(fd: channel.pointee.fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&p, 1, milliseconds) > 0 else { return }
+        guard poll(&p, 1, milliseconds) > 0 else { return false }
         consumeEvent()
+        return true
     }
 
     /// The completion channel's descriptor, readable after an armed completion.

@@ -47,6 +47,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Option(name: .long, help: "Give the CPU away (sched_yield) every N empty completion polls, so kernel-side NIC work on this CPU (soft-RoCE) is not starved; 0 spins without yielding (perftest's loop).")
     var yieldEvery: Int = 8
 
+    @Option(name: .long, help: "Direct queue: after this many empty polls in a row, sleep on the completion channel until the next completion (default: never; spin and yield).")
+    var sleepAfter: Int?
+
     @Option(name: .long, help: "Use a peer started with 'memwall rdma-serve --export bench:SIZE:rw' at HOST:PORT.")
     var connect: String?
 
@@ -87,6 +90,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
         guard (1 ... 16384).contains(txDepth) else { throw ValidationError("invalid --tx-depth '\(txDepth)': expected 1 to 16384") }
         guard (1 ... 1024).contains(postList) else { throw ValidationError("invalid --post-list '\(postList)': expected 1 to 1024") }
         guard yieldEvery >= 0 else { throw ValidationError("invalid --yield-every '\(yieldEvery)': expected 0 (never) or a positive number of polls") }
+        if let sleepAfter, sleepAfter < 1 { throw ValidationError("invalid --sleep-after '\(sleepAfter)': expected a positive number of polls") }
         guard ["direct", "request"].contains(path) else { throw ValidationError("invalid --path '\(path)': expected direct or request") }
     }
 
@@ -151,14 +155,14 @@ struct BenchRDMACommand: AsyncParsableCommand {
                     if m == "bw" {
                         let list = try client.prepare(operation, Array(repeating: one, count: postList))
                         row = if let direct {
-                            try Self.bandwidth(direct, list, messageBytes: size, iterations: iterations, window: txDepth, yieldEvery: yieldEvery)
+                            try Self.bandwidth(direct, list, messageBytes: size, iterations: iterations, window: txDepth, yieldEvery: yieldEvery, sleepAfter: sleepAfter)
                         } else {
                             try Self.bandwidth(client, list, messageBytes: size, iterations: iterations, window: txDepth, progress: progress)
                         }
                     } else {
                         let single = try client.prepare(operation, [one])
                         row = if let direct {
-                            try Self.latency(direct, single, iterations: iterations, yieldEvery: yieldEvery)
+                            try Self.latency(direct, single, iterations: iterations, yieldEvery: yieldEvery, sleepAfter: sleepAfter)
                         } else {
                             try Self.latency(client, single, iterations: iterations, progress: progress)
                         }
@@ -226,7 +230,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
     /// The bandwidth loop on a direct queue: `window` messages in flight in
     /// slots, each slot reposted as soon as it is reaped.
     static func bandwidth(_ q: RDMADirectQueue, _ prepared: PreparedTransfer, messageBytes: Int, iterations messages: Int,
-                          window messageWindow: Int, yieldEvery: Int) throws -> Row {
+                          window messageWindow: Int, yieldEvery: Int, sleepAfter: Int?) throws -> Row {
         let perRequest = prepared.descriptors.count
         let iterations = max(1, (messages + perRequest - 1) / perRequest)
         let slots = max(1, min(q.depth, messageWindow / perRequest))
@@ -241,7 +245,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
                 try q.post(prepared, slot: s)
                 posted += 1
             }
-            try q.reap(waitingFor: 1, yieldEvery: yieldEvery) { c in
+            try q.reap(waitingFor: 1, yieldEvery: yieldEvery, sleepAfter: sleepAfter) { c in
                 _ = try c.result.get()
                 free.append(c.slot)
                 done += 1
@@ -256,12 +260,12 @@ struct BenchRDMACommand: AsyncParsableCommand {
     }
 
     /// The latency loop on a direct queue: one slot, posted and reaped in turn.
-    static func latency(_ q: RDMADirectQueue, _ prepared: PreparedTransfer, iterations: Int, yieldEvery: Int) throws -> Row {
+    static func latency(_ q: RDMADirectQueue, _ prepared: PreparedTransfer, iterations: Int, yieldEvery: Int, sleepAfter: Int?) throws -> Row {
         var h = LatencyHistogram()
         let warmUp = min(16, iterations)
         for i in 0 ..< iterations + warmUp {
             try q.post(prepared, slot: 0)
-            try q.reap(waitingFor: 1, yieldEvery: yieldEvery) { c in
+            try q.reap(waitingFor: 1, yieldEvery: yieldEvery, sleepAfter: sleepAfter) { c in
                 _ = try c.result.get()
                 if i >= warmUp { h.record(c.nanoseconds) }
             }

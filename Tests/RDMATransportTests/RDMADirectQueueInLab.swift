@@ -86,6 +86,36 @@ struct RDMADirectQueueInLab {
         #expect(caught { try RDMADirectQueue(transport: threaded, peer: peer2, depth: 4) }?.message.contains("completionThread: false") == true)
     }
 
+    @Test("a poller that sleeps on the completion channel after one empty poll still sees every slot, with the bytes landed")
+    func sleepingPoller() throws {
+        let (p, client) = try Self.pair()
+        let slot = try p.peer.segment(named: "slot")
+        let q = try RDMADirectQueue(transport: client, peer: p.peer, depth: 4)
+        let chunk = 64 * 1024
+        fill(p.serverRegion, offset: 0, length: 4 * chunk, seed: 11)
+        // Four READs in flight, reaped one at a time: most reaps find nothing on
+        // their first pass, arm the queue and sleep until the channel fires.
+        let reads = try (0 ..< 4).map { s in
+            try client.prepare(.read, [TransferDescriptor(local: p.local, localOffset: s * chunk, target: .remote(slot), targetOffset: Int64(s * chunk), length: chunk)])
+        }
+        var seen: [Int] = []
+        for round in 0 ..< 25 {
+            zero(p.local)
+            for s in 0 ..< 4 { try q.post(reads[s], slot: s) }
+            var reaped = 0
+            while reaped < 4 {
+                reaped += try q.reap(waitingFor: 1, sleepAfter: 1) { c throws in
+                    #expect(try c.result.get() == chunk)
+                    if round == 0 { seen.append(c.slot) }
+                }
+            }
+            #expect(q.inFlight == 0)
+            #expect(firstMismatch(p.local, offset: 0, length: 4 * chunk, seed: 11) == nil, "round \(round)")
+        }
+        #expect(seen == [0, 1, 2, 3], "RC order")
+        #expect(q.sleeps > 0, "some reap found its first pass empty and slept")
+    }
+
     @Test("a forged rkey fails its slot with a remote access error, then the queue refuses posts")
     func remoteAccessError() throws {
         let (p, client) = try Self.pair()
