@@ -153,6 +153,39 @@ struct TCPEmulationTests {
         }
     }
 
+    @Test("a cancel landing while the sender takes a descriptor ends it exactly once; nothing stays in flight")
+    func cancelRacesTheSender() throws {
+        // The timeout cannot fire during the test: a descriptor the sender kept
+        // as unanswered but never sent would sit there until the disconnect.
+        let p = try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 1024, operationTimeout: .seconds(600)))
+        let slot = try p.peer.segment(named: "slot")
+        let prepared = try p.client.prepare(.write, (0 ..< 4).map {
+            TransferDescriptor(local: p.local, localOffset: $0 * 256, target: .remote(slot), targetOffset: Int64($0 * 256), length: 256)
+        })
+        // Each cancel comes a little later than the one before (0 to 100 µs after
+        // the post, in 7919 ns steps), so cancels land everywhere in the sender's
+        // handling of a descriptor, including between taking it and sending it.
+        for i in 0 ..< 3000 {
+            let req = try p.client.post(prepared)
+            let until = MonotonicClock.nanoseconds() &+ UInt64(i * 7919 % 100_000)
+            while MonotonicClock.nanoseconds() < until {}
+            req.cancel()
+            let result = Result { () throws(MemWallError) in try req.waitBlocking() }
+            if case .failure(let e) = result { #expect(e.code == .cancelled, "request \(i): \(e)") }
+            for (d, s) in req.descriptorStatuses.enumerated() {
+                #expect(s == .completed || s == .cancelled, "request \(i), descriptor \(d): \(s)")
+            }
+        }
+        // The connection still moves data.
+        fill(p.local, offset: 0, length: 4096, seed: 11)
+        try p.client.post(try p.client.prepare(.write, [TransferDescriptor(local: p.local, target: .remote(slot), length: 4096)])).waitBlocking()
+        #expect(firstMismatch(p.serverRegion, offset: 0, length: 4096, seed: 11) == nil)
+        // A descriptor finished twice would be released twice; the disconnect
+        // finishes whatever is still recorded as unanswered.
+        p.peer.disconnect()
+        #expect(throws: Never.self) { try p.client.deregister(p.local) }
+    }
+
     @Test("a peer that stops answering: the request times out and the connection closes")
     func timeoutClosesTheConnection() async throws {
         let stalled = try StalledPeer()
