@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MemWallCore
 @testable import RDMATransport
+import Synchronization
 import Testing
 import Transport
 
@@ -184,6 +185,84 @@ struct TCPEmulationTests {
         // finishes whatever is still recorded as unanswered.
         p.peer.disconnect()
         #expect(throws: Never.self) { try p.client.deregister(p.local) }
+    }
+
+    @Test("peers connect, write and disconnect from three threads while the listener closes; every outcome is a clean one")
+    func listenerClosesUnderTraffic() throws {
+        let server = try TCPEmulationTransport()
+        let exported = try MemoryRegion.allocate(byteCount: 3 * 4096)
+        try server.register(exported)
+        try server.export(exported, as: "slot", access: [.read, .write])
+        let port = try server.listen(address: "127.0.0.1", port: 0)
+        let successes = Atomic<Int>(0)
+        let closeRequested = Atomic<Bool>(false)
+        // Per client: the seed of its last acknowledged write, and of the writes
+        // posted after it that failed (their bytes may have landed, in part).
+        let written = Mutex<[(acknowledged: Int, unacknowledged: [Int])]>(Array(repeating: (0, []), count: 3))
+        let errors = Mutex<[(error: MemWallError, connected: Bool)]>([])
+        let failuresBeforeClose = Atomic<Int>(0)
+        let clients = try (0 ..< 3).map { k in
+            try WorkerThread(name: "client-\(k)") {
+                do throws(MemWallError) {
+                    let client = try TCPEmulationTransport()
+                    let local = try MemoryRegion.allocate(byteCount: 4096)
+                    try client.register(local)
+                    var seed = k * 100_000
+                    // Until an attempt begun after the close was asked for fails (every such attempt does).
+                    while true {
+                        let closing = closeRequested.load(ordering: .acquiring)
+                        seed += 1
+                        fill(local, offset: 0, length: 4096, seed: seed)
+                        var connected = false
+                        var posted = false
+                        do throws(MemWallError) {
+                            let peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(5))
+                            connected = true
+                            let d = TransferDescriptor(local: local, target: .remote(try peer.segment(named: "slot")),
+                                                       targetOffset: Int64(k * 4096), length: 4096)
+                            let prepared = try client.prepare(.write, [d])
+                            posted = true
+                            try client.post(prepared).waitBlocking()
+                            peer.disconnect()
+                            written.withLock { $0[k] = (seed, []) }
+                            successes.add(1, ordering: .relaxed)
+                        } catch {
+                            if !closeRequested.load(ordering: .acquiring) { failuresBeforeClose.add(1, ordering: .relaxed) }
+                            errors.withLock { $0.append((error, connected)) }
+                            if posted { written.withLock { $0[k].unacknowledged.append(seed) } }
+                            if closing { return }
+                        }
+                    }
+                } catch {
+                    // Setting up the client failed: its write count below says so.
+                    errors.withLock { $0.append((error, false)) }
+                }
+            }
+        }
+        while successes.load(ordering: .relaxed) < 300 { sched_yield() }
+        closeRequested.store(true, ordering: .releasing)
+        server.close()
+        for c in clients { c.join() }
+
+        // What failed, failed because the listener went away, and only once the
+        // close was asked for: refused, reset, or cut off mid-transfer; or, for a
+        // handshake the kernel completed as the listening socket shut down (never
+        // accepted, never reset), no export table within the connect timeout.
+        #expect(failuresBeforeClose.load(ordering: .relaxed) == 0)
+        for (e, connected) in errors.withLock({ $0 }) {
+            #expect(e.code == .disconnected || (e.code == .timedOut && !connected), "\(e)")
+        }
+        #expect(errors.withLock { $0.count } >= 3)
+        // Each client's block holds its last acknowledged write, except where a
+        // later write that failed had already placed bytes: nothing else.
+        for (k, w) in written.withLock({ $0 }).enumerated() {
+            #expect(w.acknowledged > k * 100_000, "client \(k) never completed a write")
+            let seeds = [w.acknowledged] + w.unacknowledged
+            let stray = exported.withUnsafeBytes(offset: k * 4096, length: 4096) { b in
+                (0 ..< 4096).first { i in !seeds.contains { b[i] == patternByte(i, seed: $0) } }
+            }
+            #expect(stray == nil, "client \(k): byte \(String(describing: stray)) is from none of the writes \(seeds)")
+        }
     }
 
     @Test("a peer that stops answering: the request times out and the connection closes")
