@@ -102,6 +102,11 @@ enum SocketIO {
                     "nothing is listening at \(where_); start the peer (memwall rdma-serve) or check the address and port",
                     function: "connect", errno: err)
             }
+            if err.rawValue == ECONNRESET {
+                // The listener closed while this connection was being set up.
+                throw MemWallError(.disconnected, "\(where_) reset the connection while it was being set up; is the peer shutting down?",
+                                   function: "connect", errno: err)
+            }
             throw .system("connect", err, "cannot connect to \(where_)")
         }
     }

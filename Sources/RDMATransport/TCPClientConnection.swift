@@ -108,7 +108,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
             let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
             defer { header.deallocate() }
             while true {
-                enum Next { case stop, idle, item(Item, UInt64) }
+                enum Next { case stop, idle, cancelled(Operation), item(Item, UInt64) }
                 let next = state.withLock { s -> Next in
                     if s.closed != nil { return .stop }
                     guard s.head < s.queue.count else { return .idle }
@@ -116,9 +116,16 @@ final class TCPClientConnection: RemoteConnectionHandle {
                     let item = s.queue[s.head]
                     s.head += 1
                     if s.head == s.queue.count { s.queue.removeAll(keepingCapacity: true); s.head = 0 }
+                    // Cancelled or not is decided once, here: an operation recorded
+                    // as unanswered is finished only by whoever takes it out of
+                    // `pending` (its answer, or `fail`); one not recorded, only by
+                    // this thread. Asking again after the lock let a cancel in
+                    // between finish it twice (releasing its registration twice)
+                    // and leave it in `pending`, never sent, to time out the connection.
+                    if case .operation(let op) = item, op.request.isCancellationRequested { return .cancelled(op) }
                     let tag = s.nextTag
                     s.nextTag += 1
-                    if case .operation(let op) = item, !op.request.isCancellationRequested {
+                    if case .operation(let op) = item {
                         s.pending[tag] = Pending(operation: op, deadline: MonotonicClock.nanoseconds() &+ timeout.nanosecondsClamped)
                     }
                     return .item(item, tag)
@@ -126,15 +133,13 @@ final class TCPClientConnection: RemoteConnectionHandle {
                 switch next {
                 case .stop: return
                 case .idle: wake.wait()
+                case .cancelled(let op):
+                    // Never handed to the socket: it ends as cancelled.
+                    op.finish(.failure(MemWallError(.cancelled, "cancelled before it was sent")))
                 case .item(.notify(let value), _):
                     FrameHeader(kind: .notify, key: value).store(to: header)
                     if !send(header, payload: nil) { return }
                 case .item(.operation(let op), let tag):
-                    if op.request.isCancellationRequested {
-                        // Never handed to the socket: it ends as cancelled.
-                        op.finish(.failure(MemWallError(.cancelled, "cancelled before it was sent")))
-                        continue
-                    }
                     FrameHeader(kind: op.isRead ? .read : .write, key: op.key, tag: tag, offset: op.remoteOffset,
                                 length: UInt64(op.length)).store(to: header)
                     let payload = op.isRead ? nil : UnsafeRawBufferPointer(start: op.local, count: op.length)

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MemWallCore
 @testable import RDMATransport
+import Synchronization
 import Testing
 import Transport
 
@@ -150,6 +151,117 @@ struct TCPEmulationTests {
         case .cancelled: break
         case .failed(let d0): #expect(d0.code == .disconnected)
         default: Issue.record("descriptor 0 should be final, is \(req.status(ofDescriptor: 0))")
+        }
+    }
+
+    @Test("a cancel landing while the sender takes a descriptor ends it exactly once; nothing stays in flight")
+    func cancelRacesTheSender() throws {
+        // The timeout cannot fire during the test: a descriptor the sender kept
+        // as unanswered but never sent would sit there until the disconnect.
+        let p = try Self.pair(options: RemoteTransportOptions(sendQueueDepth: 1024, operationTimeout: .seconds(600)))
+        let slot = try p.peer.segment(named: "slot")
+        let prepared = try p.client.prepare(.write, (0 ..< 4).map {
+            TransferDescriptor(local: p.local, localOffset: $0 * 256, target: .remote(slot), targetOffset: Int64($0 * 256), length: 256)
+        })
+        // Each cancel comes a little later than the one before (0 to 100 µs after
+        // the post, in 7919 ns steps), so cancels land everywhere in the sender's
+        // handling of a descriptor, including between taking it and sending it.
+        for i in 0 ..< 3000 {
+            let req = try p.client.post(prepared)
+            let until = MonotonicClock.nanoseconds() &+ UInt64(i * 7919 % 100_000)
+            while MonotonicClock.nanoseconds() < until {}
+            req.cancel()
+            let result = Result { () throws(MemWallError) in try req.waitBlocking() }
+            if case .failure(let e) = result { #expect(e.code == .cancelled, "request \(i): \(e)") }
+            for (d, s) in req.descriptorStatuses.enumerated() {
+                #expect(s == .completed || s == .cancelled, "request \(i), descriptor \(d): \(s)")
+            }
+        }
+        // The connection still moves data.
+        fill(p.local, offset: 0, length: 4096, seed: 11)
+        try p.client.post(try p.client.prepare(.write, [TransferDescriptor(local: p.local, target: .remote(slot), length: 4096)])).waitBlocking()
+        #expect(firstMismatch(p.serverRegion, offset: 0, length: 4096, seed: 11) == nil)
+        // A descriptor finished twice would be released twice; the disconnect
+        // finishes whatever is still recorded as unanswered.
+        p.peer.disconnect()
+        #expect(throws: Never.self) { try p.client.deregister(p.local) }
+    }
+
+    @Test("peers connect, write and disconnect from three threads while the listener closes; every outcome is a clean one")
+    func listenerClosesUnderTraffic() throws {
+        let server = try TCPEmulationTransport()
+        let exported = try MemoryRegion.allocate(byteCount: 3 * 4096)
+        try server.register(exported)
+        try server.export(exported, as: "slot", access: [.read, .write])
+        let port = try server.listen(address: "127.0.0.1", port: 0)
+        let successes = Atomic<Int>(0)
+        let closeRequested = Atomic<Bool>(false)
+        // Per client: the seed of its last acknowledged write, and of the writes
+        // posted after it that failed (their bytes may have landed, in part).
+        let written = Mutex<[(acknowledged: Int, unacknowledged: [Int])]>(Array(repeating: (0, []), count: 3))
+        let errors = Mutex<[(error: MemWallError, connected: Bool)]>([])
+        let failuresBeforeClose = Atomic<Int>(0)
+        let clients = try (0 ..< 3).map { k in
+            try WorkerThread(name: "client-\(k)") {
+                do throws(MemWallError) {
+                    let client = try TCPEmulationTransport()
+                    let local = try MemoryRegion.allocate(byteCount: 4096)
+                    try client.register(local)
+                    var seed = k * 100_000
+                    // Until an attempt begun after the close was asked for fails (every such attempt does).
+                    while true {
+                        let closing = closeRequested.load(ordering: .acquiring)
+                        seed += 1
+                        fill(local, offset: 0, length: 4096, seed: seed)
+                        var connected = false
+                        var posted = false
+                        do throws(MemWallError) {
+                            let peer = try client.connect(address: "127.0.0.1", port: port, timeout: .seconds(5))
+                            connected = true
+                            let d = TransferDescriptor(local: local, target: .remote(try peer.segment(named: "slot")),
+                                                       targetOffset: Int64(k * 4096), length: 4096)
+                            let prepared = try client.prepare(.write, [d])
+                            posted = true
+                            try client.post(prepared).waitBlocking()
+                            peer.disconnect()
+                            written.withLock { $0[k] = (seed, []) }
+                            successes.add(1, ordering: .relaxed)
+                        } catch {
+                            if !closeRequested.load(ordering: .acquiring) { failuresBeforeClose.add(1, ordering: .relaxed) }
+                            errors.withLock { $0.append((error, connected)) }
+                            if posted { written.withLock { $0[k].unacknowledged.append(seed) } }
+                            if closing { return }
+                        }
+                    }
+                } catch {
+                    // Setting up the client failed: its write count below says so.
+                    errors.withLock { $0.append((error, false)) }
+                }
+            }
+        }
+        while successes.load(ordering: .relaxed) < 300 { sched_yield() }
+        closeRequested.store(true, ordering: .releasing)
+        server.close()
+        for c in clients { c.join() }
+
+        // What failed, failed because the listener went away, and only once the
+        // close was asked for: refused, reset, or cut off mid-transfer; or, for a
+        // handshake the kernel completed as the listening socket shut down (never
+        // accepted, never reset), no export table within the connect timeout.
+        #expect(failuresBeforeClose.load(ordering: .relaxed) == 0)
+        for (e, connected) in errors.withLock({ $0 }) {
+            #expect(e.code == .disconnected || (e.code == .timedOut && !connected), "\(e)")
+        }
+        #expect(errors.withLock { $0.count } >= 3)
+        // Each client's block holds its last acknowledged write, except where a
+        // later write that failed had already placed bytes: nothing else.
+        for (k, w) in written.withLock({ $0 }).enumerated() {
+            #expect(w.acknowledged > k * 100_000, "client \(k) never completed a write")
+            let seeds = [w.acknowledged] + w.unacknowledged
+            let stray = exported.withUnsafeBytes(offset: k * 4096, length: 4096) { b in
+                (0 ..< 4096).first { i in !seeds.contains { b[i] == patternByte(i, seed: $0) } }
+            }
+            #expect(stray == nil, "client \(k): byte \(String(describing: stray)) is from none of the writes \(seeds)")
         }
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemWallCore
+import Synchronization
 import Testing
 @testable import Transport
 
@@ -55,6 +56,64 @@ struct TransferRequestTests {
         clean.complete(descriptor: 0, .success(16))
         #expect(try clean.waitBlocking().bytes == 32)
         #expect(estimator.estimate(target: .memory, operation: .write)?.samples == 1)
+    }
+
+    @Test("completers, a canceller, spinning and parked waiters, an async waiter and a poller race on one request, many times")
+    func racingCompletionsWaitersAndCancel() async throws {
+        let n = 70   // past the 64 inline bits
+        for round in 0 ..< 300 {
+            let r = try Self.request(descriptors: n)
+            // Odd rounds: completers yield after every descriptor, so waiters stop
+            // spinning and park. Rounds divisible by 3 also cancel midway.
+            let slow = round & 1 == 1
+            let cancels = round % 3 == 0
+            let completers = (0 ..< 3).map { k in
+                Thread {
+                    for i in stride(from: k, to: n, by: 3) {
+                        if r.isCancellationRequested {
+                            r.complete(descriptor: i, .failure(MemWallError(.cancelled, "cancelled before it was issued")))
+                        } else {
+                            r.complete(descriptor: i, .success(16))
+                        }
+                        if slow { sched_yield() }
+                    }
+                }
+            }
+            let canceller = Thread { if cancels { for _ in 0 ..< round % 40 { sched_yield() }; r.cancel() } }
+            let outcomes = Mutex<[Outcome]>([])
+            let waiters = (0 ..< 2).map { _ in
+                Thread {
+                    let o = Outcome(Result { () throws(MemWallError) in try r.waitBlocking() })
+                    outcomes.withLock { $0.append(o) }
+                }
+            }
+            let poller = Thread { while !r.poll().isFinal { _ = r.descriptorStatuses } }
+            for t in waiters + [poller, canceller] + completers { t.start() }
+            let asyncOutcome: Outcome
+            do { asyncOutcome = .bytes(try await r.wait().bytes) } catch { asyncOutcome = .error(error.code) }
+            for t in waiters + [poller, canceller] + completers { t.join() }
+
+            let statuses = r.descriptorStatuses
+            let completed = statuses.filter { $0 == .completed }.count
+            #expect(completed + statuses.filter { $0 == .cancelled }.count == n, "round \(round): \(statuses)")
+            let expected: Outcome = completed == n ? .bytes(16 * n) : .error(.cancelled)
+            #expect(asyncOutcome == expected, "round \(round)")
+            #expect(outcomes.withLock { $0 } == [expected, expected], "round \(round)")
+            if !cancels { #expect(completed == n, "round \(round)") }
+        }
+    }
+}
+
+/// What a wait returned, comparable across waiters.
+private enum Outcome: Equatable {
+    case bytes(Int)
+    case error(MemWallError.Code)
+
+    init(_ r: Result<TransferReport, MemWallError>) {
+        switch r {
+        case .success(let report): self = .bytes(report.bytes)
+        case .failure(let e): self = .error(e.code)
+        }
     }
 }
 
