@@ -346,14 +346,24 @@ public final class RDMADirectQueue {
                 reported += m
                 if reported >= minimum || c.pointee.inFlight == 0 { return reported }
                 // Bounded, so a peer that never answers still meets the timeout.
-                if m == 0 {
-                    sleeps &+= 1
-                    if !completionQueue.sleep(milliseconds: 100) { watch() }
-                }
+                if m == 0, !sleepOnChannel(milliseconds: 100) { watch() }
             } else if yieldEvery > 0 && empty % yieldEvery == 0 {
                 sched_yield()
             }
         }
+    }
+
+    /// Sleeps on the armed completion channel until it fires or `milliseconds`
+    /// pass. - Returns: Whether it fired.
+    func sleepOnChannel(milliseconds: Int32) -> Bool {
+        sleeps &+= 1
+        return completionQueue.sleep(milliseconds: milliseconds)
+    }
+
+    /// Arms the completion queue and sleeps on its channel (tests: the idle case).
+    func armAndSleep(milliseconds: Int32) -> Bool {
+        completionQueue.arm()
+        return sleepOnChannel(milliseconds: milliseconds)
     }
 
     /// Looks at the peer (disconnect events) and the oldest slot's age.
