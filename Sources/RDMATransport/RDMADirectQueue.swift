@@ -240,7 +240,10 @@ public final class RDMADirectQueue {
         c.pointee.sinceSignal += n
         let signal = c.pointee.workRequests == 0 || c.pointee.sinceSignal >= signalInterval
         if signal { c.pointee.sinceSignal = 0 }
-        guard let wrs = s.pointee.wrs else { return }  // bind always encodes at least one
+        guard let wrs = s.pointee.wrs, n > 0 else {
+            // bind encodes at least one work request; never post nothing silently.
+            throw MemWallError(.invalidArgument, "slot \(slot) holds no encoded work request; post a prepared transfer with descriptors")
+        }
         wrs[n - 1].send_flags = signal ? IBV_SEND_SIGNALED.rawValue : 0
         s.pointee.busy = true
         s.pointee.postedAt = MonotonicClock.nanoseconds()
