@@ -356,8 +356,8 @@ public final class RDMADirectQueue {
         }
     }
 
-    /// Sleeps on the armed completion channel until it fires or `milliseconds`
-    /// pass. - Returns: Whether it fired.
+    /// Sleeps on the armed completion channel until it fires or `milliseconds` pass.
+    /// - Returns: Whether it fired.
     func sleepOnChannel(milliseconds: Int32) -> Bool {
         sleeps &+= 1
         return completionQueue.sleep(milliseconds: milliseconds)

@@ -219,12 +219,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
             }
             if head > 1024 { inFlight.removeFirst(head); head = 0 }
         }
-        let ns = Double(MonotonicClock.nanoseconds() - start)
-        let sent = iterations * perRequest
-        let bytes = Double(messageBytes) * Double(sent)
-        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: sent,
-                   mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
-                   messagesPerSecond: Double(sent) / ns * 1e9)
+        return bandwidthRow(prepared, messageBytes: messageBytes, messages: iterations * perRequest, since: start)
     }
 
     /// The bandwidth loop on a direct queue: `window` messages in flight in
@@ -251,12 +246,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
                 done += 1
             }
         }
-        let ns = Double(MonotonicClock.nanoseconds() - start)
-        let sent = iterations * perRequest
-        let bytes = Double(messageBytes) * Double(sent)
-        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: sent,
-                   mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
-                   messagesPerSecond: Double(sent) / ns * 1e9)
+        return bandwidthRow(prepared, messageBytes: messageBytes, messages: iterations * perRequest, since: start)
     }
 
     /// The latency loop on a direct queue: one slot, posted and reaped in turn.
@@ -271,6 +261,15 @@ struct BenchRDMACommand: AsyncParsableCommand {
             }
         }
         return latencyRow(prepared, iterations: iterations, h)
+    }
+
+    /// A bandwidth row: `messages` of `messageBytes` moved since `start` (monotonic ns).
+    static func bandwidthRow(_ prepared: PreparedTransfer, messageBytes: Int, messages: Int, since start: UInt64) -> Row {
+        let ns = Double(MonotonicClock.nanoseconds() - start)
+        let bytes = Double(messageBytes) * Double(messages)
+        return Row(operation: prepared.operation.rawValue, metric: "bw", bytes: messageBytes, iterations: messages,
+                   mebibytesPerSecond: bytes / ns * 1e9 / 1_048_576, gigabytesPerSecond: bytes / ns,
+                   messagesPerSecond: Double(messages) / ns * 1e9)
     }
 
     static func latencyRow(_ prepared: PreparedTransfer, iterations: Int, _ h: LatencyHistogram) -> Row {

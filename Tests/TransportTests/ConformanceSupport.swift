@@ -3,6 +3,9 @@ import Testing
 import Transport
 import TransportConformance
 
+// Shared by TransportTests and RDMATransportTests (a symlink there): test
+// targets cannot import each other, and the library stays free of Testing.
+
 /// Runs one conformance check that is expected to apply; a skip here would
 /// hide a gap, so it is recorded as an issue.
 func runConformanceCheck(_ check: ConformanceCheck, on fixture: ConformanceFixture) async throws {

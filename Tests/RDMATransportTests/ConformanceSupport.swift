@@ -1,0 +1,1 @@
+../TransportTests/ConformanceSupport.swift
