@@ -2,9 +2,19 @@
 ///
 /// It carries what failed (``code``), the C function that reported it, the
 /// `errno` that function gave (by name), and a message that tells the user what
-/// to do about it. Programmer errors (a descriptor that is out of bounds, an
-/// unaligned O_DIRECT buffer) are errors too, never traps, because their values
-/// usually come from a user's configuration.
+/// to do about it.
+///
+/// Misuse is loud, never silently accepted; how loud depends on who can cause it:
+/// - A bad *value* (a descriptor out of bounds, an unaligned O_DIRECT buffer, a
+///   flag, a file, a peer's frame) is an error, never a trap: values usually
+///   come from a user's configuration or from outside the process.
+/// - Wrong use of the API's *ownership* rules that a caller can recover from —
+///   posting a transfer on a transport instance other than the one that
+///   prepared it, releasing a block table twice — is an error with code
+///   ``Code/misuse``; nothing is changed by the refused call.
+/// - Breaking an invariant only MemWall's own components can break (a transport
+///   completing one descriptor twice) is a `precondition` failure, in the
+///   swift-nio sense: continuing would corrupt state another thread relies on.
 public struct MemWallError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure this is; stable for programs to switch on.
     public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -47,6 +57,10 @@ public struct MemWallError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let remoteAccess = Code(rawValue: "remote-access")
         /// Data read back does not match what was written (checksum).
         public static let corrupted = Code(rawValue: "corrupted")
+        /// The API was used against its ownership rules (a transfer posted on a
+        /// transport that did not prepare it, a block table released twice);
+        /// the call changed nothing.
+        public static let misuse = Code(rawValue: "misuse")
         /// A needed tool or package is missing on this host.
         public static let missingDependency = Code(rawValue: "missing-dependency")
     }

@@ -47,6 +47,8 @@ public final class NUMATransport: Transport {
     public let capabilities: TransportCapabilities
     /// Fed by every finished request.
     public let costEstimator = PathCostEstimator()
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     /// The allocator whose nodes this transport serves.
     public let allocator: NUMAAllocator
     /// Thread policy for copies.
@@ -81,7 +83,7 @@ public final class NUMATransport: Transport {
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
         for d in descriptors { _ = try regions.attachment(of: d.local) }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 
     /// Copies; small requests inline, larger ones on threads near the destination.

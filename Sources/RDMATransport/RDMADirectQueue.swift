@@ -266,10 +266,7 @@ public final class RDMADirectQueue {
     /// into the slot's own list; a slot reposted with the same transfer
     /// reuses them.
     private func bind(_ prepared: PreparedTransfer, to slot: Int) throws(MemWallError) {
-        try transport.checkOwnership(prepared)
-        guard let plan = prepared.plan as? RDMATransport.Plan else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(transport.name)'")
-        }
+        let plan = try transport.plan(of: prepared, as: RDMATransport.Plan.self)
         guard plan.groups.count == 1, let group = plan.groups.first, group.connection === connection else {
             throw MemWallError(.invalidArgument,
                 "a direct queue posts to one peer (\(core.peerName)); this transfer names \(plan.groups.count == 1 ? "another peer" : "\(plan.groups.count) peers")")

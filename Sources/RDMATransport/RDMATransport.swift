@@ -20,6 +20,8 @@ public final class RDMATransport: RemoteMemoryTransport {
     public let capabilities: TransportCapabilities
     /// Per-path estimate fed by finished requests.
     public let costEstimator = PathCostEstimator()
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     /// Options in force.
     public let options: RemoteTransportOptions
     /// The RDMA device in use ("rxe0").
@@ -266,17 +268,14 @@ public final class RDMATransport: RemoteMemoryTransport {
         let plan = Plan(groups: groups.map { c, ops in
             Plan.Group(connection: c, templates: ops, notifyAddress: ops.last?.remoteAddress ?? 0, notifyKey: ops.last?.rkey ?? 0)
         }, registrations: used)
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: plan)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: plan)
     }
 
     /// Posts the work requests (up to the send-queue depth at once) and, for a
     /// notification, a zero-length WRITE_WITH_IMM after them: RC ordering makes
     /// the peer see it only after the data landed. Returns at once.
     public func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
-        try checkOwnership(prepared)
-        guard let plan = prepared.plan as? Plan else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")
-        }
+        let plan = try plan(of: prepared, as: Plan.self)
         for g in plan.groups where !g.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(g.connection.peerName) is closed; connect again and prepare anew")
         }

@@ -26,6 +26,8 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         implementation: .emulation(reason: "no RDMA device in use; one-sided READ/WRITE emulated over TCP"))
     /// Per-path estimate fed by finished requests.
     public let costEstimator = PathCostEstimator()
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     /// Options in force.
     public let options: RemoteTransportOptions
 
@@ -136,17 +138,14 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
             items.append(PlanItem(connection: conn, registration: try registrations.lookup(d.local, transport: name),
                                   key: seg.remoteKey, remoteOffset: seg.remoteAddress &+ UInt64(d.targetOffset)))
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: name, plan: items)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: items)
     }
 
     /// Hands the descriptors to their connections' sender threads, then the
     /// optional notification, which the peer sees only after the data landed.
     /// Returns at once.
     public func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
-        try checkOwnership(prepared)
-        guard let items = prepared.plan as? [PlanItem], items.count == prepared.descriptors.count else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(name)'")
-        }
+        let items = try plan(of: prepared, as: [PlanItem].self)
         for item in items where !item.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
         }

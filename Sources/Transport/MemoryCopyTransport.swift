@@ -13,6 +13,8 @@ public final class MemoryCopyTransport: Transport {
     public let capabilities = TransportCapabilities(name: "memcpy", targets: [.memory], implementation: .hardware)
     /// Fed by every finished request.
     public let costEstimator: PathCostEstimator
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     private let registered = Mutex<Set<RegionID>>([])
 
     /// Creates the transport.
@@ -46,7 +48,7 @@ public final class MemoryCopyTransport: Transport {
             throw MemWallError(.notFound,
                 "descriptor \(i): local \(d.local) is not registered with transport '\(capabilities.name)'; register it first")
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 
     /// Copies every descriptor now, in order, and returns the finished request.

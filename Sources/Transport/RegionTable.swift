@@ -112,9 +112,18 @@ package final class InFlightRequest: Sendable {
         self.uses = uses
     }
 
-    /// Reports descriptor `index`; call exactly once per descriptor.
+    /// Reports descriptor `index`; call exactly once per descriptor (a second
+    /// call traps: see ``TransferRequest/complete(descriptor:_:releasing:)``).
     package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
-        uses[index].release()
-        request.complete(descriptor: index, result)
+        request.complete(descriptor: index, result, releasing: uses[index])
+    }
+
+    /// ``complete(descriptor:_:)`` that throws `misuse` for a second
+    /// completion instead of trapping; the region's use is given back once.
+    package func record(descriptor index: Int, _ result: Result<Int, MemWallError>) throws(MemWallError) {
+        guard uses.indices.contains(index) else {
+            throw MemWallError(.misuse, "descriptor \(index) is outside 0..<\(uses.count) of request \(request.id)")
+        }
+        try request.record(descriptor: index, result, releasing: uses[index])
     }
 }

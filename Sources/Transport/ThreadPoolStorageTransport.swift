@@ -37,6 +37,8 @@ public final class ThreadPoolStorageTransport: Transport {
     public let capabilities: TransportCapabilities
     /// Fed by every finished request.
     public let costEstimator = PathCostEstimator()
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     /// Blocking threads, one per unit of queue depth.
     public let queueDepth: Int
     private let funnel: SyscallFunnel
@@ -83,15 +85,12 @@ public final class ThreadPoolStorageTransport: Transport {
             _ = try regions.attachment(of: d.local)
             ops.append(try ResolvedStorageOp.resolve(d, index: i))
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name, plan: ops)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: ops)
     }
 
     /// Queues every descriptor on the pool; returns at once.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
-        try checkOwnership(prepared)
-        guard let ops = prepared.plan as? [ResolvedStorageOp] else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
-        }
+        let ops = try plan(of: prepared, as: [ResolvedStorageOp].self)
         let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
         let tracked = InFlightRequest(request: request, uses: uses)

@@ -64,17 +64,22 @@ public final class PreparedTransfer: Sendable {
     public let descriptors: [TransferDescriptor]
     /// Total bytes over all descriptors.
     public let totalBytes: Int
-    /// Name of the transport that prepared it (posting elsewhere is an error).
+    /// The transport instance that prepared it; posting it on any other
+    /// instance is refused with `misuse`.
+    public let preparedBy: TransportIdentity
+    /// Name of that transport, for messages.
     public let transportName: String
     /// Transport-private, resolved form of the descriptors.
     package let plan: any Sendable
 
     /// Created by transports in `prepare`.
-    package init(operation: TransferOperation, descriptors: [TransferDescriptor], transportName: String, plan: any Sendable = ()) {
+    package init(operation: TransferOperation, descriptors: [TransferDescriptor], preparedBy transport: some Transport,
+                 plan: any Sendable = ()) {
         self.operation = operation
         self.descriptors = descriptors
         self.totalBytes = descriptors.reduce(0) { $0 + $1.length }
-        self.transportName = transportName
+        self.preparedBy = transport.identity
+        self.transportName = transport.capabilities.name
         self.plan = plan
     }
 }
@@ -176,12 +181,33 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     }
 
     /// Records the outcome of descriptor `index`: bytes moved, or an error.
-    /// Called exactly once per descriptor by the transport.
-    package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>) {
+    /// Called exactly once per descriptor by the transport; a second call is a
+    /// transport bug that would corrupt the byte count and the region's use
+    /// count, so it traps (see ``record(descriptor:_:releasing:)``).
+    /// - Parameter use: The region use this descriptor held; given back only
+    ///   when the outcome is recorded, just before waiters wake (so a woken
+    ///   caller may deregister the region at once).
+    package func complete(descriptor index: Int, _ result: Result<Int, MemWallError>, releasing use: RegionUse? = nil) {
+        do {
+            try record(descriptor: index, result, releasing: use)
+        } catch {
+            preconditionFailure("memwall: \(error.message)")
+        }
+    }
+
+    /// ``complete(descriptor:_:releasing:)`` that reports a second completion
+    /// of one descriptor (or an index outside the request) as an error
+    /// instead of trapping; the refused call changes nothing.
+    /// - Throws: `misuse`.
+    package func record(descriptor index: Int, _ result: Result<Int, MemWallError>, releasing use: RegionUse? = nil) throws(MemWallError) {
+        guard prepared.descriptors.indices.contains(index) else {
+            throw MemWallError(.misuse, "descriptor \(index) is outside 0..<\(prepared.descriptors.count) of request \(id)")
+        }
         // Whether this was the last descriptor, and the report of a clean request,
         // come out of the same critical section: one lock per descriptor.
-        let (isLast, report, waiters, parked) = state.withLock { s -> (Bool, TransferReport?, [CheckedContinuation<Void, Never>], ThreadParking?) in
-            guard s.finished.insert(index) else { return (false, nil, [], nil) }
+        let (accepted, isLast, report, waiters, parked) = state.withLock { s -> (Bool, Bool, TransferReport?, [CheckedContinuation<Void, Never>], ThreadParking?) in
+            guard s.finished.insert(index) else { return (false, false, nil, [], nil) }
+            use?.release()
             switch result {
             case .success(let n):
                 s.bytes += n
@@ -193,13 +219,16 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
                 if s.firstError == nil { s.firstError = e }
             }
             s.remaining -= 1
-            guard s.remaining == 0 else { return (false, nil, [], nil) }
+            guard s.remaining == 0 else { return (true, false, nil, [], nil) }
             s.completedAt = MonotonicClock.nanoseconds()
             let clean = s.firstError == nil && s.cancelledCount == 0
             let report = TransferReport(bytes: s.bytes, descriptorCount: prepared.descriptors.count, postedAt: postedAt,
                                         completedAt: s.completedAt)
             defer { s.waiters = [] }
-            return (true, clean ? report : nil, s.waiters, s.parked)
+            return (true, true, clean ? report : nil, s.waiters, s.parked)
+        }
+        guard accepted else {
+            throw MemWallError(.misuse, "descriptor \(index) of request \(id) was completed twice; the second outcome (\(result)) is refused")
         }
         guard isLast else { return }
         finished.store(true, ordering: .releasing)

@@ -1,4 +1,20 @@
 import MemWallCore
+import Synchronization
+
+/// The identity of one transport *instance*: a prepared transfer carries its
+/// preparer's, and only that instance posts it. A name would not do (two
+/// io_uring transports have the same name but different rings, fixed-file
+/// slots and registrations), nor would an address (a freed transport's
+/// address is reused); this number is never reused in the process.
+public struct TransportIdentity: Hashable, Sendable, CustomStringConvertible {
+    private static let next = Atomic<UInt64>(1)
+    /// Process-unique number.
+    public let rawValue: UInt64
+    /// A fresh identity, never handed out before in this process.
+    public init() { rawValue = TransportIdentity.next.wrappingAdd(1, ordering: .relaxed).oldValue }
+    /// `"#7"`.
+    public var description: String { "#\(rawValue)" }
+}
 
 /// Whether a transport moves bytes with the real mechanism or stands in for it.
 public enum TransportImplementation: Sendable, Hashable, CustomStringConvertible {
@@ -57,6 +73,10 @@ public protocol Transport: AnyObject, Sendable {
     /// Per-path bandwidth/latency estimate fed by every finished request.
     var costEstimator: PathCostEstimator { get }
 
+    /// This instance's identity, stamped on every transfer it prepares; make
+    /// one per instance (`public let identity = TransportIdentity()`).
+    var identity: TransportIdentity { get }
+
     /// Makes `region` usable as the local side of descriptors (pins, registers
     /// with the kernel or NIC). Registering the same region twice is an error.
     /// - Throws: `alreadyExists`, `systemCall` (e.g. memlock limit), `unsupported`.
@@ -98,12 +118,25 @@ extension Transport {
         return try await post(prepared).wait()
     }
 
-    /// Checks that a prepared list came from this transport and is for a kind it moves.
+    /// Checks that a prepared list came from this very instance (not just a
+    /// transport of the same name: its plan names this instance's fixed-buffer
+    /// and fixed-file slots, keys and connections).
+    /// - Throws: `misuse` for a list prepared by another instance.
     public func checkOwnership(_ prepared: PreparedTransfer) throws(MemWallError) {
-        guard prepared.transportName == capabilities.name else {
-            throw MemWallError(.invalidArgument,
-                "transfer prepared by '\(prepared.transportName)' cannot be posted on '\(capabilities.name)'; prepare it on this transport")
+        guard prepared.preparedBy == identity else {
+            throw MemWallError(.misuse,
+                "transfer prepared by '\(prepared.transportName)' \(prepared.preparedBy) cannot be posted on '\(capabilities.name)' \(identity); prepare it on the transport that posts it")
         }
+    }
+
+    /// The transport-private plan of a list this instance prepared.
+    /// - Throws: `misuse` for a list prepared by another instance.
+    package func plan<Plan>(of prepared: PreparedTransfer, as _: Plan.Type) throws(MemWallError) -> Plan {
+        try checkOwnership(prepared)
+        guard let plan = prepared.plan as? Plan else {
+            throw MemWallError(.misuse, "transfer \(prepared.preparedBy) carries no plan of '\(capabilities.name)'")
+        }
+        return plan
     }
 
     /// Validates every descriptor and its target kind (shared part of `prepare`).

@@ -210,10 +210,7 @@ public final class URingDirectQueue {
         guard slots[slot].prepared == nil else {
             throw MemWallError(.invalidArgument, "slot \(slot) still holds a transfer in flight; post into a slot once its completion was reaped")
         }
-        guard prepared.transportName == transport.capabilities.name,
-              let ops = prepared.plan as? [URingOp] else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(transport.capabilities.name)'")
-        }
+        let ops = try transport.plan(of: prepared, as: [URingOp].self)
         guard ops.count == 1, let op = ops.first else {
             throw .invalid("descriptor count", ops.count, expected: "1 per slot (post longer lists through URingTransport.post)")
         }

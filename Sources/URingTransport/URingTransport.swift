@@ -57,6 +57,8 @@ public final class URingTransport: Transport {
     public let capabilities = TransportCapabilities(name: "io_uring", targets: [.storage], implementation: .hardware)
     /// Fed by every finished request.
     public let costEstimator = PathCostEstimator()
+    /// This instance; only it posts what it prepared.
+    public let identity = TransportIdentity()
     /// The configuration in use (queue depth after any kernel clamping).
     public let configuration: URingConfiguration
     /// Setup flags the kernel accepted ("SUBMIT_ALL|CLAMP", "none").
@@ -212,7 +214,7 @@ public final class URingTransport: Transport {
             ops.append(URingOp(fileDescriptor: base.fileDescriptor, fixedFile: fixedFileSlot(for: base.target),
                                bufferAddress: base.bufferAddress, length: base.length, offset: base.offset, target: base.target))
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, transportName: capabilities.name, plan: ops)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: ops)
     }
 
     private func fixedFileSlot(for target: StorageTarget) -> Int32 {
@@ -273,11 +275,7 @@ public final class URingTransport: Transport {
     }
 
     private func resolve(_ prepared: PreparedTransfer) throws(MemWallError) -> [URingOp] {
-        try checkOwnership(prepared)
-        guard let ops = prepared.plan as? [URingOp] else {
-            throw MemWallError(.invalidArgument, "transfer was not prepared by '\(capabilities.name)'")
-        }
-        return ops
+        try plan(of: prepared, as: [URingOp].self)
     }
 
     /// Marks the regions in use (this is where an unregistered region is refused)

@@ -12,7 +12,7 @@ struct TransferRequestTests {
         let local = try MemoryRegion.allocate(byteCount: 4096)
         let far = try MemoryRegion.allocate(byteCount: 4096)
         let ds = (0 ..< n).map { _ in TransferDescriptor(local: local, target: .memory(far), length: 16) }
-        return TransferRequest(prepared: PreparedTransfer(operation: .write, descriptors: ds, transportName: "test"), estimator: estimator)
+        return TransferRequest(prepared: PreparedTransfer(operation: .write, descriptors: ds, preparedBy: MemoryCopyTransport()), estimator: estimator)
     }
 
     @Test("a thread blocked in waitBlocking parks and is woken by the last completion from another thread")
@@ -42,7 +42,8 @@ struct TransferRequestTests {
         #expect(r.status(ofDescriptor: 64) == .completed)
         #expect(r.status(ofDescriptor: 100) == .pending)
         r.complete(descriptor: 100, .failure(MemWallError(.cancelled, "test")))
-        r.complete(descriptor: 100, .success(16))  // a second report of the same descriptor is ignored
+        // A second report of the same descriptor is refused and changes nothing.
+        #expect(throws: MemWallError.self) { try r.record(descriptor: 100, .success(16)) }
         #expect(r.status(ofDescriptor: 100) == .cancelled)
         #expect(r.poll() == .pending)
         r.complete(descriptor: 129, .failure(MemWallError(.systemCall, "boom")))
