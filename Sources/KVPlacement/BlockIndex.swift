@@ -1,4 +1,5 @@
 import MemWallCore
+import Synchronization
 
 /// A reference from a request's block table to one cached block.
 public struct BlockRef: Sendable, Hashable {
@@ -7,8 +8,17 @@ public struct BlockRef: Sendable, Hashable {
     /// Its slot in the engine, or -1 when the block could not be cached (every
     /// tier full of blocks in use); the request then computes it without caching it.
     public var slot: Int32
+    /// The admission this reference belongs to (0: none). The index keeps the
+    /// leases not yet released, so releasing one admission twice is refused
+    /// instead of taking a second reference away from a block another request holds.
+    var lease: UInt32 = 0
     /// True when the block is held by the cache.
     public var isCached: Bool { slot >= 0 }
+
+    /// Same block and slot (which admission holds the reference does not count).
+    public static func == (a: BlockRef, b: BlockRef) -> Bool { a.key == b.key && a.slot == b.slot }
+    /// Hash of the key and slot.
+    public func hash(into h: inout Hasher) { h.combine(key); h.combine(slot) }
 }
 
 /// The outcome of admitting a request's blocks.
@@ -120,7 +130,9 @@ public final class BlockIndex {
 
     /// Drops a request's references; blocks nobody uses become candidates to leave.
     /// References that are uncached, or no longer name the block they named, are ignored.
-    public func release(_ blocks: [BlockRef]) { core.release(blocks) }
+    /// - Throws: `misuse` when (part of) these references were released
+    ///   already; nothing is released then.
+    public func release(_ blocks: [BlockRef]) throws(MemWallError) { try core.release(blocks) }
 
     /// Moves the cached prefix of `keys` to the fastest tier ahead of use, without referencing it.
     /// - Returns: Blocks promoted.
@@ -223,6 +235,11 @@ struct BlockIndexCore {
     private var policy: any EvictionPolicy
     private var clock: UInt64 = 0
     private(set) var stats: KVStatistics
+    /// Admissions whose references are held (see ``BlockRef/lease``).
+    private var liveLeases: Set<UInt32> = []
+    /// Lease numbers are process-wide, so a table released on the wrong index
+    /// is refused too (rather than matching a lease of that index by chance).
+    private static let nextLease = Atomic<UInt32>(1)
     var payloads: (any BlockPayloadStore)?
     /// When set, every stored/moved/removed block is appended to ``pendingEvents``.
     var recordsEvents = false
@@ -371,12 +388,43 @@ struct BlockIndexCore {
             }
             refs.append(BlockRef(key: k, slot: slot))
         }
+        if !refs.isEmpty {
+            let lease = takeLease()
+            for i in refs.indices { refs[i].lease = lease }
+        }
         return BlockAdmission(blocks: refs, hitBlocks: hitBlocks, hitsByTier: hitsByTier)
+    }
+
+    /// A lease number not held now (0 is "none"; the counter wraps after 2^32 admissions).
+    private mutating func takeLease() -> UInt32 {
+        while true {
+            let l = BlockIndexCore.nextLease.wrappingAdd(1, ordering: .relaxed).oldValue
+            if l != 0 && liveLeases.insert(l).inserted { return l }
+        }
     }
 
     /// Drops a request's references; blocks nobody uses become candidates to leave.
     /// References that are uncached, or no longer name the block they named, are ignored.
-    mutating func release(_ blocks: [BlockRef]) {
+    /// - Throws: `misuse` when an admission these references belong to was
+    ///   released already (or belongs to another index); nothing is released then.
+    mutating func release(_ blocks: [BlockRef]) throws(MemWallError) {
+        // A table's references share one lease; appends keep it.
+        var first: UInt32 = 0
+        var others: [UInt32] = []
+        for r in blocks where r.lease != 0 && r.lease != first && !others.contains(r.lease) {
+            guard liveLeases.contains(r.lease) else {
+                throw MemWallError(.misuse,
+                    "the references to block \(r.key) were released already (or were admitted on another index); release each admission once")
+            }
+            if first == 0 { first = r.lease } else { others.append(r.lease) }
+        }
+        if first != 0 { liveLeases.remove(first) }
+        for l in others { liveLeases.remove(l) }
+        dropReferences(blocks)
+    }
+
+    /// Takes one reference off each cached block of `blocks`, without lease checks.
+    private mutating func dropReferences(_ blocks: [BlockRef]) {
         for r in blocks.reversed() where r.slot >= 0 {
             let s = Int(r.slot)
             guard s < entries.count, entries[s].flags & Entry.live != 0, entries[s].key == r.key.rawValue,
@@ -467,7 +515,8 @@ struct BlockIndexCore {
             let key = BlockKey.start(parent: parentRef?.key, extraKey: table.extraKey).appending(token: token)
             var parentSlot: Int32 = -1
             if let p = parentRef { parentSlot = p.isCached ? p.slot : -2 }
-            let ref = try obtain(key: key, parent: parentSlot, tokenCount: 1, copyFrom: nil)
+            var ref = try obtain(key: key, parent: parentSlot, tokenCount: 1, copyFrom: nil)
+            ref.lease = parentRef?.lease ?? takeLease()
             table.blocks.append(ref)
             table.tokenCount += 1
             return
@@ -478,7 +527,7 @@ struct BlockIndexCore {
         guard old.isCached, Int(old.slot) < entries.count, entries[Int(old.slot)].flags & Entry.live != 0,
               entries[Int(old.slot)].key == old.key.rawValue, entries[Int(old.slot)].refCount > 0 else {
             // The tail was never cached: it stays private to this request.
-            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: -1)
+            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: -1, lease: old.lease)
             table.tokenCount += 1
             return
         }
@@ -487,8 +536,9 @@ struct BlockIndexCore {
         if entries[s].refCount > 1 || table_contains(newKey) {
             // Shared tail: copy before writing (or share the block that already has the new content).
             if entries[s].refCount > 1 && !table_contains(newKey) { stats.copiesOnWrite += 1 }
-            let ref = try obtain(key: newKey, parent: parentSlot, tokenCount: count, copyFrom: old.slot)
-            release([old])
+            var ref = try obtain(key: newKey, parent: parentSlot, tokenCount: count, copyFrom: old.slot)
+            ref.lease = old.lease
+            dropReferences([old])
             table.blocks[table.blocks.count - 1] = ref
         } else {
             // Exclusive tail: re-key in place.
@@ -500,7 +550,7 @@ struct BlockIndexCore {
             entries[s].tokenCount = UInt16(count)
             self.table.insert(newKey.rawValue, slot: old.slot)
             emit(.stored(key: newKey, parent: parentKey, tier: t, tokenCount: count))
-            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: old.slot)
+            table.blocks[table.blocks.count - 1] = BlockRef(key: newKey, slot: old.slot, lease: old.lease)
         }
         table.tokenCount += 1
     }

@@ -81,13 +81,16 @@ public final class KVCache: Sendable {
     }
 
     /// Releases a request's blocks (the request finished or was preempted).
-    public func release(_ table: BlockTable) {
-        _ = try? run { s in s.index.release(table.blocks) }
+    /// - Throws: `misuse` when the table was released already; nothing
+    ///   changes then (a block another request shares stays held).
+    public func release(_ table: BlockTable) throws(MemWallError) {
+        try release(table.blocks)
     }
 
     /// Releases blocks from ``admit(blocks:)``.
-    public func release(_ blocks: [BlockRef]) {
-        _ = try? run { s in s.index.release(blocks) }
+    /// - Throws: `misuse` when they were released already; nothing changes then.
+    public func release(_ blocks: [BlockRef]) throws(MemWallError) {
+        try run { s throws(MemWallError) in try s.index.release(blocks) }
     }
 
     /// Pins or unpins cached blocks; returns how many were cached.

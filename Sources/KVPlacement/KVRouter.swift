@@ -137,7 +137,7 @@ public final class KVRouter {
         let d = choose(keys)
         if policy == .roundRobin { nextRoundRobin = (nextRoundRobin + 1) % workers.count }
         let a = try workers[d.worker].admit(keys)
-        workers[d.worker].release(a.blocks)
+        try workers[d.worker].release(a.blocks)
         assigned[d.worker] += 1
         localHits += d.localHitBlocks
         fetchedBlocks += d.fetchedBlocks

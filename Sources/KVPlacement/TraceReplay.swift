@@ -78,7 +78,7 @@ public enum TraceReplay {
             if let store {
                 try store.verifyAndFill(admission: a)
             }
-            index.release(a.blocks)
+            try index.release(a.blocks)
             saved += min(a.hitBlocks * trace.blockTokens, r.inputLength)
             input += r.inputLength
             // Real-bytes replays run ~100× slower: report often enough that a slow run

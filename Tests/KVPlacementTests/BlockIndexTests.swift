@@ -25,9 +25,9 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
         #expect(b.hitsByTier == [2])
         #expect(index.referenceCount(of: BlockKey(rawValue: 1)) == 2)
         #expect(index.referenceCount(of: BlockKey(rawValue: 3)) == 1)
-        index.release(a.blocks)
+        try index.release(a.blocks)
         #expect(index.referenceCount(of: BlockKey(rawValue: 1)) == 1)
-        index.release(b.blocks)
+        try index.release(b.blocks)
         #expect(index.referenceCount(of: BlockKey(rawValue: 1)) == 0)
         #expect(index.cachedBlockCount == 4)
         #expect(index.statistics.lookups == 6)
@@ -37,7 +37,7 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
 
     @Test func hitStopsAtTheFirstMissingBlock() throws {
         let index = try BlockIndex(tiers: dram(100))
-        index.release(try index.admit(ids([1, 2, 3])).blocks)
+        try index.release(try index.admit(ids([1, 2, 3])).blocks)
         // 9 is not cached, so 3 after it cannot count as a prefix hit.
         let a = try index.admit(ids([1, 9, 3]))
         #expect(a.hitBlocks == 1)
@@ -45,10 +45,10 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
 
     @Test func evictionTakesChainTailsFirst() throws {
         let index = try BlockIndex(tiers: dram(4), policy: .lru)
-        index.release(try index.admit(ids([1, 2, 3, 4])).blocks)
+        try index.release(try index.admit(ids([1, 2, 3, 4])).blocks)
         // The chain's root (1) is the least recently used block, but it has a child:
         // the tail (4) must go first, then 3.
-        index.release(try index.admit(ids([10, 11])).blocks)
+        try index.release(try index.admit(ids([10, 11])).blocks)
         #expect(index.tier(of: BlockKey(rawValue: 4)) == nil)
         #expect(index.tier(of: BlockKey(rawValue: 3)) == nil)
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 0)
@@ -58,12 +58,12 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
 
     @Test func pinnedBlocksStay() throws {
         let index = try BlockIndex(tiers: dram(3), policy: .lru)
-        index.release(try index.admit(ids([1])).blocks)
+        try index.release(try index.admit(ids([1])).blocks)
         #expect(index.setPinned(ids([1]), true) == 1)
-        for k in UInt64(100)..<UInt64(200) { index.release(try index.admit(ids([k])).blocks) }
+        for k in UInt64(100)..<UInt64(200) { try index.release(try index.admit(ids([k])).blocks) }
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 0)
         index.setPinned(ids([1]), false)
-        for k in UInt64(300)..<UInt64(310) { index.release(try index.admit(ids([k])).blocks) }
+        for k in UInt64(300)..<UInt64(310) { try index.release(try index.admit(ids([k])).blocks) }
         #expect(index.tier(of: BlockKey(rawValue: 1)) == nil)
     }
 
@@ -76,22 +76,22 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
         #expect(index.statistics.uncached == 2)
         #expect(index.cachedPrefixLength(ids([1, 2, 3])) == 3)
         // A request longer than the cache keeps what fits and computes the rest uncached.
-        index.release(held.blocks)
+        try index.release(held.blocks)
         let long = try index.admit(ids([20, 21, 22, 23, 24]))
         #expect(long.blocks.prefix(3).allSatisfy { $0.isCached })
         #expect(long.blocks.suffix(2).allSatisfy { !$0.isCached })
-        index.release(long.blocks)
-        index.release(b.blocks)   // uncached references are ignored
+        try index.release(long.blocks)
+        try index.release(b.blocks)   // uncached references are ignored
         #expect(index.invariantViolation() == nil)
     }
 
     @Test func demotionCascadesAndHitsPromote() throws {
         let index = try BlockIndex(tiers: threeTiers(2, 2, 4), policy: .lru)
-        index.release(try index.admit(ids([1, 2])).blocks)
-        index.release(try index.admit(ids([5, 6])).blocks)   // 1,2 → far
+        try index.release(try index.admit(ids([1, 2])).blocks)
+        try index.release(try index.admit(ids([5, 6])).blocks)   // 1,2 → far
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 1)
         #expect(index.tier(of: BlockKey(rawValue: 2)) == 1)
-        index.release(try index.admit(ids([7, 8])).blocks)   // 5,6 → far, 1,2 → nvme
+        try index.release(try index.admit(ids([7, 8])).blocks)   // 5,6 → far, 1,2 → nvme
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 2)
         let a = try index.admit(ids([1, 2, 3]))
         #expect(a.hitBlocks == 2)
@@ -102,14 +102,14 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
         #expect(s.promotions == 2)
         #expect(s.demotions >= 6)
         #expect(s.occupancy.reduce(0, +) == index.cachedBlockCount)
-        index.release(a.blocks)
+        try index.release(a.blocks)
         #expect(index.invariantViolation() == nil)
     }
 
     @Test func prefetchPromotesWithoutReferencing() throws {
         let index = try BlockIndex(tiers: threeTiers(2, 4, 4))
-        index.release(try index.admit(ids([1, 2])).blocks)
-        index.release(try index.admit(ids([3, 4])).blocks)
+        try index.release(try index.admit(ids([1, 2])).blocks)
+        try index.release(try index.admit(ids([3, 4])).blocks)
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 1)
         #expect(try index.prefetch(ids([1, 2])) == 2)
         #expect(index.tier(of: BlockKey(rawValue: 2)) == 0)
@@ -129,14 +129,14 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
             let keys = (0..<len).map { BlockKey(rawValue: conv * 1000 + UInt64($0)) }
             live.append(try index.admit(keys).blocks)
             if live.count > 5 || rng.next() % 2 == 0 {
-                index.release(live.remove(at: Int(rng.next() % UInt64(live.count))))
+                try index.release(live.remove(at: Int(rng.next() % UInt64(live.count))))
             }
             if step % 97 == 0, let v = index.invariantViolation() {
                 Issue.record("step \(step): \(v)")
                 return
             }
         }
-        for l in live { index.release(l) }
+        for l in live { try index.release(l) }
         #expect(index.invariantViolation() == nil)
         let s = index.statistics
         #expect(s.hits + s.misses == s.lookups)
@@ -190,7 +190,7 @@ func threeTiers(_ a: Int, _ b: Int, _ c: Int) -> [TierSpec] {
         for policy in EvictionPolicyName.allCases {
             let index = try BlockIndex(tiers: dram(10_000), policy: policy)
             for c in UInt64(0)..<UInt64(2_000) {
-                index.release(try index.admit((0..<UInt64(6)).map { BlockKey(rawValue: c * 100 + $0) }).blocks)
+                try index.release(try index.admit((0..<UInt64(6)).map { BlockKey(rawValue: c * 100 + $0) }).blocks)
             }
             #expect(index.cachedBlockCount == 10_000)
             let perBlock = Double(index.metadataBytes) / Double(index.cachedBlockCount)

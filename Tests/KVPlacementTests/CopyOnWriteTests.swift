@@ -18,7 +18,7 @@ import Testing
         let (c, hitC) = try index.admit(tokens: prompt + [7])
         #expect(hitC == 4)
         #expect(c.blocks[1].key != a.blocks[1].key)
-        index.release(a.blocks); index.release(b.blocks); index.release(c.blocks)
+        try index.release(a.blocks); try index.release(b.blocks); try index.release(c.blocks)
         #expect(index.invariantViolation() == nil)
     }
 
@@ -41,7 +41,7 @@ import Testing
         let (c, hitC) = try index.admit(tokens: [1, 2, 3, 4, 5, 6, 7])
         #expect(hitC == 7)
         #expect(c.blocks[1].key == a.blocks[1].key)
-        index.release(a.blocks); index.release(b.blocks); index.release(c.blocks)
+        try index.release(a.blocks); try index.release(b.blocks); try index.release(c.blocks)
         #expect(index.invariantViolation() == nil)
     }
 
@@ -60,7 +60,7 @@ import Testing
         // The re-keyed block is findable by content.
         let (b, hit) = try index.admit(tokens: [1, 2, 3, 4, 5])
         #expect(hit == 5)
-        index.release(a.blocks); index.release(b.blocks)
+        try index.release(a.blocks); try index.release(b.blocks)
         #expect(index.invariantViolation() == nil)
     }
 
@@ -71,7 +71,7 @@ import Testing
         try index.append(token: 3, to: &y)
         #expect(y.blocks[0].key == x.blocks[0].key)
         #expect(index.referenceCount(of: x.blocks[0].key) == 2)
-        index.release(x.blocks); index.release(y.blocks)
+        try index.release(x.blocks); try index.release(y.blocks)
         #expect(index.invariantViolation() == nil)
     }
 }

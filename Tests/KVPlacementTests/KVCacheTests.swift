@@ -8,8 +8,8 @@ import Testing
         let cache = try KVCache(tiers: threeTiers(2, 2, 2), policy: .lru, blockSize: 512)
         let seen = Mutex<[KVEvent]>([])
         let sub = cache.subscribe { e in seen.withLock { $0.append(e) } }
-        cache.release(try cache.admit(blocks: ids([1, 2])).blocks)
-        cache.release(try cache.admit(blocks: ids([5, 6])).blocks)
+        try cache.release(try cache.admit(blocks: ids([1, 2])).blocks)
+        try cache.release(try cache.admit(blocks: ids([5, 6])).blocks)
         let events = seen.withLock { $0 }
         #expect(events.contains(.stored(key: BlockKey(rawValue: 2), parent: BlockKey(rawValue: 1), tier: 0, tokenCount: 512)))
         #expect(events.contains(.stored(key: BlockKey(rawValue: 1), parent: nil, tier: 0, tokenCount: 512)))
@@ -20,7 +20,7 @@ import Testing
         #expect(tailMove < rootMove)
         cache.unsubscribe(sub)
         let count = events.count
-        cache.release(try cache.admit(blocks: ids([9, 10, 11, 12])).blocks)
+        try cache.release(try cache.admit(blocks: ids([9, 10, 11, 12])).blocks)
         #expect(seen.withLock { $0.count } == count)
         #expect(cache.statistics.drops > 0)
     }
@@ -35,7 +35,7 @@ import Testing
         #expect(counts.withLock { $0 } == [4, 2])
         try cache.append(tokens: [7], to: &table)   // exclusive tail: re-keyed in place, 3 tokens
         #expect(counts.withLock { $0 } == [4, 2, 3])
-        cache.release(table)
+        try cache.release(table)
     }
 
     @Test func concurrentRequestsLeaveAConsistentCache() async throws {
@@ -61,7 +61,7 @@ import Testing
                         var (table, _) = try cache.admit(tokens: prompt)
                         try cache.append(tokens: [UInt32(rng.next() % 3), 9], to: &table)
                         if rng.next() % 4 == 0 { try cache.prefetch(table.blocks.map(\.key)) }
-                        cache.release(table)
+                        try cache.release(table)
                     }
                 }
             }
@@ -93,7 +93,7 @@ import Testing
                         for r in a.blocks.prefix(a.hitBlocks) where r.isCached && cache.tier(of: r.key) == 0 {
                             try cache.verify(r.key)
                         }
-                        cache.release(a.blocks)
+                        try cache.release(a.blocks)
                     }
                 }
             }

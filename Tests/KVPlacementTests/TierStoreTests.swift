@@ -62,8 +62,8 @@ func dramFar(_ a: Int, _ b: Int) -> [TierSpec] {
         let index = try BlockIndex(tiers: tiers)
         try built.store.attach(to: index)
         let first = try index.admit(ids([1, 2]))
-        index.release(first.blocks)
-        index.release(try index.admit(ids([5, 6])).blocks)
+        try index.release(first.blocks)
+        try index.release(try index.admit(ids([5, 6])).blocks)
         #expect(index.tier(of: BlockKey(rawValue: 1)) == 1)
         try built.store.corruptForTesting(slot: first.blocks[0].slot, tier: 1)
         do {
@@ -134,8 +134,8 @@ func dramFar(_ a: Int, _ b: Int) -> [TierSpec] {
         // The copy travelled with the checksum of the written bytes.
         try cache.verify(a.blocks[1].key)
         try cache.verify(b.blocks[1].key)
-        cache.release(a)
-        cache.release(b)
+        try cache.release(a)
+        try cache.release(b)
     }
 
     @Test func staleOrForeignReferencesAreRefusedNotFollowed() throws {
@@ -148,7 +148,7 @@ func dramFar(_ a: Int, _ b: Int) -> [TierSpec] {
         #expect(throws: MemWallError.self) { try cache.writeBytes(of: forged) { $0[0] = 1 } }
         #expect(throws: MemWallError.self) { try cache.verify(BlockKey(rawValue: 99)) }
         try cache.verify(BlockKey(rawValue: 1))
-        cache.release(a.blocks)
+        try cache.release(a.blocks)
     }
 
     @Test func slotsThatHoldNoBytesAreRefused() throws {
