@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -39,6 +40,8 @@ int memwall_pin_current_thread(const int *cpus, int count) {
     }
     return sched_setaffinity(0, sizeof(set), &set);
 }
+
+int memwall_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
 int memwall_current_cpu(void) { return sched_getcpu(); }
 int memwall_thread_id(void) { return (int)syscall(SYS_gettid); }

@@ -18,6 +18,8 @@ int memwall_block_device_logical_sector(int fd, int *size);
 int memwall_filesystem_magic(int fd, int64_t *magic);
 /* Pins the calling thread to the given CPUs; -1 with errno on failure. */
 int memwall_pin_current_thread(const int *cpus, int count);
+/// Names the calling thread (at most 15 bytes show); 0 or an errno value.
+int memwall_set_thread_name(const char *name);
 /* CPU the calling thread runs on now (sched_getcpu). */
 int memwall_current_cpu(void);
 /* Kernel thread id of the caller. */

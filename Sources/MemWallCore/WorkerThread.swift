@@ -1,12 +1,18 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import MemWallCore
+import CMemWallShim
 import Synchronization
 
-/// A dedicated OS thread (completion poller, socket receiver): it waits on the
-/// kernel, so it must not occupy a Swift concurrency thread.
-final class WorkerThread: Sendable {
+/// The one way MemWall starts an OS thread (completion poller, io_uring
+/// reaper, socket receiver, blocking worker, sysfs reader): such a thread
+/// waits on the kernel, so it must not occupy a Swift concurrency thread.
+///
+/// The thread is joined at most once — by ``join()``, or detached by
+/// `deinit` when nobody joined it — so it never leaks as a zombie, and a
+/// thread that drops the last reference to its own ``WorkerThread`` does not
+/// deadlock joining itself.
+package final class WorkerThread: Sendable {
     private final class Box {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
@@ -15,12 +21,22 @@ final class WorkerThread: Sendable {
     private let handle: pthread_t
     private let joined = Atomic<Bool>(false)
     /// The thread's name, for errors and debuggers.
-    let name: String
+    package let name: String
 
-    /// Starts `body` on a new thread.
+    /// Starts `body` on a new thread named `name` (the first 15 bytes show in
+    /// `top -H` and debuggers).
+    /// - Parameter cpus: Pin the thread to these CPUs first (best effort: a
+    ///   set the cgroup forbids leaves it unpinned); empty leaves placement to the scheduler.
     /// - Throws: `systemCall` from `pthread_create`.
-    init(name: String, _ body: @escaping @Sendable () -> Void) throws(MemWallError) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    package init(name: String, cpus: [Int32] = [], _ body: @escaping @Sendable () -> Void) throws(MemWallError) {
+        let threadName = String(name.utf8.prefix(15)) ?? "memwall"
+        let box = Unmanaged.passRetained(Box {
+            _ = memwall_set_thread_name(threadName)
+            if !cpus.isEmpty {
+                _ = cpus.withUnsafeBufferPointer { memwall_pin_current_thread($0.baseAddress, Int32($0.count)) }
+            }
+            body()
+        }).toOpaque()
         var t = pthread_t()
         let rc = pthread_create(&t, nil, { arg in
             guard let arg else { return nil }
@@ -37,10 +53,10 @@ final class WorkerThread: Sendable {
     }
 
     /// True when called on this thread (a thread must not join itself).
-    var isCurrent: Bool { pthread_equal(pthread_self(), handle) != 0 }
+    package var isCurrent: Bool { pthread_equal(pthread_self(), handle) != 0 }
 
     /// Waits for the thread to finish; later calls and calls from the thread itself return at once.
-    func join() {
+    package func join() {
         if isCurrent {
             if !joined.exchange(true, ordering: .acquiringAndReleasing) { pthread_detach(handle) }
             return
