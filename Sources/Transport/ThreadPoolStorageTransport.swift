@@ -31,7 +31,8 @@ package struct ResolvedStorageOp: Sendable {
 ///
 /// Queue depth is the number of threads, so QD32 keeps 32 requests at the device.
 /// Every call goes through the ``SyscallFunnel`` ("pread", "pwrite"); EINTR is
-/// retried by the funnel (and here when the funnel leaves it to us), EAGAIN here (bounded), short transfers are resumed.
+/// retried by the funnel, and each result is applied under the one storage
+/// rule, ``StorageProgress`` (short transfers resumed, EAGAIN/EINTR retried, bounded).
 public final class ThreadPoolStorageTransport: Transport {
     /// Declared as emulation of the io_uring path, with the reason given at creation.
     public let capabilities: TransportCapabilities
@@ -44,8 +45,6 @@ public final class ThreadPoolStorageTransport: Transport {
     private let funnel: SyscallFunnel
     private let pool: BlockingWorkerPool
     private let regions: RegionTable<Void>
-    /// Transient EAGAINs tolerated per descriptor before it fails.
-    static let maximumRetries = 64
 
     /// Starts the thread pool.
     /// - Parameters:
@@ -104,40 +103,37 @@ public final class ThreadPoolStorageTransport: Transport {
                     tracked.complete(descriptor: i, .failure(MemWallError(.cancelled, "cancelled before it was issued")))
                     return
                 }
-                tracked.complete(descriptor: i, ThreadPoolStorageTransport.perform(op, isRead: isRead, funnel: funnel))
+                tracked.complete(descriptor: i, ThreadPoolStorageTransport.perform(
+                    op, isRead: isRead, funnel: funnel, cancelRequested: tracked.request.isCancellationRequested))
             }
         }
         pool.submit(contentsOf: jobs)
         return request
     }
 
-    /// Runs one descriptor to the end: resumes short transfers, retries EAGAIN.
-    static func perform(_ op: ResolvedStorageOp, isRead: Bool, funnel: SyscallFunnel) -> Result<Int, MemWallError> {
+    /// Runs one descriptor to the end under ``StorageProgress``'s rule.
+    static func perform(_ op: ResolvedStorageOp, isRead: Bool, funnel: SyscallFunnel,
+                        cancelRequested: @escaping @autoclosure () -> Bool = false) -> Result<Int, MemWallError> {
         guard let base = UnsafeMutableRawPointer(bitPattern: op.bufferAddress) else {
             return .failure(MemWallError(.invalidArgument, "null buffer address"))
         }
-        var done = 0
-        var retries = 0
+        var progress = StorageProgress()
         let function = isRead ? "pread" : "pwrite"
-        while done < op.length {
+        while true {
+            let done = progress.done
             let r = isRead
                 ? funnel.pread(op.fileDescriptor, base + done, op.length - done, op.offset + Int64(done))
                 : funnel.pwrite(op.fileDescriptor, base + done, op.length - done, op.offset + Int64(done))
-            switch r {
-            case .success(0):
-                return .failure(MemWallError(.shortTransfer,
-                    "\(function) of '\(op.target.path)' returned 0 after \(done) of \(op.length) bytes at offset \(op.offset): the file is shorter than the descriptor",
-                    function: function))
-            case .success(let n):
-                done += n
-            case .failure(let e) where (e == .wouldBlock || e == .interrupted) && retries < maximumRetries:
-                retries += 1
-                sched_yield()
-            case .failure(let e):
-                return .failure(.system(function, e,
-                    "\(function) of \(op.length) bytes at offset \(op.offset) of '\(op.target.path)' failed after \(done) bytes"))
+            let retries = progress.retries
+            let raw = switch r { case .success(let n): n; case .failure(let e): -Int(e.rawValue) }
+            switch progress.advance(by: raw, function: function, isRead: isRead, length: op.length, offset: op.offset,
+                                    path: op.target.path, cancelRequested: cancelRequested()) {
+            case .finished(let result):
+                return result
+            case .again:
+                // A transient error: let whatever holds the resource run first.
+                if progress.retries > retries { sched_yield() }
             }
         }
-        return .success(done)
     }
 }

@@ -44,15 +44,7 @@ public final class URingDirectQueue {
 
     private struct Slot {
         var prepared: PreparedTransfer?
-        var address: UInt = 0
-        var length = 0
-        var offset: Int64 = 0
-        var fileDescriptor: Int32 = -1
-        var fixedFile = false
-        var bufferIndex: Int32 = -1
-        var isRead = true
-        var done = 0
-        var retries = 0
+        var io = URingIO(file: -1, fixedFile: false, bufferAddress: 0, bufferIndex: -1, length: 0, offset: 0, isRead: true)
         var postedAt: UInt64 = 0
     }
 
@@ -78,9 +70,8 @@ public final class URingDirectQueue {
     private let regions: [MemoryRegion]
     private let regionUses: [RegionUse]
     private var slots: ContiguousArray<Slot>
-    /// Targets registered as fixed files, by slot of the ring's file table.
-    /// Held so a slot never outlives the file it names (fd numbers get reused).
-    private var files: ContiguousArray<StorageTarget> = []
+    /// Targets registered as fixed files of this queue's ring.
+    private var files = URingFileTable(slots: URingDirectQueue.fileSlots)
     private static let fileSlots = 16
     /// Slots whose SQE could not be had yet (the SQ was full of unsubmitted entries).
     private var deferred: ContiguousArray<Int>
@@ -116,14 +107,9 @@ public final class URingDirectQueue {
                                    candidates: singleIssuer ? URingSetupFlags.singleIssuer : URingSetupFlags.sharedIssuer)
         let single = queue.flags & IORING_SETUP_SINGLE_ISSUER != 0
         let uses = try transport.markInUse(regions)
-        var fixed = false
-        if fixedBuffers && !regions.isEmpty && regions.allSatisfy({ $0.byteCount <= 1 << 30 }) {
-            let iovecs = regions.map { iovec(iov_base: $0.baseAddress, iov_len: $0.byteCount) }
-            fixed = iovecs.withUnsafeBufferPointer { b in
-                io_uring_register_buffers(queue.ring, b.baseAddress, UInt32(b.count)) == 0
-            }
-        }
-        self.fixedFiles = fixedFiles && io_uring_register_files_sparse(queue.ring, UInt32(URingDirectQueue.fileSlots)) == 0
+        let fixed = fixedBuffers && !regions.isEmpty && regions.allSatisfy({ $0.byteCount <= URingIO.maximumChunk })
+            && queue.registerBuffers(regions)
+        self.fixedFiles = fixedFiles && queue.registerFileTable(slots: URingDirectQueue.fileSlots)
         let entries = queue.entries
         self.setupFlags = queue.flagsLabel
         self.isSingleIssuer = single
@@ -145,8 +131,7 @@ public final class URingDirectQueue {
     deinit {
         // The kernel may still write buffers of slots in flight: wait for each
         // CQE (not for deferred slots, which never reached the kernel).
-        let ring = queue.ring
-        var kernelOwned = inFlight - deferred.count
+        let kernelOwned = inFlight - deferred.count
         if let issuer, pthread_equal(issuer, pthread_self()) == 0, kernelOwned > 0 {
             // Only the issuer may wait on this ring. Keep what the kernel may
             // still write alive for good rather than free it under the kernel.
@@ -155,17 +140,9 @@ public final class URingDirectQueue {
             taken.deallocate()
             return
         }
-        if unsubmitted > 0 { _ = io_uring_submit(ring) }
-        while kernelOwned > 0 {
-            var cqe: UnsafeMutablePointer<io_uring_cqe>?
-            let r = io_uring_wait_cqe(ring, &cqe)
-            if r == 0, cqe != nil {
-                io_uring_cqe_seen(ring, cqe)
-                kernelOwned -= 1
-            } else if r != -EINTR && r != -EAGAIN {
-                break  // the ring itself failed; io_uring_queue_exit still waits for the kernel's I/O
-            }
-        }
+        if unsubmitted > 0 { _ = queue.submit() }
+        // Owed completions of a failed ring: io_uring_queue_exit still waits for the kernel's I/O.
+        _ = queue.discardCompletions(kernelOwned)
         taken.deallocate()
         for use in regionUses { use.release() }
     }
@@ -181,11 +158,7 @@ public final class URingDirectQueue {
         }
         guard isSingleIssuer else { return }
         if !enabled {
-            // liburing 2.3 declares io_uring_enable_rings but does not export it: register directly.
-            let rc = io_uring_register(UInt32(bitPattern: queue.ring.pointee.ring_fd), UInt32(IORING_REGISTER_ENABLE_RINGS), nil, 0)
-            guard rc >= 0 else {
-                throw .system("io_uring_register(IORING_REGISTER_ENABLE_RINGS)", Errno(rawValue: -rc), "the kernel refused to enable the direct queue's ring")
-            }
+            try queue.enable()
             enabled = true
         }
         issuer = pthread_self()
@@ -225,10 +198,11 @@ public final class URingDirectQueue {
         guard found else {
             throw MemWallError(.notFound, "\(local) is not one of this direct queue's regions; name it when creating the queue")
         }
-        let (fd, fixedFile) = fileSlot(for: op)
-        slots[slot] = Slot(prepared: prepared, address: op.bufferAddress, length: op.length, offset: op.offset,
-                           fileDescriptor: fd, fixedFile: fixedFile, bufferIndex: bufferIndex,
-                           isRead: prepared.operation == .read, done: 0, retries: 0,
+        let (file, fixedFile) = fileSlot(for: op)
+        slots[slot] = Slot(prepared: prepared,
+                           io: URingIO(file: file, fixedFile: fixedFile, bufferAddress: op.bufferAddress,
+                                       bufferIndex: bufferIndex, length: op.length, offset: op.offset,
+                                       isRead: prepared.operation == .read),
                            postedAt: MonotonicClock.nanoseconds())
         inFlight += 1
         place(slot)
@@ -237,15 +211,8 @@ public final class URingDirectQueue {
     /// The fixed-file slot of `op`'s target (registering it on first use), or
     /// its plain descriptor when files are not fixed or the table is full.
     private func fileSlot(for op: URingOp) -> (Int32, Bool) {
-        guard fixedFiles else { return (op.fileDescriptor, false) }
-        for (i, f) in files.enumerated() where f === op.target { return (Int32(i), true) }
-        guard files.count < URingDirectQueue.fileSlots else { return (op.fileDescriptor, false) }
-        var fd = op.fileDescriptor
-        guard io_uring_register_files_update(queue.ring, UInt32(files.count), &fd, 1) >= 0 else {
-            return (op.fileDescriptor, false)
-        }
-        files.append(op.target)
-        return (Int32(files.count - 1), true)
+        guard fixedFiles, let slot = files.slot(for: op.target, in: queue).slot else { return (op.fileDescriptor, false) }
+        return (slot, true)
     }
 
     /// Hands every SQE filled since the last call to the kernel without waiting.
@@ -303,21 +270,19 @@ public final class URingDirectQueue {
     /// one that stays on the CPU a few microseconds does not.
     /// - Returns: Whether a completion is ready.
     private func spin(microseconds: Int) -> Bool {
-        let ring = queue.ring
         let deadline = MonotonicClock.nanoseconds() + UInt64(microseconds) * 1000
         repeat {
             // Also runs deferred completion work (DEFER_TASKRUN) without waiting.
-            let r = io_uring_submit_and_get_events(ring)
+            let r = queue.submitAndGetEvents()
             if r >= 0 { unsubmitted = max(0, unsubmitted - Int(r)) }
-            if io_uring_cq_ready(ring) > 0 { return true }
+            if queue.readyCompletions > 0 { return true }
         } while MonotonicClock.nanoseconds() < deadline
         return false
     }
 
-    /// `io_uring_submit_and_wait`, retried on EINTR.
+    /// Submits and waits for `wait` completions (0: none).
     private func enter(wait: Int) -> Int32 {
-        var r: Int32
-        repeat { r = io_uring_submit_and_wait(queue.ring, UInt32(wait)) } while r == -EINTR
+        let r = queue.submit(waitingFor: wait)
         if r >= 0 {
             unsubmitted = max(0, unsubmitted - Int(r))
         }
@@ -327,81 +292,45 @@ public final class URingDirectQueue {
     }
 
     private func takeCompletions() {
-        let ring = queue.ring
         takenHead = 0
-        takenCount = 0
-        let capacity = taken.count
-        withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: capacity) { cqes in
-            guard let base = cqes.baseAddress else { return }
-            let n = Int(io_uring_peek_batch_cqe(ring, base, UInt32(capacity)))
-            for i in 0..<n {
-                if let c = cqes[i] { taken[takenCount] = (c.pointee.user_data, c.pointee.res); takenCount += 1 }
-            }
-            if n > 0 { io_uring_cq_advance(ring, UInt32(n)) }
-        }
+        takenCount = queue.takeCompletions(into: taken)
     }
 
     /// Decides what a CQE means for its slot: a completion, or nothing yet
     /// (the rest of a short transfer, or a retry, was placed).
     private func settle(slot: Int, res raw: Int32) -> Completion? {
-        guard slot >= 0, slot < depth, slots[slot].prepared != nil else { return nil }
-        let s = slots[slot]
-        let function = s.isRead ? "io_uring.read" : "io_uring.write"
-        let remaining = s.length - s.done
-        let res = funnel.completion(function, requested: remaining, result: raw)
+        guard slot >= 0, slot < depth, let prepared = slots[slot].prepared else { return nil }
         let outcome: Result<Int, MemWallError>
-        if res < 0 {
-            let e = Errno(rawValue: -res)
-            if (e == .wouldBlock || e == .interrupted) && s.retries < URingEngine.maximumRetries {
-                slots[slot].retries += 1
-                place(slot)
-                return nil
-            }
-            outcome = .failure(.system(function, e,
-                "\(s.isRead ? "read" : "write") of \(s.length) bytes at offset \(s.offset) of '\((s.prepared?.plan as? [URingOp])?.first?.target.path ?? "?")' failed after \(s.done) bytes"))
-        } else if res == 0 {
-            outcome = .failure(MemWallError(.shortTransfer,
-                "\(function) moved 0 bytes after \(s.done) of \(s.length) at offset \(s.offset): the file ends before the descriptor does",
-                function: function))
-        } else if s.done + Int(res) < s.length {
-            slots[slot].done += Int(res)
+        switch slots[slot].io.settle(raw, funnel: funnel, path: Self.path(of: prepared)) {
+        case .again:
             place(slot)
             return nil
-        } else {
-            outcome = .success(s.length)
+        case .finished(let r):
+            outcome = r
         }
         let now = MonotonicClock.nanoseconds()
-        if case .success(let n) = outcome, let p = s.prepared {
-            transport.costEstimator.record(target: .storage, operation: p.operation,
-                                           report: TransferReport(bytes: n, descriptorCount: 1, postedAt: s.postedAt, completedAt: now))
+        let postedAt = slots[slot].postedAt
+        if case .success(let n) = outcome {
+            transport.costEstimator.record(target: .storage, operation: prepared.operation,
+                                           report: TransferReport(bytes: n, descriptorCount: 1, postedAt: postedAt, completedAt: now))
         }
         slots[slot].prepared = nil
         inFlight -= 1
-        return Completion(slot: slot, result: outcome, nanoseconds: now &- s.postedAt)
+        return Completion(slot: slot, result: outcome, nanoseconds: now &- postedAt)
     }
 
-    /// Fills the SQE of `slot` (from where its transfer stands), or defers it
+    private static func path(of prepared: PreparedTransfer) -> String {
+        if case .storage(let t) = prepared.descriptors.first?.target { return t.path }
+        return "?"
+    }
+
+    /// Pushes the SQE of `slot` (from where its transfer stands), or defers it
     /// when the SQ has no free entry even after a submit.
     private func place(_ slot: Int) {
-        let ring = queue.ring
-        var sqe = io_uring_get_sqe(ring)
-        if sqe == nil {
+        if !queue.push(slots[slot].io, tag: UInt64(slot)) {
             _ = enter(wait: 0)
-            sqe = io_uring_get_sqe(ring)
+            guard queue.push(slots[slot].io, tag: UInt64(slot)) else { deferred.append(slot); return }
         }
-        guard let sqe else { deferred.append(slot); return }
-        let s = slots[slot]
-        let address = UnsafeMutableRawPointer(bitPattern: s.address + UInt(s.done))
-        let count = UInt32(min(s.length - s.done, URingEngine.maximumChunk))
-        let offset = UInt64(s.offset + Int64(s.done))
-        switch (s.isRead, s.bufferIndex >= 0) {
-        case (true, true): io_uring_prep_read_fixed(sqe, s.fileDescriptor, address, count, offset, s.bufferIndex)
-        case (true, false): io_uring_prep_read(sqe, s.fileDescriptor, address, count, offset)
-        case (false, true): io_uring_prep_write_fixed(sqe, s.fileDescriptor, address, count, offset, s.bufferIndex)
-        case (false, false): io_uring_prep_write(sqe, s.fileDescriptor, address, count, offset)
-        }
-        if s.fixedFile { sqe.pointee.flags |= UInt8(1 << IOSQE_FIXED_FILE_BIT) }
-        io_uring_sqe_set_data64(sqe, UInt64(slot))
         unsubmitted += 1
     }
 

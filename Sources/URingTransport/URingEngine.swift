@@ -22,14 +22,9 @@ struct URingOp: Sendable {
 struct URingWork {
     var tracked: InFlightRequest
     var index: Int
-    var op: URingOp
-    /// Registered-buffer slot, or -1 for a plain read/write.
-    var bufferIndex: Int32
-    var isRead: Bool
-    /// Bytes already moved (short transfers are resumed from here).
-    var done: Int = 0
-    /// Transient errors (EAGAIN, EINTR) already retried.
-    var retries: Int = 0
+    var io: URingIO
+    /// Named in messages; the request holds it too.
+    var target: StorageTarget
 }
 
 /// Owns the ring, the queue of work not yet handed to the kernel, the table of
@@ -50,9 +45,6 @@ final class URingEngine: Sendable {
     }
 
     static let wakeTag: UInt64 = .max
-    static let maximumRetries = 64
-    /// One SQE moves at most this much; longer descriptors continue like short transfers.
-    static let maximumChunk = 1 << 30
 
     let queue: URingQueue
     let queueDepth: Int
@@ -76,19 +68,8 @@ final class URingEngine: Sendable {
     }
 
     /// Starts the reaper; it holds the engine until it has drained and exits.
-    func startReaper() throws(MemWallError) -> pthread_t {
-        var tid = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&tid, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<URingEngine>.fromOpaque(arg).takeRetainedValue().reap()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<URingEngine>.fromOpaque(context).release()
-            throw .system("pthread_create", Errno(rawValue: rc), "cannot start the io_uring completion thread")
-        }
-        return tid
+    func startReaper() throws(MemWallError) -> WorkerThread {
+        try WorkerThread(name: "mw-uring-reap") { self.reap() }
     }
 
     /// Queues work and hands as much as the depth allows to the kernel.
@@ -129,16 +110,11 @@ final class URingEngine: Sendable {
             // A NOP wakes the reaper even when nothing is in flight. If SQEs left
             // by a refused submit fill the ring, push them first: without the NOP
             // an idle reaper would sleep forever and deinit's join with it.
-            var wake = io_uring_get_sqe(queue.ring)
-            if wake == nil {
+            if !queue.pushNop(tag: URingEngine.wakeTag) {
                 _ = submitLocked()
-                wake = io_uring_get_sqe(queue.ring)
+                _ = queue.pushNop(tag: URingEngine.wakeTag)
             }
-            if let sqe = wake {
-                io_uring_prep_nop(sqe)
-                io_uring_sqe_set_data64(sqe, URingEngine.wakeTag)
-            }
-            _ = io_uring_submit(queue.ring)
+            _ = submitLocked()
         }
         deliver(finished)
     }
@@ -166,7 +142,7 @@ final class URingEngine: Sendable {
                 } else {
                     break
                 }
-                if work.done == 0 && work.retries == 0 && work.tracked.request.isCancellationRequested {
+                if work.io.progress.done == 0 && work.io.progress.retries == 0 && work.tracked.request.isCancellationRequested {
                     cancelled.append((work, .failure(MemWallError(.cancelled, "cancelled before it was submitted"))))
                     continue
                 }
@@ -180,19 +156,15 @@ final class URingEngine: Sendable {
         deliver(cancelled)
         guard !taken.isEmpty else { return }
         let unplaced = submission.withLock { _ -> [Int] in
-            let ring = queue.ring
             var unplaced: [Int] = []
             var pending = 0
             for (slot, work) in taken {
-                var sqe = io_uring_get_sqe(ring)
-                if sqe == nil {
+                if !queue.push(work.io, tag: UInt64(slot)) {
                     // SQEs left from a refused submit fill the ring: push them first.
                     _ = submitLocked()
                     pending = 0
-                    sqe = io_uring_get_sqe(ring)
+                    guard queue.push(work.io, tag: UInt64(slot)) else { unplaced.append(slot); continue }
                 }
-                guard let sqe else { unplaced.append(slot); continue }
-                fill(sqe, work, slot: slot)
                 pending += 1
                 if pending >= batchSize { _ = submitLocked(); pending = 0 }
             }
@@ -221,27 +193,9 @@ final class URingEngine: Sendable {
         }
     }
 
-    private func fill(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ work: URingWork, slot: Int) {
-        let address = UnsafeMutableRawPointer(bitPattern: work.op.bufferAddress + UInt(work.done))
-        let count = UInt32(min(work.op.length - work.done, URingEngine.maximumChunk))
-        let offset = UInt64(work.op.offset + Int64(work.done))
-        let fd = work.op.fixedFile >= 0 ? work.op.fixedFile : work.op.fileDescriptor
-        switch (work.isRead, work.bufferIndex >= 0) {
-        case (true, true): io_uring_prep_read_fixed(sqe, fd, address, count, offset, work.bufferIndex)
-        case (true, false): io_uring_prep_read(sqe, fd, address, count, offset)
-        case (false, true): io_uring_prep_write_fixed(sqe, fd, address, count, offset, work.bufferIndex)
-        case (false, false): io_uring_prep_write(sqe, fd, address, count, offset)
-        }
-        if work.op.fixedFile >= 0 {
-            sqe.pointee.flags |= UInt8(1 << IOSQE_FIXED_FILE_BIT)
-        }
-        io_uring_sqe_set_data64(sqe, UInt64(slot))
-    }
-
     /// `io_uring_submit`, with the submission lock held.
     private func submitLocked() -> Int32 {
-        var r: Int32
-        repeat { r = io_uring_submit(queue.ring) } while r == -EINTR
+        let r = queue.submit()
         // EAGAIN/EBUSY: the kernel is short of resources or the CQ is full; the
         // SQEs stay in the ring and go with the next submit (after reaping).
         if r < 0 && r != -EAGAIN && r != -EBUSY {
@@ -253,10 +207,8 @@ final class URingEngine: Sendable {
     /// The reaper: sleeps in the kernel until a CQE is there, then reaps;
     /// exits once stopped and drained.
     private func reap() {
-        let ring = queue.ring
         while true {
-            var first: UnsafeMutablePointer<io_uring_cqe>?
-            let w = io_uring_wait_cqe(ring, &first)
+            let w = queue.waitForCompletion()
             if w < 0 && w != -EINTR && w != -EAGAIN {
                 // Work in flight can only be finished by its CQE (the kernel may
                 // still write its buffer), so keep waiting rather than give up.
@@ -275,9 +227,7 @@ final class URingEngine: Sendable {
 
     /// Sleeps until a CQE is in the completion queue or the time is up.
     func waitForCompletion(microseconds: Int) {
-        var ts = __kernel_timespec(tv_sec: Int64(microseconds / 1_000_000), tv_nsec: Int64(microseconds % 1_000_000) * 1000)
-        var cqe: UnsafeMutablePointer<io_uring_cqe>?
-        _ = io_uring_wait_cqe_timeout(queue.ring, &cqe, &ts)
+        queue.waitForCompletion(microseconds: microseconds)
     }
 
     /// Takes every CQE that is there now (without waiting) and acts on it:
@@ -287,19 +237,14 @@ final class URingEngine: Sendable {
     /// - Returns: CQEs taken, and whether the engine is stopped and drained.
     @discardableResult
     func reapReady() -> (count: Int, exit: Bool) {
-        let ring = queue.ring
         let batch = 64
         var results: [(UInt64, Int32)] = []
         completion.withLock { _ in
-            withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: batch) { cqes in
-                guard let base = cqes.baseAddress else { return }
-                let n = Int(io_uring_peek_batch_cqe(ring, base, UInt32(batch)))
+            withUnsafeTemporaryAllocation(of: (UInt64, Int32).self, capacity: batch) { out in
+                let n = queue.takeCompletions(into: out)
                 guard n > 0 else { return }
                 results.reserveCapacity(n)
-                for i in 0..<n {
-                    if let c = cqes[i] { results.append((c.pointee.user_data, c.pointee.res)) }
-                }
-                io_uring_cq_advance(ring, UInt32(n))
+                for i in 0..<n { results.append(out[i]) }
             }
         }
         let (finished, needsPump, exit) = state.withLock { s -> ([(URingWork, Result<Int, MemWallError>)], Bool, Bool) in
@@ -310,12 +255,14 @@ final class URingEngine: Sendable {
                 s.slots[slot] = nil
                 s.freeSlots.append(slot)
                 s.inFlight -= 1
-                if let outcome = settle(&work, res: res) {
+                switch work.io.settle(res, funnel: funnel, path: work.target.path,
+                                      cancelRequested: work.tracked.request.isCancellationRequested) {
+                case .finished(let outcome):
                     out.append((work, outcome))
-                } else if s.stopping {
+                case .again where s.stopping:
                     out.append((work, .failure(MemWallError(.cancelled,
-                        "the io_uring transport shut down after \(work.done) of \(work.op.length) bytes"))))
-                } else {
+                        "the io_uring transport shut down after \(work.io.progress.done) of \(work.io.length) bytes"))))
+                case .again:
                     s.resubmit.append(work)
                 }
             }
@@ -327,34 +274,4 @@ final class URingEngine: Sendable {
         return (results.count, exit)
     }
 
-    /// Decides what one CQE means: final (success or error) or "go again".
-    private func settle(_ work: inout URingWork, res raw: Int32) -> Result<Int, MemWallError>? {
-        let function = work.isRead ? "io_uring.read" : "io_uring.write"
-        let remaining = work.op.length - work.done
-        let res = funnel.completion(function, requested: min(remaining, URingEngine.maximumChunk), result: raw)
-        if res < 0 {
-            let e = Errno(rawValue: -res)
-            if (e == .wouldBlock || e == .interrupted) && work.retries < URingEngine.maximumRetries {
-                work.retries += 1
-                return nil
-            }
-            return .failure(.system(function, e,
-                "\(work.isRead ? "read" : "write") of \(work.op.length) bytes at offset \(work.op.offset) of '\(work.op.target.path)' failed after \(work.done) bytes"))
-        }
-        if res == 0 {
-            return .failure(MemWallError(.shortTransfer,
-                "\(function) of '\(work.op.target.path)' moved 0 bytes after \(work.done) of \(work.op.length) at offset \(work.op.offset): the file ends before the descriptor does",
-                function: function))
-        }
-        work.done += Int(res)
-        if work.done < work.op.length {
-            // A short transfer: resume from where the kernel stopped, unless the
-            // owner cancelled (the kernel holds nothing of this work any more).
-            if work.tracked.request.isCancellationRequested {
-                return .failure(MemWallError(.cancelled, "cancelled after \(work.done) of \(work.op.length) bytes"))
-            }
-            return nil
-        }
-        return .success(work.op.length)
-    }
 }

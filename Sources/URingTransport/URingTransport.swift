@@ -71,12 +71,11 @@ public final class URingTransport: Transport {
     static let bufferSlots = 64
     static let fileSlots = 64
     private let engine: URingEngine
-    private let reaper: pthread_t?
+    private let reaper: WorkerThread?
     private let regions: RegionTable<Int32>
     private struct Registry {
         var freeBufferSlots: [Int32]
-        var files: [ObjectIdentifier: (slot: Int32, target: StorageTarget)] = [:]
-        var nextFileSlot: Int32 = 0
+        var files = URingFileTable(slots: URingTransport.fileSlots)
         var notes: [String] = []
     }
     private let registry: Mutex<Registry>
@@ -88,14 +87,11 @@ public final class URingTransport: Transport {
     public init(configuration: URingConfiguration = URingConfiguration(), funnel: SyscallFunnel = .system) throws(MemWallError) {
         try configuration.validate()
         let queue = try URingQueue(entries: configuration.queueDepth, funnel: funnel)
-        let ring = queue.ring
         var config = configuration
         config.queueDepth = min(configuration.queueDepth, queue.entries)
         setupFlags = queue.flagsLabel
-        fixedBufferTable = configuration.fixedBuffers
-            && io_uring_register_buffers_sparse(ring, UInt32(URingTransport.bufferSlots)) == 0
-        fixedFileTable = configuration.fixedFiles
-            && io_uring_register_files_sparse(ring, UInt32(URingTransport.fileSlots)) == 0
+        fixedBufferTable = configuration.fixedBuffers && queue.registerBufferTable(slots: URingTransport.bufferSlots)
+        fixedFileTable = configuration.fixedFiles && queue.registerFileTable(slots: URingTransport.fileSlots)
         self.configuration = config
         self.regions = RegionTable(transportName: "io_uring")
         self.registry = Mutex(Registry(freeBufferSlots: fixedBufferTable ? Array((0..<Int32(URingTransport.bufferSlots)).reversed()) : []))
@@ -106,7 +102,7 @@ public final class URingTransport: Transport {
     deinit {
         engine.stop()
         if let reaper {
-            pthread_join(reaper, nil)
+            reaper.join()
         } else {
             // No completion thread: reap here until the kernel holds no buffer of ours.
             engine.drain()
@@ -135,7 +131,6 @@ public final class URingTransport: Transport {
     /// Registers `region`, as a fixed buffer when the kernel allows.
     /// - Throws: `alreadyExists` for a region registered twice.
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        let ring = engine.queue.ring
         try regions.register(region) { () throws(MemWallError) -> Int32 in
             registry.withLock { r -> Int32 in
                 guard fixedBufferTable else { return -1 }
@@ -147,11 +142,8 @@ public final class URingTransport: Transport {
                     r.notes.append("\(region): all \(URingTransport.bufferSlots) fixed-buffer slots are in use; it uses plain reads/writes")
                     return -1
                 }
-                var iov = iovec(iov_base: region.baseAddress, iov_len: region.byteCount)
-                let rc = io_uring_register_buffers_update_tag(ring, UInt32(slot), &iov, nil, 1)
-                guard rc >= 0 else {
+                if let e = engine.queue.setBuffer(slot, to: region) {
                     r.freeBufferSlots.append(slot)
-                    let e = Errno(rawValue: -rc)
                     r.notes.append("\(region) could not be pinned as a fixed buffer (io_uring_register_buffers_update_tag: \(e))"
                                    + (e == .noMemory ? "; raise the memlock limit (ulimit -l)" : "") + "; it uses plain reads/writes")
                     return -1
@@ -166,8 +158,7 @@ public final class URingTransport: Transport {
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
         let slot = try regions.deregister(region)
         guard slot >= 0 else { return }
-        var iov = iovec(iov_base: nil, iov_len: 0)
-        _ = io_uring_register_buffers_update_tag(engine.queue.ring, UInt32(slot), &iov, nil, 1)
+        _ = engine.queue.setBuffer(slot, to: nil)
         registry.withLock { $0.freeBufferSlots.append(slot) }
     }
 
@@ -219,21 +210,12 @@ public final class URingTransport: Transport {
 
     private func fixedFileSlot(for target: StorageTarget) -> Int32 {
         guard fixedFileTable else { return -1 }
-        let ring = engine.queue.ring
         return registry.withLock { r -> Int32 in
-            if let known = r.files[ObjectIdentifier(target)] { return known.slot }
-            guard r.nextFileSlot < Int32(URingTransport.fileSlots) else { return -1 }
-            var fd = target.fileDescriptor
-            let rc = io_uring_register_files_update(ring, UInt32(r.nextFileSlot), &fd, 1)
-            guard rc >= 0 else {
-                r.notes.append("'\(target.path)' could not be a fixed file (io_uring_register_files_update: \(Errno(rawValue: -rc)))")
-                return -1
+            let (slot, refusal) = r.files.slot(for: target, in: engine.queue)
+            if let refusal {
+                r.notes.append("'\(target.path)' could not be a fixed file (io_uring_register_files_update: \(refusal))")
             }
-            let slot = r.nextFileSlot
-            r.nextFileSlot += 1
-            // The transport keeps the target (and so its fd) open while the slot refers to it.
-            r.files[ObjectIdentifier(target)] = (slot, target)
-            return slot
+            return slot ?? -1
         }
     }
 
@@ -291,7 +273,10 @@ public final class URingTransport: Transport {
         var work: [URingWork] = []
         work.reserveCapacity(ops.count)
         for (i, op) in ops.enumerated() {
-            work.append(URingWork(tracked: tracked, index: i, op: op, bufferIndex: acquired[i].0, isRead: isRead))
+            let io = URingIO(file: op.fixedFile >= 0 ? op.fixedFile : op.fileDescriptor, fixedFile: op.fixedFile >= 0,
+                             bufferAddress: op.bufferAddress, bufferIndex: acquired[i].0, length: op.length,
+                             offset: op.offset, isRead: isRead)
+            work.append(URingWork(tracked: tracked, index: i, io: io, target: op.target))
         }
         return (request, work)
     }
