@@ -211,9 +211,12 @@ struct CopyPool: Sendable {
 /// A count of outstanding jobs that a thread can wait to reach zero.
 final class Countdown: Sendable {
     private let left: Atomic<Int>
+    private let parking = ThreadParking()
     init(_ n: Int) { left = Atomic(n) }
-    func tick() { left.subtract(1, ordering: .releasing) }
-    func waitForZero() { while left.load(ordering: .acquiring) > 0 { sched_yield() } }
+    func tick() {
+        if left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { parking.wakeAll() }
+    }
+    func waitForZero() { parking.wait { left.load(ordering: .acquiring) <= 0 } }
 }
 
 extension TransferTarget {

@@ -18,6 +18,8 @@ final class NotificationQueue: Sendable {
         var waiters: [Waiter] = []
         var nextID: UInt64 = 1
         var delivered = 0
+        /// Threads in ``nextBlocking(timeout:)``; a push wakes them only when there are some.
+        var blocked = 0
 
         mutating func pop() -> RemoteNotification? {
             guard head < items.count else { return nil }
@@ -33,21 +35,23 @@ final class NotificationQueue: Sendable {
     }
 
     private let state = Mutex(State())
+    private let parking = ThreadParking()
 
     /// Called by a receiver thread once the data before the notification has landed.
     func push(_ n: RemoteNotification) {
-        let waiter = state.withLock { s -> Waiter? in
+        let (waiter, wakeBlocked) = state.withLock { s -> (Waiter?, Bool) in
             if !s.waiters.isEmpty {
                 s.delivered += 1
-                return s.waiters.removeFirst()
+                return (s.waiters.removeFirst(), false)
             }
             s.items.append(n)
-            return nil
+            return (nil, s.blocked > 0)
         }
         if let waiter {
             waiter.timer?.cancel()
             waiter.continuation.resume(returning: n)
         }
+        if wakeBlocked { parking.wakeAll() }
     }
 
     /// Waits for the next notification, up to `timeout`.
@@ -75,15 +79,18 @@ final class NotificationQueue: Sendable {
     /// Blocking form for threads outside Swift concurrency (benchmarks, the CLI).
     func nextBlocking(timeout: Duration) throws(MemWallError) -> RemoteNotification {
         let deadline = MonotonicClock.nanoseconds() &+ timeout.nanosecondsClamped
-        var spins = 0
-        while true {
-            if let n = state.withLock({ $0.pop() }) { return n }
-            if MonotonicClock.nanoseconds() >= deadline {
-                throw MemWallError(.timedOut, "no notification arrived within \(timeout)")
-            }
-            spins += 1
-            if spins > 1000 { usleep(50) } else { sched_yield() }
+        var got: RemoteNotification?
+        // Registered before the first look, so a push after that look wakes us.
+        state.withLock { $0.blocked += 1 }
+        parking.wait(spins: 1000, deadline: deadline) {
+            got = state.withLock { $0.pop() }
+            return got != nil
         }
+        state.withLock { $0.blocked -= 1 }
+        guard let got else {
+            throw MemWallError(.timedOut, "no notification arrived within \(timeout)")
+        }
+        return got
     }
 
     /// Notifications handed out so far.

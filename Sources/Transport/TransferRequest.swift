@@ -301,24 +301,19 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
 
     /// Blocks the calling thread until the request is final (for benchmarks and
     /// threads outside Swift concurrency). Spins briefly (a fast device finishes
-    /// within microseconds), then parks on a condition variable that the last
-    /// completion signals, so a long wait costs no CPU that the completion
-    /// thread may need.
+    /// within microseconds), then parks (``ThreadParking``, made only when a
+    /// thread actually parks) until the last completion wakes it, so a long
+    /// wait costs no CPU that the completion thread may need.
     @discardableResult
     public func waitBlocking() throws(MemWallError) -> TransferReport {
-        var spins = 0
-        while !finished.load(ordering: .acquiring) {
-            spins += 1
-            if spins > 200 {
-                let parking = state.withLock { s -> ThreadParking? in
-                    if s.remaining == 0 { return nil }
-                    if s.parked == nil { s.parked = ThreadParking() }
-                    return s.parked
-                }
-                parking?.park { self.finished.load(ordering: .acquiring) }
-                break
+        let done = { self.finished.load(ordering: .acquiring) }
+        if !ThreadParking.spin(200, until: done) {
+            let parking = state.withLock { s -> ThreadParking? in
+                if s.remaining == 0 { return nil }
+                if s.parked == nil { s.parked = ThreadParking() }
+                return s.parked
             }
-            if spins > 50 { sched_yield() }
+            parking?.wait(spins: 0, until: done)
         }
         return try finalReport()
     }
@@ -338,45 +333,5 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     /// `"request 12 (write, 4 descriptors, completed)"`.
     public var description: String {
         "request \(id) (\(prepared.operation), \(prepared.descriptors.count) descriptors, \(poll()))"
-    }
-}
-
-/// A condition variable for threads blocked in ``TransferRequest/waitBlocking()``;
-/// made only when a thread actually parks, so a request that nobody waits on
-/// allocates none.
-final class ThreadParking: @unchecked Sendable {
-    // pthread objects must not move: they live in their own allocations.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var woken = false
-
-    init() {
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        condition.deallocate()
-    }
-
-    /// Sleeps until ``wakeAll()`` or until `isDone` holds (checked under the
-    /// mutex, so a wake between the caller's check and the sleep is not lost).
-    func park(until isDone: () -> Bool) {
-        pthread_mutex_lock(mutex)
-        while !woken && !isDone() {
-            pthread_cond_wait(condition, mutex)
-        }
-        pthread_mutex_unlock(mutex)
-    }
-
-    /// Wakes every parked thread, now and for later parkers.
-    func wakeAll() {
-        pthread_mutex_lock(mutex)
-        woken = true
-        pthread_cond_broadcast(condition)
-        pthread_mutex_unlock(mutex)
     }
 }
