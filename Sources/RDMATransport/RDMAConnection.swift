@@ -433,6 +433,8 @@ final class RDMAConnection: RemoteConnectionHandle {
                 if pollOnce() > 0 { idle = 0; continue }
                 idle += 1
                 if busyPoll && idle % 4096 != 0 { continue }
+                // Waiting on the NIC, not on a thread: yield the CPU (soft-RoCE's
+                // softirq may need it) a few times before sleeping on the channel.
                 if !busyPoll && idle < 200 { sched_yield(); continue }
                 watchEvents()
                 checkTimeout()
@@ -553,6 +555,8 @@ final class RDMAConnection: RemoteConnectionHandle {
             let n = ibv_poll_cq(cq.cq, 1, &wc)
             if n > 0 { got = true; break }
             if n < 0 { break }
+            // The NIC delivers the table; no thread of ours could wake us, and
+            // this runs once per connect: poll the CQ at a gentle pace.
             usleep(50)
         }
         guard got else {
@@ -632,6 +636,7 @@ final class RDMAConnection: RemoteConnectionHandle {
     private func drainWithoutThread() {
         let until = MonotonicClock.nanoseconds() &+ 2_500_000_000
         while !core.isDrained && MonotonicClock.nanoseconds() < until {
+            // Draining what the NIC still owes at close: a CQ poll, not a thread wait.
             if core.pollOnce() == 0 { usleep(100) }
         }
         _ = core.abandonIfStale(grace: 0)

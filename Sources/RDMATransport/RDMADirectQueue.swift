@@ -180,6 +180,7 @@ public final class RDMADirectQueue {
         // the queue pair is in the error state).
         let until = MonotonicClock.nanoseconds() &+ core.timeout &+ 2_000_000_000
         while inFlight > 0 && MonotonicClock.nanoseconds() < until {
+            // Caller-polled: yield the CPU to the NIC's softirq, no thread to wait for.
             if takeCompletions(handler: { _ in }) == 0 { sched_yield() }
             if MonotonicClock.nanoseconds() > until &- 2_000_000_000 && closed == nil {
                 fail(MemWallError(.timedOut, "a direct queue was released with work in flight that did not finish in time"))
@@ -348,6 +349,8 @@ public final class RDMADirectQueue {
                 // Bounded, so a peer that never answers still meets the timeout.
                 if m == 0, !sleepOnChannel(milliseconds: 100) { watch() }
             } else if yieldEvery > 0 && empty % yieldEvery == 0 {
+                // Deliberate: yields to the NIC's softirq (soft-RoCE) on the
+                // caller's polling thread; there is no thread to park for.
                 sched_yield()
             }
         }

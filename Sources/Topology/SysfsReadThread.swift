@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MemWallCore
 import Synchronization
 
 /// Reads sysfs facts on a second POSIX thread while the calling thread runs hwloc's
@@ -15,34 +16,25 @@ final class SysfsReadThread: Sendable {
     private let tree: SysfsTree
     private let live: Bool
     private let result = Mutex<SysfsFacts?>(nil)
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = Mutex<WorkerThread?>(nil)
 
     /// Starts reading `tree`; falls back to reading in ``join()`` if no thread can be created.
     init(tree: SysfsTree, live: Bool) {
         self.tree = tree
         self.live = live
-        var handle = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let status = pthread_create(&handle, nil, { raw in
-            guard let raw else { return nil }
-            let reader = Unmanaged<SysfsReadThread>.fromOpaque(raw).takeRetainedValue()
-            let facts = SysfsFacts.read(reader.tree, live: reader.live)
-            reader.result.withLock { $0 = facts }
-            return nil
-        }, context)
-        if status == 0 {
-            thread.withLock { $0 = handle }
-        } else {
-            // The thread never started, so it will not release the reference it was given.
-            Unmanaged<SysfsReadThread>.fromOpaque(context).release()
+        // The worker holds this object until it finishes; a deinit on the
+        // worker itself (discovery failed early) cannot join it, and
+        // WorkerThread detaches it instead.
+        let worker = try? WorkerThread(name: "mw-sysfs") { [self] in
+            let facts = SysfsFacts.read(tree, live: live)
+            result.withLock { $0 = facts }
         }
+        thread.withLock { $0 = worker }
     }
 
     /// Waits for the reading thread and returns what it read.
     func join() -> SysfsFacts {
-        if let handle = thread.withLock({ t -> pthread_t? in defer { t = nil }; return t }) {
-            pthread_join(handle, nil)
-        }
+        thread.withLock { t -> WorkerThread? in defer { t = nil }; return t }?.join()
         if let facts = result.withLock({ $0 }) { return facts }
         let facts = SysfsFacts.read(tree, live: live)
         result.withLock { $0 = facts }
@@ -50,15 +42,6 @@ final class SysfsReadThread: Sendable {
     }
 
     deinit {
-        guard let handle = thread.withLock({ $0 }) else { return }
-        // Reached without join() only when discovery failed early. The worker holds a
-        // reference until it finishes, so this runs either after it ended (join reaps it)
-        // or on the worker itself as it drops the last reference (it cannot join itself,
-        // so it detaches and the system reaps it when it returns).
-        if pthread_equal(handle, pthread_self()) != 0 {
-            pthread_detach(handle)
-        } else {
-            pthread_join(handle, nil)
-        }
+        thread.withLock { $0 }?.join()
     }
 }
