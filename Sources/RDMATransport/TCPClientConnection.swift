@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import MemWallCore
 import Synchronization
 import Transport
@@ -38,8 +37,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
         var local: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: localAddress).unsafelyUnwrapped }
 
         func finish(_ r: Result<Int, MemWallError>) {
-            registration.release()
-            request.complete(descriptor: index, r)
+            request.complete(descriptor: index, r, releasing: registration.use)
         }
     }
 
@@ -69,7 +67,8 @@ final class TCPClientConnection: RemoteConnectionHandle {
         let timeout: Duration
         let depth: Int
         let state = Mutex(State())
-        let wake = DispatchSemaphore(value: 0)
+        /// Where the sender thread parks while it has nothing to send.
+        let senderParking = ThreadParking()
 
         init(fd: Int32, funnel: SyscallFunnel, peerName: String, timeout: Duration, depth: Int) {
             self.fd = fd
@@ -99,7 +98,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
             shutdown(fd, SocketIO.shutdownBoth)
             for item in queued { if case .operation(let op) = item { op.finish(.failure(error)) } }
             for p in pending { p.operation.finish(.failure(error)) }
-            wake.signal()
+            senderParking.wakeOne()
         }
 
         // MARK: Sender thread
@@ -107,9 +106,9 @@ final class TCPClientConnection: RemoteConnectionHandle {
         func runSender() {
             let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
             defer { header.deallocate() }
-            while true {
-                enum Next { case stop, idle, cancelled(Operation), item(Item, UInt64) }
-                let next = state.withLock { s -> Next in
+            enum Next { case stop, idle, cancelled(Operation), item(Item, UInt64) }
+            func take() -> Next {
+                state.withLock { s -> Next in
                     if s.closed != nil { return .stop }
                     guard s.head < s.queue.count else { return .idle }
                     if case .operation = s.queue[s.head], s.pending.count >= depth { return .idle }
@@ -130,9 +129,17 @@ final class TCPClientConnection: RemoteConnectionHandle {
                     }
                     return .item(item, tag)
                 }
+            }
+            while true {
+                var next = Next.idle
+                // The only thread that sends: it parks (no spin) until work is queued or the connection closes.
+                senderParking.wait(spins: 0) {
+                    next = take()
+                    if case .idle = next { return false }
+                    return true
+                }
                 switch next {
-                case .stop: return
-                case .idle: wake.wait()
+                case .stop, .idle: return
                 case .cancelled(let op):
                     // Never handed to the socket: it ends as cancelled.
                     op.finish(.failure(MemWallError(.cancelled, "cancelled before it was sent")))
@@ -176,7 +183,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
                     return
                 }
                 let op = pending.operation
-                wake.signal()
+                senderParking.wakeOne()
                 let status = FrameHeader.Status(rawValue: h.status)
                 guard status == .ok else {
                     op.finish(.failure(remoteError(status, op)))
@@ -271,7 +278,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
                 if let notify { s.queue.append(.notify(notify)) }
                 return nil
             }
-            if closed == nil { wake.signal() }
+            if closed == nil { senderParking.wakeOne() }
             return closed
         }
     }
