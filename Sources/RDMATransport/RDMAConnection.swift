@@ -42,8 +42,7 @@ final class RDMAConnection: RemoteConnectionHandle {
 
         func finish(_ r: Result<Int, MemWallError>) {
             guard let request else { return }
-            registration?.release()
-            request.complete(descriptor: index, r)
+            request.complete(descriptor: index, r, releasing: registration?.use)
         }
 
         /// Writes this operation as work request `k` of the list at `wrs` (its

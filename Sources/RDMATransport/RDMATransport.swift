@@ -35,7 +35,7 @@ public final class RDMATransport: RemoteMemoryTransport {
     let device: VerbsDevice
     let domain: ProtectionDomain
     let maxReadDepth: Int
-    private let registrations = RegistrationTable()
+    private let registrations = RegionTable<VerbsMemoryRegistration?>(transportName: "rdma")
     private let exportRegistrations = Mutex<[ExportKey: VerbsMemoryRegistration]>([:])
     private let exports = ExportTable()
     private let notifications = NotificationQueue()
@@ -85,16 +85,14 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     /// Registers `region` with the NIC for local access (no remote rights).
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        guard !registrations.contains(region) else {
-            throw MemWallError(.alreadyExists, "\(region.id) is already registered; register each region once and reuse it")
+        try registrations.register(region) { () throws(MemWallError) -> VerbsMemoryRegistration? in
+            try VerbsMemoryRegistration(domain: domain, region: region, remoteAccess: [])
         }
-        let mr = try VerbsMemoryRegistration(domain: domain, region: region, remoteAccess: [])
-        try registrations.add(LocalRegistration(region: region, memoryRegistration: mr))
     }
 
     /// Deregisters `region` (and the registrations its exports used).
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        try registrations.remove(region, transport: name, exported: exports.uses(region))
+        try registrations.deregister(region, exported: exports.uses(region), transport: name)
         let id = ObjectIdentifier(region)
         exportRegistrations.withLock { t in
             for k in t.keys where k.region == id { t.removeValue(forKey: k) }
@@ -117,7 +115,7 @@ public final class RDMATransport: RemoteMemoryTransport {
     /// that connection is closed, and the peer must reconnect.
     public func export(_ region: MemoryRegion, offset: Int, length: Int, as name: String, access: RemoteAccess) throws(MemWallError) {
         try ExportTable.validate(region, offset: offset, length: length, name: name, access: access)
-        _ = try registrations.lookup(region, transport: self.name)
+        _ = try registrations.registration(of: region)
         let key = ExportKey(region: ObjectIdentifier(region), access: access.rawValue)
         let mr: VerbsMemoryRegistration
         if let cached = exportRegistrations.withLock({ $0[key] }) {
@@ -253,7 +251,7 @@ public final class RDMATransport: RemoteMemoryTransport {
                 throw .invalid("length of descriptor \(i)", d.length, expected: "at most 4 GiB - 1 per RDMA work request")
             }
             try RemoteAccessCheck.check(operation, seg, index: i)
-            let reg = try registrations.lookup(d.local, transport: name)
+            let reg = try registrations.registration(of: d.local)
             let op = RDMAConnection.Operation(request: nil, index: i, opcode: kind,
                                               localAddress: UInt64(UInt(bitPattern: d.local.baseAddress + d.localOffset)),
                                               lkey: reg.memoryRegistration?.lkey ?? 0, length: d.length,
@@ -279,7 +277,7 @@ public final class RDMATransport: RemoteMemoryTransport {
         for g in plan.groups where !g.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(g.connection.peerName) is closed; connect again and prepare anew")
         }
-        for reg in plan.registrations { try registrations.requireCurrent(reg, transport: name) }
+        for reg in plan.registrations { try registrations.requireCurrent(reg) }
         let request = TransferRequest(prepared: prepared, estimator: costEstimator, onCancel: plan.cancel)
         for g in plan.groups {
             g.connection.submit(g.templates, for: request,

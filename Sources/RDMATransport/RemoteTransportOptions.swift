@@ -49,69 +49,27 @@ public struct RemoteTransportOptions: Sendable, Hashable {
     }
 }
 
-/// A region registered with a remote transport, with a count of descriptors
-/// in flight so it cannot be deregistered under the hardware.
-final class LocalRegistration: Sendable {
-    let region: MemoryRegion
+/// A region registered with a remote transport: the verbs memory region
+/// (RDMA; `nil` for the emulation) and its count of descriptors in flight.
+typealias LocalRegistration = RegionRegistration<VerbsMemoryRegistration?>
+
+extension RegionRegistration where Attachment == VerbsMemoryRegistration? {
     /// The verbs memory region (RDMA only); kept alive as long as this object.
-    let memoryRegistration: VerbsMemoryRegistration?
-    private let inFlight = Atomic<Int>(0)
-
-    init(region: MemoryRegion, memoryRegistration: VerbsMemoryRegistration?) {
-        self.region = region
-        self.memoryRegistration = memoryRegistration
-    }
-
-    @inline(__always) func retain(_ n: Int = 1) { inFlight.add(n, ordering: .relaxed) }
-    @inline(__always) func release(_ n: Int = 1) { inFlight.subtract(n, ordering: .relaxed) }
-    var inFlightCount: Int { inFlight.load(ordering: .relaxed) }
+    var memoryRegistration: VerbsMemoryRegistration? { attachment }
+    /// One more descriptor (or a bound direct-queue slot) uses the region.
+    @inline(__always) func retain() { use.acquire() }
+    /// One of them is done with it.
+    @inline(__always) func release() { use.release() }
 }
 
-/// The regions a transport registered, by identity.
-final class RegistrationTable: Sendable {
-    private let table = Mutex<[ObjectIdentifier: LocalRegistration]>([:])
-
-    func add(_ r: LocalRegistration) throws(MemWallError) {
-        let dup = table.withLock { t -> Bool in
-            let k = ObjectIdentifier(r.region)
-            if t[k] != nil { return true }
-            t[k] = r
-            return false
-        }
-        if dup {
-            throw MemWallError(.alreadyExists, "\(r.region.id) is already registered; register each region once and reuse it")
-        }
-    }
-
-    func contains(_ region: MemoryRegion) -> Bool { table.withLock { $0[ObjectIdentifier(region)] != nil } }
-
-    func lookup(_ region: MemoryRegion, transport: String) throws(MemWallError) -> LocalRegistration {
-        guard let r = table.withLock({ $0[ObjectIdentifier(region)] }) else {
-            throw MemWallError(.notFound, "\(region.id) is not registered with '\(transport)'; call register(_:) first")
-        }
-        return r
-    }
-
-    func remove(_ region: MemoryRegion, transport: String, exported: Bool) throws(MemWallError) {
-        let r = try lookup(region, transport: transport)
+extension RegionTable where Attachment == VerbsMemoryRegistration? {
+    /// Deregisters `region` unless one of its ranges is still exported.
+    /// - Throws: `notFound`, `invalidArgument` while exported or in flight.
+    func deregister(_ region: MemoryRegion, exported: Bool, transport: String) throws(MemWallError) {
+        _ = try registration(of: region)
         guard !exported else {
             throw MemWallError(.invalidArgument, "\(region.id) is still exported by '\(transport)'; unexport its names first")
         }
-        guard r.inFlightCount == 0 else {
-            throw MemWallError(.invalidArgument,
-                "\(region.id) has \(r.inFlightCount) descriptors in flight on '\(transport)'; wait for their requests first")
-        }
-        _ = table.withLock { $0.removeValue(forKey: ObjectIdentifier(region)) }
+        try deregister(region)
     }
-
-    /// Throws unless `r` is still the registration on record for its region,
-    /// so a transfer prepared before a `deregister` cannot be posted after it.
-    func requireCurrent(_ r: LocalRegistration, transport: String) throws(MemWallError) {
-        guard table.withLock({ $0[ObjectIdentifier(r.region)] === r }) else {
-            throw MemWallError(.notFound,
-                "\(r.region.id) was deregistered from '\(transport)' after this transfer was prepared; register it again and prepare anew")
-        }
-    }
-
-    var count: Int { table.withLock { $0.count } }
 }

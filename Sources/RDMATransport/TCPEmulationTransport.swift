@@ -32,7 +32,7 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
     public let options: RemoteTransportOptions
 
     let funnel: SyscallFunnel
-    private let registrations = RegistrationTable()
+    private let registrations = RegionTable<VerbsMemoryRegistration?>(transportName: "tcp-emulation")
     private let exports = ExportTable()
     private let notifications = NotificationQueue()
     private let listeners = Mutex<[TCPListener]>([])
@@ -64,18 +64,18 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
 
     /// Records `region` as local memory for descriptors (the emulation pins nothing).
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try registrations.add(LocalRegistration(region: region, memoryRegistration: nil))
+        try registrations.register(region) { () throws(MemWallError) -> VerbsMemoryRegistration? in nil }
     }
 
     /// Forgets `region`; refused while exported or in flight.
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        try registrations.remove(region, transport: name, exported: exports.uses(region))
+        try registrations.deregister(region, exported: exports.uses(region), transport: name)
     }
 
     /// Exports part of a registered region under `name`, with its own key.
     public func export(_ region: MemoryRegion, offset: Int, length: Int, as name: String, access: RemoteAccess) throws(MemWallError) {
         try ExportTable.validate(region, offset: offset, length: length, name: name, access: access)
-        _ = try registrations.lookup(region, transport: self.name)
+        _ = try registrations.registration(of: region)
         let key = nextKey.wrappingAdd(0x9E37_79B1, ordering: .relaxed).newValue
         try exports.add(LocalExport(name: name, region: region, offset: offset, length: length, access: access,
                                     key: key, address: 0, registration: nil))
@@ -135,7 +135,7 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
                     "descriptor \(i): segment '\(seg.name)' was resolved by another transport; resolve it with a peer of '\(name)'")
             }
             try RemoteAccessCheck.check(operation, seg, index: i)
-            items.append(PlanItem(connection: conn, registration: try registrations.lookup(d.local, transport: name),
+            items.append(PlanItem(connection: conn, registration: try registrations.registration(of: d.local),
                                   key: seg.remoteKey, remoteOffset: seg.remoteAddress &+ UInt64(d.targetOffset)))
         }
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: items)
@@ -149,7 +149,7 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         for item in items where !item.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
         }
-        for item in items { try registrations.requireCurrent(item.registration, transport: name) }
+        for item in items { try registrations.requireCurrent(item.registration) }
         let connections = Self.distinctConnections(items)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator) { request in
             for c in connections { c.purge(request) }

@@ -1,5 +1,4 @@
 import MemWallCore
-import Synchronization
 
 /// Moves bytes between host memory regions with a plain CPU copy (`memcpy`).
 ///
@@ -15,7 +14,7 @@ public final class MemoryCopyTransport: Transport {
     public let costEstimator: PathCostEstimator
     /// This instance; only it posts what it prepared.
     public let identity = TransportIdentity()
-    private let registered = Mutex<Set<RegionID>>([])
+    private let regions = RegionTable<Void>(transportName: "memcpy")
 
     /// Creates the transport.
     public init(costEstimator: PathCostEstimator = PathCostEstimator()) {
@@ -25,29 +24,19 @@ public final class MemoryCopyTransport: Transport {
     /// Records `region` as usable locally.
     /// - Throws: `alreadyExists` when it is registered already.
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        let inserted = registered.withLock { $0.insert(region.id).inserted }
-        guard inserted else {
-            throw MemWallError(.alreadyExists, "\(region) is already registered with transport '\(capabilities.name)'")
-        }
+        try regions.register(region) { () throws(MemWallError) in () }
     }
 
     /// Forgets `region`.
     /// - Throws: `notFound` when it was not registered.
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        let removed = registered.withLock { $0.remove(region.id) != nil }
-        guard removed else {
-            throw MemWallError(.notFound, "\(region) is not registered with transport '\(capabilities.name)'")
-        }
+        try regions.deregister(region)
     }
 
     /// Checks bounds, target kinds and registration.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        let known = registered.withLock { $0 }
-        for (i, d) in descriptors.enumerated() where !known.contains(d.local.id) {
-            throw MemWallError(.notFound,
-                "descriptor \(i): local \(d.local) is not registered with transport '\(capabilities.name)'; register it first")
-        }
+        for d in descriptors { _ = try regions.registration(of: d.local) }
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 

@@ -1,38 +1,53 @@
 import MemWallCore
 import Synchronization
 
-/// The registration bookkeeping every transport needs: which regions are
-/// registered, what the transport attached to each (a fixed-buffer slot, an
-/// RDMA key), and how many posted descriptors still use each one — so that
-/// deregistering a region the kernel may still write is refused.
-public final class RegionTable<Attachment: Sendable>: Sendable {
-    private struct Entry {
-        var region: MemoryRegion
-        var attachment: Attachment
-        var use: RegionUse
+/// One region's registration with one transport: what the transport attached
+/// to it (a fixed-buffer slot, a verbs memory registration) and how many
+/// posted descriptors use it now. A new object per `register`, so a plan
+/// that kept one can tell that its region was deregistered (and maybe
+/// registered again) since (``RegionTable/requireCurrent(_:)``).
+package final class RegionRegistration<Attachment: Sendable>: Sendable {
+    /// The registered region.
+    package let region: MemoryRegion
+    /// What the transport attached to it.
+    package let attachment: Attachment
+    /// Descriptors in flight that use it.
+    package let use = RegionUse()
+
+    init(region: MemoryRegion, attachment: Attachment) {
+        self.region = region
+        self.attachment = attachment
     }
-    private let entries = Mutex<[RegionID: Entry]>([:])
+}
+
+/// The one registration table every transport keeps: which regions are
+/// registered, what the transport attached to each, and how many posted
+/// descriptors still use each one — so that deregistering a region the
+/// kernel or NIC may still write is refused.
+package final class RegionTable<Attachment: Sendable>: Sendable {
+    private let entries = Mutex<[RegionID: RegionRegistration<Attachment>]>([:])
     private let transportName: String
 
     /// - Parameter transportName: Named in error messages.
-    public init(transportName: String) { self.transportName = transportName }
+    package init(transportName: String) { self.transportName = transportName }
 
     /// Adds `region`; `attach` runs under the table lock, only when the region is new.
     /// - Throws: `alreadyExists` for a region registered twice, or what `attach` throws.
-    public func register(_ region: MemoryRegion, attach: () throws(MemWallError) -> Attachment) throws(MemWallError) {
-        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) in
+    package func register(_ region: MemoryRegion, attach: () throws(MemWallError) -> Attachment) throws(MemWallError) {
+        try entries.withLock { (t: inout [RegionID: RegionRegistration<Attachment>]) throws(MemWallError) in
             guard t[region.id] == nil else {
                 throw MemWallError(.alreadyExists,
                     "\(region) is already registered with '\(transportName)'; register each region once and reuse it")
             }
-            t[region.id] = Entry(region: region, attachment: try attach(), use: RegionUse())
+            t[region.id] = RegionRegistration(region: region, attachment: try attach())
         }
     }
 
     /// Removes `region` and returns its attachment for the caller to release.
     /// - Throws: `notFound` for an unknown region; `invalidArgument` while requests use it.
-    public func deregister(_ region: MemoryRegion) throws(MemWallError) -> Attachment {
-        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) -> Attachment in
+    @discardableResult
+    package func deregister(_ region: MemoryRegion) throws(MemWallError) -> Attachment {
+        try entries.withLock { (t: inout [RegionID: RegionRegistration<Attachment>]) throws(MemWallError) -> Attachment in
             guard let e = t[region.id] else {
                 throw MemWallError(.notFound, "\(region) is not registered with '\(transportName)'")
             }
@@ -46,21 +61,37 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
         }
     }
 
+    /// The registration of `region`.
+    /// - Throws: `notFound` naming the region and the call to make first.
+    package func registration(of region: MemoryRegion) throws(MemWallError) -> RegionRegistration<Attachment> {
+        guard let r = entries.withLock({ $0[region.id] }) else { throw notRegistered(region) }
+        return r
+    }
+
     /// The attachment of a registered region.
     /// - Throws: `notFound` naming the region and the call to make first.
-    public func attachment(of region: MemoryRegion) throws(MemWallError) -> Attachment {
-        guard let a = entries.withLock({ $0[region.id]?.attachment }) else {
-            throw notRegistered(region)
+    package func attachment(of region: MemoryRegion) throws(MemWallError) -> Attachment {
+        try registration(of: region).attachment
+    }
+
+    /// Whether `region` is registered.
+    package func contains(_ region: MemoryRegion) -> Bool { entries.withLock { $0[region.id] != nil } }
+
+    /// Throws unless `r` is still the registration on record for its region,
+    /// so a transfer prepared before a `deregister` cannot be posted after it.
+    package func requireCurrent(_ r: RegionRegistration<Attachment>) throws(MemWallError) {
+        guard entries.withLock({ $0[r.region.id] === r }) else {
+            throw MemWallError(.notFound,
+                "\(r.region.id) was deregistered from '\(transportName)' after this transfer was prepared; register it again and prepare anew")
         }
-        return a
     }
 
     /// For each local region (one per descriptor), its attachment and its use
     /// counter, already incremented — under one lock, so a region cannot be
     /// deregistered between the check and the mark.
     /// - Throws: `notFound` for an unregistered region (nothing is marked then).
-    public func acquire(_ locals: [MemoryRegion]) throws(MemWallError) -> [(Attachment, RegionUse)] {
-        try entries.withLock { (t: inout [RegionID: Entry]) throws(MemWallError) -> [(Attachment, RegionUse)] in
+    package func acquire(_ locals: [MemoryRegion]) throws(MemWallError) -> [(Attachment, RegionUse)] {
+        try entries.withLock { (t: inout [RegionID: RegionRegistration<Attachment>]) throws(MemWallError) -> [(Attachment, RegionUse)] in
             var out: [(Attachment, RegionUse)] = []
             out.reserveCapacity(locals.count)
             for r in locals {
@@ -78,25 +109,25 @@ public final class RegionTable<Attachment: Sendable>: Sendable {
     }
 
     /// Every registered region with its attachment (for teardown).
-    public var all: [(MemoryRegion, Attachment)] {
+    package var all: [(MemoryRegion, Attachment)] {
         entries.withLock { $0.values.map { ($0.region, $0.attachment) } }
     }
 
     /// Number of registered regions.
-    public var count: Int { entries.withLock { $0.count } }
+    package var count: Int { entries.withLock { $0.count } }
 }
 
 /// How many posted descriptors use one registered region; released without a lock.
-public final class RegionUse: Sendable {
+package final class RegionUse: Sendable {
     private let inFlight = Atomic<Int>(0)
     /// Creates a counter at zero.
-    public init() {}
+    package init() {}
     /// Descriptors in flight now.
-    public var count: Int { inFlight.load(ordering: .acquiring) }
+    package var count: Int { inFlight.load(ordering: .acquiring) }
     /// One more descriptor uses the region.
-    public func acquire() { inFlight.add(1, ordering: .relaxed) }
+    @inline(__always) package func acquire() { inFlight.add(1, ordering: .relaxed) }
     /// One descriptor finished with the region.
-    public func release() { inFlight.subtract(1, ordering: .releasing) }
+    @inline(__always) package func release() { inFlight.subtract(1, ordering: .releasing) }
 }
 
 /// One posted request as its transport tracks it: each descriptor gives back
