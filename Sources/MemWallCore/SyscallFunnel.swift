@@ -5,7 +5,7 @@ import CMemWallShim
 import Synchronization
 
 /// A fault the funnel can inject in place of what the kernel would have said.
-public enum InjectedFault: Sendable, Hashable, CustomStringConvertible {
+package enum InjectedFault: Sendable, Hashable, CustomStringConvertible {
     /// The call fails with this errno (EINTR, EAGAIN, ENOMEM, EIO, …).
     case error(Errno)
     /// The call moves only this fraction (0 < f < 1) of the bytes asked for,
@@ -13,7 +13,7 @@ public enum InjectedFault: Sendable, Hashable, CustomStringConvertible {
     case short(fraction: Double)
 
     /// Human-readable form used in test output.
-    public var description: String {
+    package var description: String {
         switch self {
         case .error(let e): "error \(e.name)"
         case .short(let f): "short transfer (\(f))"
@@ -26,20 +26,20 @@ public enum InjectedFault: Sendable, Hashable, CustomStringConvertible {
 /// Rules are matched by function name ("pread", "pwrite", "io_uring.read", "send",
 /// …); each rule skips its first `after` matching calls, then fires `times` times.
 /// Every firing is counted so a test can prove its fault was really hit.
-public final class FaultInjector: Sendable {
+package final class FaultInjector: Sendable {
     /// One fault rule.
-    public struct Rule: Sendable, Hashable {
+    package struct Rule: Sendable, Hashable {
         /// Function name the rule applies to, as the funnel names it.
-        public var function: String
+        package var function: String
         /// What to do instead of the real result.
-        public var fault: InjectedFault
+        package var fault: InjectedFault
         /// How many matching calls to let through first.
-        public var after: Int
+        package var after: Int
         /// How many times to fire (then the rule is spent).
-        public var times: Int
+        package var times: Int
 
         /// Creates a rule.
-        public init(_ function: String, _ fault: InjectedFault, after: Int = 0, times: Int = 1) {
+        package init(_ function: String, _ fault: InjectedFault, after: Int = 0, times: Int = 1) {
             self.function = function
             self.fault = fault
             self.after = after
@@ -60,15 +60,15 @@ public final class FaultInjector: Sendable {
     /// - Parameter armed: With `false`, no call is faulted or counted until
     ///   ``arm()``, so set-up through the same funnel (connecting to a peer,
     ///   writing the data a faulted read will fetch) is left alone.
-    public init(_ rules: [Rule], armed: Bool = true) {
+    package init(_ rules: [Rule], armed: Bool = true) {
         state = Mutex(State(rules: rules, seen: Array(repeating: 0, count: rules.count), armed: armed))
     }
 
     /// Starts matching calls against the rules (for an injector created unarmed).
-    public func arm() { state.withLock { $0.armed = true } }
+    package func arm() { state.withLock { $0.armed = true } }
 
     /// Decides whether this call of `function` gets a fault, and records it if so.
-    public func fault(for function: String) -> InjectedFault? {
+    package func fault(for function: String) -> InjectedFault? {
         state.withLock { s in
             guard s.armed else { return nil }
             for i in s.rules.indices where s.rules[i].function == function {
@@ -84,10 +84,10 @@ public final class FaultInjector: Sendable {
     }
 
     /// How many faults fired for `function` so far.
-    public func firedCount(_ function: String) -> Int { state.withLock { $0.fired[function] ?? 0 } }
+    package func firedCount(_ function: String) -> Int { state.withLock { $0.fired[function] ?? 0 } }
 
     /// How many faults fired in total.
-    public var totalFired: Int { state.withLock { $0.fired.values.reduce(0, +) } }
+    package var totalFired: Int { state.withLock { $0.fired.values.reduce(0, +) } }
 }
 
 /// The one door every system call of MemWall's data paths goes through.
@@ -102,13 +102,19 @@ public final class SyscallFunnel: Sendable {
     public static let system = SyscallFunnel(faults: nil)
 
     /// Injected faults, if any.
-    public let faults: FaultInjector?
+    package let faults: FaultInjector?
     /// Whether ``pread(_:_:_:_:)`` and friends retry on EINTR themselves.
     /// Documented behaviour, not a hidden one: tests turn it off to see EINTR surface.
     public let retryOnInterrupt: Bool
 
+    /// Creates a funnel to the real kernel.
+    /// - Parameter retryOnInterrupt: Whether byte-moving calls retry EINTR themselves.
+    public convenience init(retryOnInterrupt: Bool = true) {
+        self.init(faults: nil, retryOnInterrupt: retryOnInterrupt)
+    }
+
     /// Creates a funnel; pass a ``FaultInjector`` to play the kernel in tests.
-    public init(faults: FaultInjector?, retryOnInterrupt: Bool = true) {
+    package init(faults: FaultInjector?, retryOnInterrupt: Bool = true) {
         self.faults = faults
         self.retryOnInterrupt = retryOnInterrupt
     }

@@ -9,9 +9,9 @@ public final class TransportRegistry: Sendable {
     private let downgrades = Atomic<Int>(0)
     private let log: @Sendable (String) -> Void
 
-    /// - Parameter log: Where downgrade notices go (standard error by default).
-    public init(log: @escaping @Sendable (String) -> Void = { StandardError.write("memwall: " + $0 + "\n") }) {
-        self.log = log
+    /// - Parameter log: Where downgrade notices go (`nil`: standard error).
+    public init(log: (@Sendable (String) -> Void)? = nil) {
+        self.log = log ?? { StandardError.write("memwall: " + $0 + "\n") }
     }
 
     /// Adds a transport; lower `rank` is preferred among equals in implementation.
