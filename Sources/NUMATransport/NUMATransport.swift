@@ -55,6 +55,7 @@ public final class NUMATransport: Transport {
     public let policy: NUMACopyPolicy
     private let regions: RegionTable<Void>
     private let pools: Mutex<[Int: CopyPool]>
+    private let closed = ClosedFlag()
 
     /// Creates the transport over `allocator`'s nodes.
     public init(allocator: NUMAAllocator = NUMAAllocator(), policy: NUMACopyPolicy = NUMACopyPolicy()) {
@@ -88,6 +89,7 @@ public final class NUMATransport: Transport {
 
     /// Copies; small requests inline, larger ones on threads near the destination.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try closed.check(capabilities.name)
         try checkOwnership(prepared)
         let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
@@ -122,9 +124,19 @@ public final class NUMATransport: Transport {
                     join.finish(tracked, descriptor: i, length: d.length, cancelled: cancelled)
                 }
             }
-            pool.submit(contentsOf: jobs)
+            if !pool.submit(contentsOf: jobs) {
+                // Closed meanwhile: none of these chunks ran.
+                for _ in jobs { join.finish(tracked, descriptor: i, length: d.length, cancelled: true) }
+            }
         }
         return request
+    }
+
+    /// Lets running copies finish, then stops every copy pool's threads. Later posts are refused.
+    public func close() {
+        guard closed.close() else { return }
+        let all = pools.withLock { p -> [CopyPool] in defer { p = [:] }; return Array(p.values) }
+        for p in all { p.pool.close() }
     }
 
     /// Threads a copy of `bytes` into `destinationNode` uses (1 when it runs inline).

@@ -191,6 +191,7 @@ public final class RDMADirectQueue {
             // The NIC did not report everything: the buffers stay with the slots'
             // transfers, which this queue no longer owns; the connection is closed.
             fail(MemWallError(.disconnected, "a direct queue was released with work still on the send queue"))
+            StandardError.write("memwall: an RDMA direct queue to \(core.peerName) was released with \(c.inFlight) transfer(s) the NIC never reported; the connection is closed\n")
         }
         core.releaseExclusive()
         for binding in bindings { for op in binding?.templates ?? [] { op.registration?.release() } }

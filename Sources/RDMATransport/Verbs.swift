@@ -92,7 +92,10 @@ final class ProtectionDomain: Sendable {
                                     "cannot allocate a protection domain on \(device.name)")
     }
 
-    deinit { ibv_dealloc_pd(pd) }
+    deinit {
+        let rc = ibv_dealloc_pd(pd)
+        if rc != 0 { StandardError.reportUnfreed("an RDMA protection domain", function: "ibv_dealloc_pd", errno: Errno(rawValue: rc)) }
+    }
 }
 
 /// One memory registration (`ibv_reg_mr`): pins the pages and gives the keys.
@@ -130,7 +133,10 @@ final class VerbsMemoryRegistration: Sendable {
         self.rkey = mr.pointee.rkey
     }
 
-    deinit { ibv_dereg_mr(mr) }
+    deinit {
+        let rc = ibv_dereg_mr(mr)
+        if rc != 0 { StandardError.reportUnfreed("an RDMA memory registration", function: "ibv_dereg_mr", errno: Errno(rawValue: rc)) }
+    }
 }
 
 /// A completion queue and the completion channel that wakes a sleeping poller.
@@ -182,8 +188,11 @@ final class CompletionQueue: Sendable {
     }
 
     deinit {
-        ibv_destroy_cq(cq)
-        ibv_destroy_comp_channel(channel)
+        let rc = ibv_destroy_cq(cq)
+        if rc != 0 { StandardError.reportUnfreed("an RDMA completion queue", function: "ibv_destroy_cq", errno: Errno(rawValue: rc)) }
+        if ibv_destroy_comp_channel(channel) != 0 {
+            StandardError.reportUnfreed("an RDMA completion channel", function: "ibv_destroy_comp_channel", errno: .current)
+        }
     }
 }
 
@@ -296,7 +305,11 @@ final class CMIdentifier: Sendable {
         return String(cString: n)
     }
 
-    deinit { rdma_destroy_id(id) }
+    deinit {
+        if rdma_destroy_id(id) != 0 {
+            StandardError.reportUnfreed("an rdmacm identifier", function: "rdma_destroy_id", errno: .current)
+        }
+    }
 }
 
 /// How a queue pair learns its peer: what one side sends the other in the
@@ -496,6 +509,11 @@ final class QueuePair: Sendable {
     }
 
     deinit {
-        if let identifier { rdma_destroy_qp(identifier.id) } else { ibv_destroy_qp(qp) }
+        if let identifier {
+            rdma_destroy_qp(identifier.id)  // void: rdmacm reports nothing
+        } else {
+            let rc = ibv_destroy_qp(qp)
+            if rc != 0 { StandardError.reportUnfreed("an RDMA queue pair", function: "ibv_destroy_qp", errno: Errno(rawValue: rc)) }
+        }
     }
 }

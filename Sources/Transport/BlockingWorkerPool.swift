@@ -47,16 +47,23 @@ package final class BlockingWorkerPool: Sendable {
         self.threads = started
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Lets queued jobs finish, then ends and joins every thread. Idempotent.
+    package func close() {
         core.stop()
         for t in threads { t.join() }
     }
 
     /// Queues one job.
-    package func submit(_ job: @escaping @Sendable () -> Void) { core.submit([job]) }
+    /// - Returns: False (the job will not run) once the pool is closed.
+    @discardableResult
+    package func submit(_ job: @escaping @Sendable () -> Void) -> Bool { core.submit([job]) }
 
     /// Queues several jobs with one lock round trip.
-    package func submit(contentsOf newJobs: [@Sendable () -> Void]) { core.submit(newJobs) }
+    /// - Returns: False (none will run) once the pool is closed.
+    @discardableResult
+    package func submit(contentsOf newJobs: [@Sendable () -> Void]) -> Bool { core.submit(newJobs) }
 }
 
 /// The pool's job queue and the loop its threads run.
@@ -84,10 +91,16 @@ private final class WorkerQueue: Sendable {
     private let state = Mutex(Jobs())
     private let parking = ThreadParking()
 
-    func submit(_ newJobs: [@Sendable () -> Void]) {
-        guard !newJobs.isEmpty else { return }
-        state.withLock { $0.jobs.append(contentsOf: newJobs) }
+    func submit(_ newJobs: [@Sendable () -> Void]) -> Bool {
+        guard !newJobs.isEmpty else { return true }
+        let accepted = state.withLock { s -> Bool in
+            guard !s.stopping else { return false }
+            s.jobs.append(contentsOf: newJobs)
+            return true
+        }
+        guard accepted else { return false }
         if newJobs.count == 1 { parking.wakeOne() } else { parking.wakeAll() }
+        return true
     }
 
     /// Lets queued jobs finish, then ends every thread.

@@ -15,6 +15,7 @@ public final class MemoryCopyTransport: Transport {
     /// This instance; only it posts what it prepared.
     public let identity = TransportIdentity()
     private let regions = RegionTable<Void>(transportName: "memcpy")
+    private let closed = ClosedFlag()
 
     /// Creates the transport.
     public init(costEstimator: PathCostEstimator = PathCostEstimator()) {
@@ -42,6 +43,7 @@ public final class MemoryCopyTransport: Transport {
 
     /// Copies every descriptor now, in order, and returns the finished request.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try closed.check(capabilities.name)
         try checkOwnership(prepared)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
         for (i, d) in prepared.descriptors.enumerated() {
@@ -59,4 +61,7 @@ public final class MemoryCopyTransport: Transport {
         }
         return request
     }
+
+    /// Refuses later posts (a copy holds nothing between posts).
+    public func close() { _ = closed.close() }
 }

@@ -44,6 +44,7 @@ public final class ThreadPoolStorageTransport: Transport {
     public let queueDepth: Int
     private let funnel: SyscallFunnel
     private let pool: BlockingWorkerPool
+    private let closed = ClosedFlag()
     private let regions: RegionTable<Void>
 
     /// Starts the thread pool.
@@ -89,6 +90,7 @@ public final class ThreadPoolStorageTransport: Transport {
 
     /// Queues every descriptor on the pool; returns at once.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
+        try closed.check(capabilities.name)
         let ops = try plan(of: prepared, as: [ResolvedStorageOp].self)
         let uses = try regions.acquire(prepared.descriptors.map(\.local)).map(\.1)
         let request = TransferRequest(prepared: prepared, estimator: costEstimator)
@@ -107,8 +109,19 @@ public final class ThreadPoolStorageTransport: Transport {
                     op, isRead: isRead, funnel: funnel, cancelRequested: tracked.request.isCancellationRequested))
             }
         }
-        pool.submit(contentsOf: jobs)
+        if !pool.submit(contentsOf: jobs) {
+            // Closed meanwhile: nothing was issued.
+            for i in ops.indices {
+                tracked.complete(descriptor: i, .failure(MemWallError(.cancelled, "the '\(capabilities.name)' transport was closed before it was issued")))
+            }
+        }
         return request
+    }
+
+    /// Lets issued work finish, then stops the threads. Later posts are refused.
+    public func close() {
+        guard closed.close() else { return }
+        pool.close()
     }
 
     /// Runs one descriptor to the end under ``StorageProgress``'s rule.

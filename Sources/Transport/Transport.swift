@@ -96,6 +96,31 @@ public protocol Transport: AnyObject, Sendable {
     /// - Throws: when nothing could be enqueued. A request that was partly
     ///   enqueued is never retried silently: its descriptors report their own status.
     func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest
+
+    /// Finishes with the transport: work not yet handed to the kernel or NIC
+    /// ends as cancelled, work in flight completes, then its threads, rings
+    /// and listeners are released. Later posts are refused with `misuse`.
+    /// Idempotent; `deinit` calls it when the owner did not (the safety net,
+    /// not the plan: a deinit runs wherever the last reference drops).
+    func close()
+}
+
+/// Whether a transport was closed: one flag, checked on every post, so a
+/// post after ``Transport/close()`` is refused rather than queued forever.
+package final class ClosedFlag: Sendable {
+    private let closed = Atomic<Bool>(false)
+    /// Open.
+    package init() {}
+    /// Marks it closed; true for the first call only (the one that tears down).
+    package func close() -> Bool { !closed.exchange(true, ordering: .acquiringAndReleasing) }
+    /// Whether ``close()`` was called.
+    package var isClosed: Bool { closed.load(ordering: .acquiring) }
+    /// - Throws: `misuse` once closed.
+    package func check(_ transport: String) throws(MemWallError) {
+        if isClosed {
+            throw MemWallError(.misuse, "the '\(transport)' transport was closed; make a new one to move more data")
+        }
+    }
 }
 
 extension Transport {

@@ -74,7 +74,16 @@ final class URingEngine: Sendable {
 
     /// Queues work and hands as much as the depth allows to the kernel.
     func enqueue(_ work: [URingWork]) {
-        state.withLock { s in s.queued.append(contentsOf: work) }
+        let refused = state.withLock { s -> Bool in
+            guard !s.stopping else { return true }
+            s.queued.append(contentsOf: work)
+            return false
+        }
+        guard !refused else {
+            // Stopped meanwhile (closed while this post ran): nothing reaches the kernel.
+            deliver(work.map { ($0, .failure(MemWallError(.cancelled, "the io_uring transport was closed before it was submitted"))) })
+            return
+        }
         pump()
     }
 

@@ -79,6 +79,7 @@ public final class URingTransport: Transport {
         var notes: [String] = []
     }
     private let registry: Mutex<Registry>
+    private let closed = ClosedFlag()
 
     /// Creates the ring, the registration tables and the completion thread.
     /// - Throws: `invalidArgument` for a bad configuration; `systemCall` when
@@ -99,7 +100,14 @@ public final class URingTransport: Transport {
         reaper = config.completionThread ? try engine.startReaper() : nil
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Cancels work not yet submitted, waits until the kernel finished every
+    /// I/O in flight, and stops the completion thread; later posts are
+    /// refused. The ring itself (and its fixed buffers and files) is freed
+    /// with the transport.
+    public func close() {
+        guard closed.close() else { return }
         engine.stop()
         if let reaper {
             reaper.join()
@@ -158,7 +166,11 @@ public final class URingTransport: Transport {
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
         let slot = try regions.deregister(region)
         guard slot >= 0 else { return }
-        _ = engine.queue.setBuffer(slot, to: nil)
+        if let e = engine.queue.setBuffer(slot, to: nil) {
+            // The kernel keeps the pages pinned until the ring goes; the slot is not reused.
+            StandardError.reportUnfreed("a fixed buffer of \(region)", function: "io_uring_register_buffers_update_tag", errno: e)
+            return
+        }
         registry.withLock { $0.freeBufferSlots.append(slot) }
     }
 
@@ -257,7 +269,8 @@ public final class URingTransport: Transport {
     }
 
     private func resolve(_ prepared: PreparedTransfer) throws(MemWallError) -> [URingOp] {
-        try plan(of: prepared, as: [URingOp].self)
+        try closed.check(capabilities.name)
+        return try plan(of: prepared, as: [URingOp].self)
     }
 
     /// Marks the regions in use (this is where an unregistered region is refused)

@@ -5,6 +5,7 @@ import MemWallCore
 import Testing
 @testable import Transport
 import URingTransport
+import NUMATransport
 
 /// A prepared transfer belongs to the transport instance that prepared it.
 @Suite(.enabled(if: ioUringUsable, "io_uring is refused on this host (seccomp or kernel.io_uring_disabled)"))
@@ -65,5 +66,46 @@ struct DoubleCompletionTests {
         tracked.complete(descriptor: 1, .success(16))
         #expect(use.count == 0)
         #expect(request.poll() == .cancelled)
+    }
+}
+
+/// `close()` is explicit: work already posted finishes, later posts are refused.
+struct CloseTests {
+    static let storageTransports: [(String, @Sendable () throws -> any Transport)] = [
+        ("io_uring", { try URingTransport(configuration: URingConfiguration(queueDepth: 4, batchSize: 1)) }),
+        ("pread-pool", { try ThreadPoolStorageTransport(queueDepth: 2) }),
+    ]
+
+    @Test("a storage transport finishes what was posted before close and refuses posts after it", arguments: [0, 1])
+    func storageCloseRefusesLaterPosts(_ which: Int) async throws {
+        let (name, make) = Self.storageTransports[which]
+        let t: any Transport
+        do { t = try make() } catch { try Test.cancel("\(name) is unavailable here: \(error)") }
+        let file = try ScratchFile.make(64 * 1024)
+        let r = try MemoryRegion.allocate(byteCount: 64 * 1024)
+        try t.register(r)
+        let prepared = try t.prepare(.write, [TransferDescriptor(local: r, target: .storage(file), length: 64 * 1024)])
+        let before = try t.post(prepared)
+        t.close()
+        t.close()   // idempotent
+        // Posted before close: it completed or was cancelled before submission; never left pending.
+        #expect(before.poll() != .pending)
+        let refused = #expect(throws: MemWallError.self) { _ = try t.post(prepared) }
+        #expect(refused?.code == .misuse)
+    }
+
+    @Test("memory transports refuse posts after close")
+    func memoryCloseRefusesLaterPosts() throws {
+        let transports: [any Transport] = [MemoryCopyTransport(), NUMATransport()]
+        for t in transports {
+            let a = try MemoryRegion.allocate(byteCount: 8192)
+            let b = try MemoryRegion.allocate(byteCount: 8192)
+            try t.register(a)
+            let prepared = try t.prepare(.write, [TransferDescriptor(local: a, target: .memory(b), length: 8192)])
+            _ = try t.post(prepared).waitBlocking()
+            t.close()
+            let refused = #expect(throws: MemWallError.self) { _ = try t.post(prepared) }
+            #expect(refused?.code == .misuse, "\(t.name)")
+        }
     }
 }
