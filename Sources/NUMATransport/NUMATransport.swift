@@ -72,7 +72,7 @@ public final class NUMATransport: Transport {
 
     /// Registers a region as a local side (bookkeeping: host memory needs no pinning).
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region) { () throws(MemWallError) in () }
+        try regions.register(region)
     }
 
     /// Deregisters a region no request in flight uses.
@@ -83,7 +83,7 @@ public final class NUMATransport: Transport {
     /// Checks bounds and registration; memory copies have no alignment rule.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        for d in descriptors { _ = try regions.attachment(of: d.local) }
+        try regions.requireRegistered(descriptors)
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 

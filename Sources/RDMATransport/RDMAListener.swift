@@ -72,14 +72,10 @@ final class RDMAListener: Sendable {
         let exports: ExportTable
         let notifications: NotificationQueue
         let maxReadDepth: Int
-        let stopped = Atomic<Bool>(false)
         let accepted = Mutex<[UInt: Accepted]>([:])
-        /// `stop()` writes a byte here to wake a thread asleep in poll(2).
-        let wake: WakePipe
 
         init(device: VerbsDevice, domain: ProtectionDomain, channel: CMEventChannel, listenID: CMIdentifier,
-             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int, wake: WakePipe) {
-            self.wake = wake
+             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int) {
             self.device = device
             self.domain = domain
             self.channel = channel
@@ -89,22 +85,15 @@ final class RDMAListener: Sendable {
             self.maxReadDepth = maxReadDepth
         }
 
-        func run() {
-            var idle = 0
-            while !stopped.load(ordering: .acquiring) {
-                var busy = false
-                let conns = accepted.withLock { Array($0.values) }
-                for c in conns where c.poll(into: notifications) > 0 { busy = true }
-                if let ev = channel.next(milliseconds: busy || idle < 100 ? 0 : 5) {
-                    handle(ev)
-                    busy = true
-                }
-                if busy { idle = 0; continue }
-                idle += 1
-                if idle < 100 { sched_yield(); continue }
-                RDMAListener.sleepUntilActivity(conns, notifications: notifications, sources: [channel.eventDescriptor], wake: wake)
-            }
-            // Closing: disconnect every peer, then let the objects go (QP before its identifier).
+        /// One look at the connection manager's events.
+        func pass(eager: Bool) -> (busy: Bool, sources: [Int32]) {
+            guard let ev = channel.next(milliseconds: eager ? 0 : 5) else { return (false, [channel.eventDescriptor]) }
+            handle(ev)
+            return (true, [channel.eventDescriptor])
+        }
+
+        /// Closing: disconnect every peer, then let the objects go (QP before its identifier).
+        func teardown() {
             let conns = accepted.withLock { a -> [Accepted] in defer { a = [:] }; return Array(a.values) }
             for c in conns { c.queuePair.moveToError() }
         }
@@ -157,8 +146,7 @@ final class RDMAListener: Sendable {
         }
     }
 
-    private let core: Core
-    private let thread: WorkerThread
+    private let service: ListenerThread
     /// The bound port.
     let port: UInt16
 
@@ -178,19 +166,68 @@ final class RDMAListener: Sendable {
         try CCall.minusOne(rdma_listen(id.id, 64), "rdma_listen", "cannot listen on \(where_)")
         self.port = UInt16(bigEndian: rdma_get_src_port(id.id))
         let core = Core(device: device, domain: domain, channel: channel, listenID: id, exports: exports,
-                        notifications: notifications, maxReadDepth: maxReadDepth, wake: try WakePipe())
-        self.core = core
-        self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
+                        notifications: notifications, maxReadDepth: maxReadDepth)
+        self.service = try ListenerThread(notifications: notifications,
+                                          connections: { core.accepted.withLock { Array($0.values) } },
+                                          pass: core.pass(eager:), teardown: core.teardown)
     }
 
     /// Stops accepting and disconnects every accepted peer.
-    func stop() {
-        guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        core.wake.signal()
-        thread.join()
-    }
+    func stop() { service.stop() }
 
     deinit { stop() }
+}
+
+/// The thread both RDMA listeners serve on, with its stop flag and wake pipe.
+///
+/// Each pass polls every accepted connection's completion queue (delivering
+/// notifications) and then the listener's own sources (`pass`); after 100
+/// idle passes it sleeps in poll(2) on all of them and the wake pipe
+/// (``RDMAListener/sleepUntilActivity(_:notifications:sources:wake:)``).
+final class ListenerThread: Sendable {
+    private let stopped = Atomic<Bool>(false)
+    /// ``stop()`` writes a byte here to wake the thread from its idle sleep.
+    private let wake: WakePipe
+    private let thread = Mutex<WorkerThread?>(nil)
+
+    /// Starts serving.
+    /// - Parameters:
+    ///   - connections: The accepted connections now.
+    ///   - pass: Handles the listener's own sources once, without waiting when
+    ///     `eager`; says whether it did anything and which descriptors to sleep on.
+    ///   - teardown: Runs on the thread once stopped (disconnect the peers).
+    /// - Throws: `systemCall` from `pipe` or `pthread_create`.
+    init(notifications: NotificationQueue, connections: @escaping @Sendable () -> [RDMAListener.Accepted],
+         pass: @escaping @Sendable (_ eager: Bool) -> (busy: Bool, sources: [Int32]),
+         teardown: @escaping @Sendable () -> Void) throws(MemWallError) {
+        let wake = try WakePipe()
+        self.wake = wake
+        // The thread holds this object until it stops (``stop()``, called by the listener's deinit).
+        let worker = try WorkerThread(name: "mw-rdma-listen") { [self] in
+            var idle = 0
+            while !stopped.load(ordering: .acquiring) {
+                var busy = false
+                let conns = connections()
+                for c in conns where c.poll(into: notifications) > 0 { busy = true }
+                let (handled, sources) = pass(busy || idle < 100)
+                if busy || handled { idle = 0; continue }
+                idle += 1
+                // Waiting on NICs and sockets, not on a thread: yield (soft-RoCE's
+                // softirq may need the CPU) a few times before sleeping in poll(2).
+                if idle < 100 { sched_yield(); continue }
+                RDMAListener.sleepUntilActivity(conns, notifications: notifications, sources: sources, wake: wake)
+            }
+            teardown()
+        }
+        thread.withLock { $0 = worker }
+    }
+
+    /// Stops serving and waits for the thread (and its teardown). Idempotent.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        wake.signal()
+        thread.withLock { $0 }?.join()
+    }
 }
 
 extension RDMAListener {

@@ -101,15 +101,11 @@ final class RDMASocketListener: Sendable {
         let notifications: NotificationQueue
         let maxReadDepth: Int
         let mtu: UInt32
-        let stopped = Atomic<Bool>(false)
         let accepted = Mutex<[Int32: RDMAListener.Accepted]>([:])
-        /// `stop()` writes a byte here to wake the thread from its idle sleep.
-        let wake: WakePipe
 
         init(fd: Int32, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable, notifications: NotificationQueue,
-             maxReadDepth: Int, mtu: UInt32, wake: WakePipe) {
+             maxReadDepth: Int, mtu: UInt32) {
             self.fd = fd
-            self.wake = wake
             self.device = device
             self.domain = domain
             self.exports = exports
@@ -120,24 +116,18 @@ final class RDMASocketListener: Sendable {
 
         deinit { Glibc.close(fd) }
 
-        func run() {
-            var idle = 0
-            while !stopped.load(ordering: .acquiring) {
-                var busy = false
-                let conns = accepted.withLock { Array($0) }
-                for (_, c) in conns where c.poll(into: notifications) > 0 { busy = true }
-                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-                for (cfd, _) in conns { fds.append(pollfd(fd: cfd, events: Int16(POLLIN), revents: 0)) }
-                if poll(&fds, nfds_t(fds.count), 0) > 0 {
-                    busy = true
-                    if fds[0].revents != 0 { acceptOne() }
-                    for p in fds.dropFirst() where p.revents != 0 { checkControl(p.fd) }
-                }
-                if busy { idle = 0; continue }
-                idle += 1
-                if idle < 100 { sched_yield(); continue }
-                RDMAListener.sleepUntilActivity(conns.map(\.1), notifications: notifications, sources: fds.map(\.fd), wake: wake)
-            }
+        /// One look at the listening socket and every peer's control socket.
+        func pass(eager _: Bool) -> (busy: Bool, sources: [Int32]) {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            for cfd in accepted.withLock({ Array($0.keys) }) { fds.append(pollfd(fd: cfd, events: Int16(POLLIN), revents: 0)) }
+            guard poll(&fds, nfds_t(fds.count), 0) > 0 else { return (false, fds.map(\.fd)) }
+            if fds[0].revents != 0 { acceptOne() }
+            for p in fds.dropFirst() where p.revents != 0 { checkControl(p.fd) }
+            return (true, fds.map(\.fd))
+        }
+
+        /// Closing: stop every peer's queue pair and close its control socket.
+        func teardown() {
             let conns = accepted.withLock { a -> [(Int32, RDMAListener.Accepted)] in defer { a = [:] }; return Array(a) }
             for (cfd, c) in conns {
                 c.queuePair.moveToError()
@@ -188,49 +178,29 @@ final class RDMASocketListener: Sendable {
         }
     }
 
-    private let core: Core
-    private let thread: WorkerThread
+    private let service: ListenerThread
     /// The bound port.
     let port: UInt16
 
     init(address: String, port: UInt16, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable,
          notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
-        var sa = try SocketAddress.ipv4(address, port: port)
+        let sa = try SocketAddress.ipv4(address, port: port)
         let where_ = SocketAddress.describe(sa)
         // A specific address must be one the device serves (INADDR_ANY is checked per connection).
         if sa.sin_addr.s_addr != 0 && device.gidIndex(for: sa.sin_addr) == nil {
             throw MemWallError(.unsupported, "\(device.name) has no GID for \(where_); bind the device to the interface holding that address")
         }
         let mtu = try device.activeMTU()
-        let wake = try WakePipe()
-        let fd = try SocketIO.makeStreamSocket()
-        var one: Int32 = 1
-        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let rc = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if rc != 0 || Glibc.listen(fd, 64) != 0 {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system("bind", e, "cannot listen on \(where_); is the port in use?")
-        }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        self.port = UInt16(bigEndian: bound.sin_port)
+        let (fd, boundPort) = try SocketIO.listen(on: sa)
+        self.port = boundPort
         let core = Core(fd: fd, device: device, domain: domain, exports: exports, notifications: notifications,
-                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue, wake: wake)
-        self.core = core
-        self.thread = try WorkerThread(name: "mw-rdma-listen") { core.run() }
+                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue)
+        self.service = try ListenerThread(notifications: notifications,
+                                          connections: { core.accepted.withLock { Array($0.values) } },
+                                          pass: core.pass(eager:), teardown: core.teardown)
     }
 
-    func stop() {
-        guard !core.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        core.wake.signal()
-        thread.join()
-    }
+    func stop() { service.stop() }
 
     deinit { stop() }
 }

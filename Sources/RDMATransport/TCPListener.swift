@@ -65,29 +65,8 @@ final class TCPListener: Sendable {
     /// Binds, listens and starts accepting.
     /// - Throws: `invalidArgument` for a bad address, `systemCall` from bind/listen.
     init(address: String, port: UInt16, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel) throws(MemWallError) {
-        var sa = try SocketAddress.ipv4(address, port: port)
-        let fd = try SocketIO.makeStreamSocket()
-        var one: Int32 = 1
-        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let rc = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if rc != 0 {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system("bind", e, "cannot listen on \(SocketAddress.describe(sa)); is the port in use?")
-        }
-        if Glibc.listen(fd, 64) != 0 {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system("listen", e, "cannot listen on \(SocketAddress.describe(sa))")
-        }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        self.port = UInt16(bigEndian: bound.sin_port)
+        let (fd, boundPort) = try SocketIO.listen(on: try SocketAddress.ipv4(address, port: port))
+        self.port = boundPort
         let core = Core(fd: fd, exports: exports, notifications: notifications, funnel: funnel)
         self.core = core
         self.thread = try WorkerThread(name: "mw-tcp-accept") { core.runAccept() }

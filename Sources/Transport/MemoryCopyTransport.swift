@@ -25,7 +25,7 @@ public final class MemoryCopyTransport: Transport {
     /// Records `region` as usable locally.
     /// - Throws: `alreadyExists` when it is registered already.
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region) { () throws(MemWallError) in () }
+        try regions.register(region)
     }
 
     /// Forgets `region`.
@@ -37,7 +37,7 @@ public final class MemoryCopyTransport: Transport {
     /// Checks bounds, target kinds and registration.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        for d in descriptors { _ = try regions.registration(of: d.local) }
+        try regions.requireRegistered(descriptors)
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 

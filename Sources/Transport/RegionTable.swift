@@ -117,6 +117,24 @@ package final class RegionTable<Attachment: Sendable>: Sendable {
     package var count: Int { entries.withLock { $0.count } }
 }
 
+extension RegionTable where Attachment == Void {
+    /// Records `region` for a transport whose memory needs no pinning (a
+    /// CPU copy, pread/pwrite): bookkeeping only, with the same duplicate,
+    /// busy and not-found rules as every other transport.
+    /// - Throws: `alreadyExists` for a region registered twice.
+    package func register(_ region: MemoryRegion) throws(MemWallError) {
+        try register(region) { () throws(MemWallError) in () }
+    }
+}
+
+extension RegionTable {
+    /// Checks, in `prepare`, that every descriptor's local region is registered.
+    /// - Throws: `notFound` for the first one that is not.
+    package func requireRegistered(_ descriptors: [TransferDescriptor]) throws(MemWallError) {
+        for d in descriptors { _ = try registration(of: d.local) }
+    }
+}
+
 /// How many posted descriptors use one registered region; released without a lock.
 package final class RegionUse: Sendable {
     private let inFlight = Atomic<Int>(0)

@@ -23,6 +23,16 @@ package struct ResolvedStorageOp: Sendable {
         return ResolvedStorageOp(fileDescriptor: target.fileDescriptor, bufferAddress: UInt(bitPattern: address),
                                  length: d.length, offset: d.targetOffset, target: target)
     }
+
+    /// The `prepare` of every storage transport: each descriptor's local
+    /// region registered in `regions`, each checked and resolved.
+    package static func resolve<A>(_ descriptors: [TransferDescriptor], registeredIn regions: RegionTable<A>) throws(MemWallError) -> [ResolvedStorageOp] {
+        try regions.requireRegistered(descriptors)
+        var ops: [ResolvedStorageOp] = []
+        ops.reserveCapacity(descriptors.count)
+        for (i, d) in descriptors.enumerated() { ops.append(try resolve(d, index: i)) }
+        return ops
+    }
 }
 
 /// Moves bytes between registered memory and files with `pread`/`pwrite` on a
@@ -68,7 +78,7 @@ public final class ThreadPoolStorageTransport: Transport {
 
     /// Registers a region (bookkeeping only: pread needs no pinning).
     public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region) { () throws(MemWallError) in () }
+        try regions.register(region)
     }
 
     /// Deregisters a region no request in flight uses.
@@ -79,12 +89,7 @@ public final class ThreadPoolStorageTransport: Transport {
     /// Checks bounds, alignment (O_DIRECT targets) and registration.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        var ops: [ResolvedStorageOp] = []
-        ops.reserveCapacity(descriptors.count)
-        for (i, d) in descriptors.enumerated() {
-            _ = try regions.attachment(of: d.local)
-            ops.append(try ResolvedStorageOp.resolve(d, index: i))
-        }
+        let ops = try ResolvedStorageOp.resolve(descriptors, registeredIn: regions)
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: ops)
     }
 

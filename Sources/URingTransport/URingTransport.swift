@@ -209,13 +209,9 @@ public final class URingTransport: Transport {
     /// Checks bounds, O_DIRECT alignment and registration; registers new files.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
-        var ops: [URingOp] = []
-        ops.reserveCapacity(descriptors.count)
-        for (i, d) in descriptors.enumerated() {
-            _ = try regions.attachment(of: d.local)
-            let base = try ResolvedStorageOp.resolve(d, index: i)
-            ops.append(URingOp(fileDescriptor: base.fileDescriptor, fixedFile: fixedFileSlot(for: base.target),
-                               bufferAddress: base.bufferAddress, length: base.length, offset: base.offset, target: base.target))
+        let ops = try ResolvedStorageOp.resolve(descriptors, registeredIn: regions).map { base in
+            URingOp(fileDescriptor: base.fileDescriptor, fixedFile: fixedFileSlot(for: base.target),
+                    bufferAddress: base.bufferAddress, length: base.length, offset: base.offset, target: base.target)
         }
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: ops)
     }
