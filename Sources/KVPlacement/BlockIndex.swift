@@ -770,38 +770,37 @@ struct BlockIndexCore {
         }
     }
 
+    /// Puts `item` at heap position `i` and records the position in its entry.
+    @inline(__always)
+    private static func put(_ item: HeapItem, at i: Int, _ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>) {
+        h[i] = item
+        e[Int(item.slot)].heapPosition = Int32(i)
+    }
+
     private static func siftUp(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
         var i = start
         let item = h[i]
         while i > 0 {
             let p = (i - 1) >> 1
-            let parent = h[p]
-            guard item.precedes(parent) else { break }
-            h[i] = parent
-            e[Int(parent.slot)].heapPosition = Int32(i)
+            guard item.precedes(h[p]) else { break }
+            put(h[p], at: i, h, e)
             i = p
         }
-        h[i] = item
-        e[Int(item.slot)].heapPosition = Int32(i)
+        put(item, at: i, h, e)
     }
 
     private static func siftDown(_ h: UnsafeMutableBufferPointer<HeapItem>, _ e: UnsafeMutableBufferPointer<Entry>, _ start: Int) {
         var i = start
         let n = h.count
         let item = h[i]
-        while true {
+        while 2 * i + 1 < n {
             let l = 2 * i + 1
-            if l >= n { break }
-            var c = l
-            if l + 1 < n && h[l + 1].precedes(h[l]) { c = l + 1 }
-            let child = h[c]
-            guard child.precedes(item) else { break }
-            h[i] = child
-            e[Int(child.slot)].heapPosition = Int32(i)
+            let c = l + 1 < n && h[l + 1].precedes(h[l]) ? l + 1 : l
+            guard h[c].precedes(item) else { break }
+            put(h[c], at: i, h, e)
             i = c
         }
-        h[i] = item
-        e[Int(item.slot)].heapPosition = Int32(i)
+        put(item, at: i, h, e)
     }
 
     // MARK: Consistency (tests)

@@ -42,7 +42,7 @@ public struct NUMACopyPolicy: Sendable, Hashable {
 /// A `.read` copies target → local region, a `.write` local → target. The data
 /// path makes no system call (a CPU copy), so the funnel applies to placement
 /// (``NUMAAllocator``), not to transfers.
-public final class NUMATransport: Transport {
+public final class NUMATransport: HostMemoryTransport {
     /// "numa"; hardware on a multi-node host, emulation on a one-node host.
     public let capabilities: TransportCapabilities
     /// Fed by every finished request.
@@ -53,7 +53,9 @@ public final class NUMATransport: Transport {
     public let allocator: NUMAAllocator
     /// Thread policy for copies.
     public let policy: NUMACopyPolicy
-    private let regions: RegionTable<Void>
+    /// Registered local regions (bookkeeping: host memory needs no pinning).
+    public let registrations = HostRegistrations(transportName: "numa")
+    private var regions: RegionTable<Void> { registrations.table }
     private let pools: Mutex<[Int: CopyPool]>
     private let closed = ClosedFlag()
 
@@ -66,19 +68,10 @@ public final class NUMATransport: Transport {
             name: "numa", targets: [.memory],
             implementation: hardware ? .hardware
                 : .emulation(reason: "this host has one NUMA node; far memory is an emulated pool in DRAM"))
-        regions = RegionTable(transportName: "numa")
         pools = Mutex([:])
     }
 
-    /// Registers a region as a local side (bookkeeping: host memory needs no pinning).
-    public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region)
-    }
 
-    /// Deregisters a region no request in flight uses.
-    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.deregister(region)
-    }
 
     /// Checks bounds and registration; memory copies have no alignment rule.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {

@@ -7,14 +7,16 @@ import MemWallCore
 /// ``capabilities`` say `hardware` — the hardware being the CPU. The copy runs
 /// on the posting thread inside ``post(_:)``; the request is complete when
 /// `post` returns. Local regions must be registered; targets need not be.
-public final class MemoryCopyTransport: Transport {
+public final class MemoryCopyTransport: HostMemoryTransport {
     /// `"memcpy"`, memory targets, hardware (plain CPU copy between host memory regions).
     public let capabilities = TransportCapabilities(name: "memcpy", targets: [.memory], implementation: .hardware)
     /// Fed by every finished request.
     public let costEstimator: PathCostEstimator
     /// This instance; only it posts what it prepared.
     public let identity = TransportIdentity()
-    private let regions = RegionTable<Void>(transportName: "memcpy")
+    /// Registered local regions (bookkeeping: a CPU copy pins nothing).
+    public let registrations = HostRegistrations(transportName: "memcpy")
+    private var regions: RegionTable<Void> { registrations.table }
     private let closed = ClosedFlag()
 
     /// Creates the transport.
@@ -22,17 +24,7 @@ public final class MemoryCopyTransport: Transport {
         self.costEstimator = costEstimator
     }
 
-    /// Records `region` as usable locally.
-    /// - Throws: `alreadyExists` when it is registered already.
-    public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region)
-    }
 
-    /// Forgets `region`.
-    /// - Throws: `notFound` when it was not registered.
-    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.deregister(region)
-    }
 
     /// Checks bounds, target kinds and registration.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {

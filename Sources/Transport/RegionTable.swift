@@ -176,3 +176,34 @@ package final class InFlightRequest: Sendable {
         try request.record(descriptor: index, result, releasing: uses[index])
     }
 }
+
+/// The registrations of a transport whose local memory needs no pinning (a
+/// CPU copy, pread/pwrite): bookkeeping only, but with the same rules as
+/// every other transport — a region registers once, and one that posted
+/// descriptors still use cannot be deregistered.
+public final class HostRegistrations: Sendable {
+    package let table: RegionTable<Void>
+    /// - Parameter transportName: Named in error messages.
+    package init(transportName: String) { table = RegionTable(transportName: transportName) }
+}
+
+/// A transport whose local regions need no pinning; it gets ``register(_:)``
+/// and ``deregister(_:)`` from its ``registrations``.
+public protocol HostMemoryTransport: Transport {
+    /// Which regions are registered and in use.
+    var registrations: HostRegistrations { get }
+}
+
+extension HostMemoryTransport {
+    /// Records `region` as a local side (host memory needs no pinning).
+    /// - Throws: `alreadyExists` for a region registered twice.
+    public func register(_ region: MemoryRegion) throws(MemWallError) {
+        try registrations.table.register(region)
+    }
+
+    /// Forgets `region`.
+    /// - Throws: `notFound` when it is not registered; `invalidArgument` while requests use it.
+    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        try registrations.table.deregister(region)
+    }
+}

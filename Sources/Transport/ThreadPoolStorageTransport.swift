@@ -43,7 +43,7 @@ package struct ResolvedStorageOp: Sendable {
 /// Every call goes through the ``SyscallFunnel`` ("pread", "pwrite"); EINTR is
 /// retried by the funnel, and each result is applied under the one storage
 /// rule, ``StorageProgress`` (short transfers resumed, EAGAIN/EINTR retried, bounded).
-public final class ThreadPoolStorageTransport: Transport {
+public final class ThreadPoolStorageTransport: HostMemoryTransport {
     /// Declared as emulation of the io_uring path, with the reason given at creation.
     public let capabilities: TransportCapabilities
     /// Fed by every finished request.
@@ -55,7 +55,9 @@ public final class ThreadPoolStorageTransport: Transport {
     private let funnel: SyscallFunnel
     private let pool: BlockingWorkerPool
     private let closed = ClosedFlag()
-    private let regions: RegionTable<Void>
+    /// Registered local regions (bookkeeping: pread/pwrite pin nothing).
+    public let registrations = HostRegistrations(transportName: "pread-pool")
+    private var regions: RegionTable<Void> { registrations.table }
 
     /// Starts the thread pool.
     /// - Parameters:
@@ -72,19 +74,10 @@ public final class ThreadPoolStorageTransport: Transport {
         self.funnel = funnel
         self.capabilities = TransportCapabilities(name: "pread-pool", targets: [.storage],
                                                   implementation: .emulation(reason: reason))
-        self.regions = RegionTable(transportName: "pread-pool")
         self.pool = try BlockingWorkerPool(name: "mw-pread", threadCount: queueDepth)
     }
 
-    /// Registers a region (bookkeeping only: pread needs no pinning).
-    public func register(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.register(region)
-    }
 
-    /// Deregisters a region no request in flight uses.
-    public func deregister(_ region: MemoryRegion) throws(MemWallError) {
-        try regions.deregister(region)
-    }
 
     /// Checks bounds, alignment (O_DIRECT targets) and registration.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {

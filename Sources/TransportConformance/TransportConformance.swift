@@ -167,6 +167,19 @@ struct Checker {
         return (src, dst)
     }
 
+    /// A fresh transport and target, and a registered pair of `pieces` pieces
+    /// of at least `piece` bytes (whole alignment units), the source filled
+    /// with `seed`'s pattern: the set-up of the multi-descriptor checks.
+    func piecesSetUp(pieces: Int, piece minimum: Int, seed: UInt64) throws
+        -> (t: any Transport, target: TransferTarget, src: MemoryRegion, dst: MemoryRegion, piece: Int) {
+        let t = try fixture.makeTransport(.system)
+        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
+        let piece = max(a, minimum)
+        let (src, dst) = try registeredPair(pieces * piece, on: t)
+        Pattern.fill(src, offset: 0, length: pieces * piece, seed: seed)
+        return (t, target, src, dst, piece)
+    }
+
     /// Writes `length` patterned bytes from a fresh local region to the target
     /// at `targetOffset`, reads them back into another region, compares.
     func writeThenRead(_ t: any Transport, target: TransferTarget, length: Int, localOffset: Int,
@@ -208,12 +221,8 @@ struct Checker {
     }
 
     func scatterGather() async throws -> ConformanceOutcome {
-        let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 8
-        let piece = max(a, 16 * 1024)
-        let (src, dst) = try registeredPair(pieces * piece, on: t)
-        Pattern.fill(src, offset: 0, length: pieces * piece, seed: 42)
+        let (t, target, src, dst, piece) = try piecesSetUp(pieces: pieces, piece: 16 * 1024, seed: 42)
         Pattern.zero(dst)
         // Pieces land in reverse order, spread out, so a transport that ignores offsets fails.
         func list(_ region: MemoryRegion) -> [TransferDescriptor] {
@@ -361,12 +370,8 @@ struct Checker {
     }
 
     func cancellation() async throws -> ConformanceOutcome {
-        let t = try fixture.makeTransport(.system)
-        let target = try fixture.makeTarget(TransportConformance.targetSize, t)
         let pieces = 64
-        let piece = max(a, 64 * 1024)
-        let (src, dst) = try registeredPair(pieces * piece, on: t)
-        Pattern.fill(src, offset: 0, length: pieces * piece, seed: 7)
+        let (t, target, src, dst, piece) = try piecesSetUp(pieces: pieces, piece: 64 * 1024, seed: 7)
         // Known contents first, so a cancelled descriptor's range can be told apart.
         try await t.transfer(.write, [TransferDescriptor(local: src, target: target, length: pieces * piece)])
         let list = (0..<pieces).map { k in
