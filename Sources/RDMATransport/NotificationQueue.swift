@@ -34,20 +34,29 @@ final class NotificationQueue: Sendable {
 
     private let state = Mutex(State())
 
+    /// Most notifications kept undelivered: peers send them, so without a bound a
+    /// peer could make this process buffer without end while nobody waits.
+    static let capacity = 1 << 20
+
     /// Called by a receiver thread once the data before the notification has landed.
-    func push(_ n: RemoteNotification) {
-        let waiter = state.withLock { s -> Waiter? in
+    /// - Returns: false (and keeps nothing) when ``capacity`` notifications are already
+    ///   waiting; the caller drops the peer that sent it rather than lose it silently.
+    func push(_ n: RemoteNotification) -> Bool {
+        let (waiter, kept) = state.withLock { s -> (Waiter?, Bool) in
             if !s.waiters.isEmpty {
                 s.delivered += 1
-                return s.waiters.removeFirst()
+                return (s.waiters.removeFirst(), true)
             }
+            guard s.items.count - s.head < Self.capacity else { return (nil, false) }
             s.items.append(n)
-            return nil
+            return (nil, true)
         }
+        guard kept else { return false }
         if let waiter {
             waiter.timer?.cancel()
             waiter.continuation.resume(returning: n)
         }
+        return true
     }
 
     /// Waits for the next notification, up to `timeout`.
