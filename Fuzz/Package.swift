@@ -5,6 +5,12 @@
 // and -enable-testing (the decoders are internal to their modules).
 import PackageDescription
 
+/// One fuzz target: its driver glue plus the MemWall libraries it feeds.
+func fuzzTarget(_ name: String, _ libraries: [String]) -> Target {
+    .executableTarget(name: name,
+                      dependencies: ["FuzzSupport"] + libraries.map { .product(name: $0, package: "MemWall") })
+}
+
 let package = Package(
     name: "MemWallFuzz",
     platforms: [.macOS(.v15)],
@@ -15,29 +21,12 @@ let package = Package(
         // libFuzzer's driver entry point, which every target's `<Target>_main` calls.
         .target(name: "FuzzSupport"),
         // The TCP emulation's frame headers, both directions, and the listener's bounds check.
-        .executableTarget(name: "FuzzFrame", dependencies: [
-            "FuzzSupport",
-            .product(name: "RDMATransport", package: "MemWall"),
-            .product(name: "Transport", package: "MemWall"),
-            .product(name: "MemWallCore", package: "MemWall"),
-        ]),
+        fuzzTarget("FuzzFrame", ["RDMATransport", "Transport", "MemWallCore"]),
         // The export table (TCP emulation, socket exchange, rdmacm SEND) and the socket exchange's hello/reply heads.
-        .executableTarget(name: "FuzzExportTable", dependencies: [
-            "FuzzSupport",
-            .product(name: "RDMATransport", package: "MemWall"),
-            .product(name: "MemWallCore", package: "MemWall"),
-        ]),
+        fuzzTarget("FuzzExportTable", ["RDMATransport", "MemWallCore"]),
         // The Mooncake trace reader, and a replay of what it accepts against the cache's invariants.
-        .executableTarget(name: "FuzzTrace", dependencies: [
-            "FuzzSupport",
-            .product(name: "KVPlacement", package: "MemWall"),
-            .product(name: "MemWallCore", package: "MemWall"),
-        ]),
+        fuzzTarget("FuzzTrace", ["KVPlacement", "MemWallCore"]),
         // `memwall topo --xml`: the XML checks, hwloc's import and what is copied out of it.
-        .executableTarget(name: "FuzzTopologyXML", dependencies: [
-            "FuzzSupport",
-            .product(name: "Topology", package: "MemWall"),
-            .product(name: "MemWallCore", package: "MemWall"),
-        ]),
+        fuzzTarget("FuzzTopologyXML", ["Topology", "MemWallCore"]),
     ]
 )
