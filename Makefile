@@ -1,7 +1,7 @@
 # MemWall — two commands on a fresh Debian/Ubuntu machine:
 #   make demo   install what is missing, build, run the main job on a built-in default
 #   make test   install, build, run every test on the host and in the lab guest
-.PHONY: demo test build deps lab lab-deps bench bench-core clean
+.PHONY: demo test build deps lab lab-deps bench bench-core fuzz clean
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -50,5 +50,12 @@ bench: deps lab-deps
 bench-core:
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
 
+# Coverage-guided fuzzing (libFuzzer) of the frame, export-table, trace and
+# topology XML decoders, FUZZ_SECONDS each (default 600); see docs/fuzzing.md.
+# make test replays the committed corpora (Fuzz/corpus) for a few seconds per target.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	scripts/fuzz run $(FUZZ_SECONDS)
+
 clean:
-	rm -rf .build .lab
+	rm -rf .build .build-fuzz .lab

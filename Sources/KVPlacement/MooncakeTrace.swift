@@ -30,47 +30,28 @@ public struct MooncakeTrace: Sendable {
     /// Total block references.
     public var blockReferences: Int { requests.reduce(0) { $0 + $1.blockIDs.count } }
 
-    /// Reads a trace file.
+    /// Longest line accepted (1 MiB): a published request line is a few KiB
+    /// (hundreds of ids); a longer one is not a trace, and stopping there keeps a
+    /// file without newlines (`/dev/zero`) from being read into memory.
+    public static let maximumLineBytes = 1 << 20
+
+    /// Most bytes read from one trace by default (256 MiB; the published traces are a few MB).
+    public static let defaultMaximumBytes = 256 << 20
+
+    /// Most block references one trace may hold (2^25, about 1.5 GB of ids and
+    /// their parent table at worst); the published traces hold under a million.
+    public static let maximumBlockReferences = 1 << 25
+
+    /// Reads a trace file, one line at a time.
     /// - Parameters:
-    ///   - limit: Read at most this many requests.
-    /// - Throws: `notFound`/`systemCall` for the file, `malformedInput` naming the line.
-    public static func load(path: String, blockTokens: Int = 512, limit: Int? = nil) throws(MemWallError) -> MooncakeTrace {
-        let bytes = try readFile(path)
-        return try parse(bytes, source: path, blockTokens: blockTokens, limit: limit)
-    }
-
-    /// Parses trace text.
-    /// - Parameter source: Name used in error messages.
-    /// - Throws: `malformedInput` with `source:line: what was wrong`; `invalidArgument` for a block size outside 1…65535.
-    public static func parse(_ text: some Collection<UInt8>, source: String = "trace", blockTokens: Int = 512,
-                             limit: Int? = nil) throws(MemWallError) -> MooncakeTrace {
-        guard blockTokens > 0, blockTokens <= Int(UInt16.max) else {
-            throw .invalid("tokens per block", blockTokens, expected: "1 to \(UInt16.max)")
-        }
-        var requests: [TraceRequest] = []
-        let bytes = Array(text)
-        var line = 0
-        var start = 0
-        while start < bytes.count {
-            if let limit, requests.count >= limit { break }
-            var end = start
-            while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
-            line += 1
-            var p = LineParser(bytes: bytes, position: start, end: end)
-            p.skipSpace()
-            if p.position < end {
-                do throws(LineParser.Failure) {
-                    requests.append(try p.request(blockTokens: blockTokens))
-                } catch {
-                    throw MemWallError(.malformedInput, "\(source):\(line): \(error.reason)")
-                }
-            }
-            start = end + 1
-        }
-        return MooncakeTrace(requests: requests, blockTokens: blockTokens)
-    }
-
-    private static func readFile(_ path: String) throws(MemWallError) -> [UInt8] {
+    ///   - limit: Read at most this many requests (and stop reading the file there).
+    ///   - maximumBytes: Refuse a trace longer than this.
+    /// - Throws: `notFound`/`systemCall` for the file, `malformedInput` naming the line
+    ///   (also for a line over ``maximumLineBytes``, ids that are not prefix chains, or
+    ///   more than `maximumBytes` of input).
+    public static func load(path: String, blockTokens: Int = 512, limit: Int? = nil,
+                            maximumBytes: Int = defaultMaximumBytes) throws(MemWallError) -> MooncakeTrace {
+        var parser = try TraceParser(source: path, blockTokens: blockTokens, limit: limit)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             let e = Errno.current
@@ -78,9 +59,10 @@ public struct MooncakeTrace: Sendable {
             throw .system("open", e, "cannot open trace '\(path)'")
         }
         defer { close(fd) }
-        var out: [UInt8] = []
+        var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
+        var total = 0
+        while !parser.isFull {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 let e = Errno.current
@@ -88,16 +70,130 @@ public struct MooncakeTrace: Sendable {
                 throw .system("read", e, "cannot read trace '\(path)'")
             }
             if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+            total += n
+            guard total <= maximumBytes else {
+                throw MemWallError(.malformedInput,
+                    "\(path): longer than \(maximumBytes) bytes, the most a trace may be; pass --limit to replay its first requests")
+            }
+            var start = 0
+            while start < n, !parser.isFull, let nl = chunk[start ..< n].firstIndex(of: UInt8(ascii: "\n")) {
+                if pending.isEmpty {
+                    try parser.consume(chunk[start ..< nl])
+                } else {
+                    pending.append(contentsOf: chunk[start ..< nl])
+                    try parser.checkLength(pending.count)
+                    try parser.consume(pending[...])
+                    pending.removeAll(keepingCapacity: true)
+                }
+                start = nl + 1
+            }
+            if !parser.isFull && start < n {
+                pending.append(contentsOf: chunk[start ..< n])
+                try parser.checkLength(pending.count)
+            }
         }
-        return out
+        if !parser.isFull && !pending.isEmpty { try parser.consume(pending[...]) }
+        return MooncakeTrace(requests: parser.requests, blockTokens: blockTokens)
+    }
+
+    /// Parses trace text.
+    /// - Parameter source: Name used in error messages.
+    /// - Throws: `malformedInput` with `source:line: what was wrong` (also for a line
+    ///   over ``maximumLineBytes`` or ids that are not prefix chains); `invalidArgument`
+    ///   for a block size outside 1…65535.
+    public static func parse(_ text: some Collection<UInt8>, source: String = "trace", blockTokens: Int = 512,
+                             limit: Int? = nil) throws(MemWallError) -> MooncakeTrace {
+        var parser = try TraceParser(source: source, blockTokens: blockTokens, limit: limit)
+        let bytes = Array(text)
+        var start = 0
+        while start < bytes.count, !parser.isFull {
+            let end = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) ?? bytes.count
+            try parser.checkLength(end - start)
+            try parser.consume(bytes[start ..< end])
+            start = end + 1
+        }
+        return MooncakeTrace(requests: parser.requests, blockTokens: blockTokens)
+    }
+}
+
+/// Reads a trace line by line and checks what spans lines: every block id keeps
+/// the parent it had where it first appeared. Mooncake's ids are hashes of a
+/// whole prefix, so one id always follows the same id; a trace where it does not
+/// would let one cached block stand for two different prefixes, and the cache's
+/// rule that a block's parent is cached whenever it is (the tier invariant) breaks.
+private struct TraceParser {
+    let source: String
+    let blockTokens: Int
+    let limit: Int?
+    var requests: [TraceRequest] = []
+    var line = 0
+    var blockReferences = 0
+    /// Block id → (the id before it, or `root`; the line it was first seen on).
+    private var parents: [UInt64: (parent: UInt64, line: Int)] = [:]
+    /// Not a valid id (ids are non-negative `Int`s), so it marks "first of its request".
+    private static let root = UInt64.max
+
+    init(source: String, blockTokens: Int, limit: Int?) throws(MemWallError) {
+        guard blockTokens > 0, blockTokens <= Int(UInt16.max) else {
+            throw .invalid("tokens per block", blockTokens, expected: "1 to \(UInt16.max)")
+        }
+        self.source = source
+        self.blockTokens = blockTokens
+        self.limit = limit
+    }
+
+    var isFull: Bool { limit.map { requests.count >= $0 } ?? false }
+
+    /// Refuses a line (complete or still being read) over the bound; `line` is its number.
+    func checkLength(_ count: Int) throws(MemWallError) {
+        guard count <= MooncakeTrace.maximumLineBytes else {
+            throw MemWallError(.malformedInput,
+                "\(source):\(line + 1): line is longer than \(MooncakeTrace.maximumLineBytes) bytes; a trace has one JSON object of a few KiB per line")
+        }
+    }
+
+    mutating func consume(_ text: ArraySlice<UInt8>) throws(MemWallError) {
+        try checkLength(text.count)
+        line += 1
+        var p = LineParser(bytes: text, position: text.startIndex, end: text.endIndex)
+        p.skipSpace()
+        guard p.position < p.end else { return }
+        let request: TraceRequest
+        do throws(LineParser.Failure) {
+            request = try p.request(blockTokens: blockTokens)
+        } catch {
+            throw MemWallError(.malformedInput, "\(source):\(line): \(error.reason)")
+        }
+        blockReferences += request.blockIDs.count
+        guard blockReferences <= MooncakeTrace.maximumBlockReferences else {
+            throw MemWallError(.malformedInput,
+                "\(source):\(line): more than \(MooncakeTrace.maximumBlockReferences) block references in the trace, the most one replay holds; pass --limit to replay its first requests")
+        }
+        var parent = Self.root
+        for id in request.blockIDs {
+            let key = id.rawValue
+            if let known = parents[key] {
+                guard known.parent == parent else {
+                    throw MemWallError(.malformedInput,
+                        "\(source):\(line): hash id \(key) follows \(describe(parent)) here but \(describe(known.parent)) on line \(known.line); hash_ids must be prefix chains (one id, one parent)")
+                }
+            } else {
+                parents[key] = (parent, line)
+            }
+            parent = key
+        }
+        requests.append(request)
+    }
+
+    private func describe(_ parent: UInt64) -> String {
+        parent == Self.root ? "nothing (it starts the request)" : "id \(parent)"
     }
 }
 
 /// Scanner for one line of a Mooncake trace.
 private struct LineParser {
     struct Failure: Error { var reason: String }
-    let bytes: [UInt8]
+    let bytes: ArraySlice<UInt8>
     var position: Int
     let end: Int
 
@@ -113,11 +209,7 @@ private struct LineParser {
         position += 1
     }
 
-    var lineStart: Int {
-        var s = position
-        while s > 0 && bytes[s - 1] != UInt8(ascii: "\n") { s -= 1 }
-        return s
-    }
+    var lineStart: Int { bytes.startIndex }
 
     func found() -> String {
         position < end ? ", found '\(Character(Unicode.Scalar(bytes[position])))'" : ", found the end of the line"

@@ -17,6 +17,17 @@ struct LocalExport: Sendable {
     /// Keeps the registration that `key` belongs to alive while the name is exported.
     let registration: (any AnyObject & Sendable)?
 
+    /// The key-independent part of the check every emulated descriptor passes
+    /// before a byte moves: access, then bounds, without overflow for any
+    /// `offset` a peer sends. Returns the export only when the access may go ahead.
+    func admits(offset: UInt64, length: Int, need: RemoteAccess) -> (FrameHeader.Status, LocalExport?) {
+        guard access.contains(need) else { return (.notPermitted, nil) }
+        guard length > 0, offset <= UInt64(self.length), UInt64(length) <= UInt64(self.length) - offset else {
+            return (.outOfBounds, nil)
+        }
+        return (.ok, self)
+    }
+
     var info: ExportedRegionInfo {
         ExportedRegionInfo(name: name, byteCount: length, access: access, address: address, key: key)
     }
@@ -41,15 +52,24 @@ final class ExportTable: Sendable {
     }
 
     /// Adds an export.
-    /// - Throws: `alreadyExists` when the name is taken.
+    /// - Throws: `alreadyExists` when the name is taken; `invalidArgument` when
+    ///   ``ExportTableCodec/maximumEntries`` names are already exported (a peer
+    ///   would otherwise be sent a table it must refuse).
     func add(_ export: LocalExport) throws(MemWallError) {
-        let taken = entries.withLock { e -> Bool in
-            if e.contains(where: { $0.name == export.name }) { return true }
+        enum Outcome { case added, taken, full }
+        let outcome = entries.withLock { e -> Outcome in
+            if e.contains(where: { $0.name == export.name }) { return .taken }
+            if e.count >= ExportTableCodec.maximumEntries { return .full }
             e.append(export)
-            return false
+            return .added
         }
-        if taken {
+        switch outcome {
+        case .added: return
+        case .taken:
             throw MemWallError(.alreadyExists, "a region is already exported as '\(export.name)'; unexport it first or pick another name")
+        case .full:
+            throw MemWallError(.invalidArgument,
+                "cannot export '\(export.name)': \(ExportTableCodec.maximumEntries) names are exported already, the most one export table carries; unexport one first")
         }
     }
 
@@ -105,34 +125,66 @@ enum ExportTableCodec {
         return out
     }
 
+    /// Fixed bytes of one entry besides its name.
+    static let entryOverhead = 2 + 8 + 8 + 4 + 1
+
+    /// Most exports one side may have: an encoded table of that many entries with
+    /// 255-byte names still fits ``maximumBytes``, so every table a peer is sent
+    /// is whole.
+    static let maximumEntries = (maximumBytes - 4) / (entryOverhead + 255)
+
+    /// Decodes a peer's table. Total: any bytes give a table or an error, never a
+    /// trap; the work is linear in `bytes.count`.
+    /// - Throws: `malformedInput` naming the byte offset, the bad value and what is
+    ///   valid: a truncated entry, an empty or non-UTF-8 or repeated name, a length
+    ///   of 0 or one that wraps the address space, access bits other than read/write,
+    ///   more entries than ``maximumEntries``, or bytes after the last entry.
     static func decode(_ bytes: UnsafeRawBufferPointer, peer: String) throws(MemWallError) -> [ExportedRegionInfo] {
         var at = 0
-        func bad() -> MemWallError {
-            MemWallError(.malformedInput, "the export table from \(peer) is malformed at byte \(at) of \(bytes.count); is it a MemWall peer of the same version?")
+        func bad(_ what: String) -> MemWallError {
+            MemWallError(.malformedInput,
+                "the export table from \(peer) is malformed at byte \(at) of \(bytes.count): \(what); is it a MemWall peer of the same version?")
         }
-        func get<T: FixedWidthInteger>(_: T.Type) throws(MemWallError) -> T {
-            guard at + MemoryLayout<T>.size <= bytes.count else { throw bad() }
+        func get<T: FixedWidthInteger>(_: T.Type, _ field: String) throws(MemWallError) -> T {
+            guard bytes.count - at >= MemoryLayout<T>.size else {
+                throw bad("the table ends inside \(field) (\(MemoryLayout<T>.size) bytes)")
+            }
             var v: T = 0
             withUnsafeMutableBytes(of: &v) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[at ..< at + MemoryLayout<T>.size])) }
             at += MemoryLayout<T>.size
             return T(littleEndian: v)
         }
-        let count = try get(UInt32.self)
-        guard count <= 1 << 20 else { throw bad() }
+        let count = try get(UInt32.self, "the entry count")
+        // Each entry takes at least `entryOverhead + 1` bytes: a count the bytes cannot hold is a lie.
+        guard count <= UInt32(maximumEntries), Int(count) <= (bytes.count - at) / (entryOverhead + 1) else {
+            throw bad("\(count) entries announced; at most \(min(maximumEntries, (bytes.count - at) / (entryOverhead + 1))) fit")
+        }
         var out: [ExportedRegionInfo] = []
+        out.reserveCapacity(Int(count))
+        var names = Set<String>()
         for _ in 0 ..< count {
-            let n = Int(try get(UInt16.self))
-            guard at + n <= bytes.count else { throw bad() }
-            let name = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at ..< at + n]), as: UTF8.self)
+            let n = Int(try get(UInt16.self, "a name length"))
+            guard n >= 1, n <= 255 else { throw bad("a name of \(n) bytes; valid are 1 to 255") }
+            guard bytes.count - at >= n else { throw bad("the table ends inside a name of \(n) bytes") }
+            guard let name = String(validating: UnsafeRawBufferPointer(rebasing: bytes[at ..< at + n]), as: UTF8.self) else {
+                throw bad("a name that is not UTF-8")
+            }
+            guard names.insert(name).inserted else { throw bad("the name '\(name)' appears twice") }
             at += n
-            let address = try get(UInt64.self)
-            let length = try get(UInt64.self)
-            let key = try get(UInt32.self)
-            let access = try get(UInt8.self)
-            guard length > 0, length <= UInt64(Int.max) else { throw bad() }
-            out.append(ExportedRegionInfo(name: name, byteCount: Int(length), access: RemoteAccess(rawValue: access & 3),
+            let address = try get(UInt64.self, "an address")
+            let length = try get(UInt64.self, "a length")
+            let key = try get(UInt32.self, "a key")
+            let access = try get(UInt8.self, "access bits")
+            guard length > 0, length <= UInt64(Int.max), address <= UInt64.max - length else {
+                throw bad("export '\(name)' has length \(length) at address \(address); valid are 1 to \(Int.max) bytes not wrapping 2^64")
+            }
+            guard access >= 1, access <= 3 else {
+                throw bad("export '\(name)' has access bits \(access); valid are 1 (read), 2 (write), 3 (both)")
+            }
+            out.append(ExportedRegionInfo(name: name, byteCount: Int(length), access: RemoteAccess(rawValue: access),
                                           address: address, key: key))
         }
+        guard at == bytes.count else { throw bad("\(bytes.count - at) bytes follow the last entry") }
         return out
     }
 }

@@ -37,21 +37,30 @@ final class NotificationQueue: Sendable {
     private let state = Mutex(State())
     private let parking = ThreadParking()
 
+    /// Most notifications kept undelivered: peers send them, so without a bound a
+    /// peer could make this process buffer without end while nobody waits.
+    static let capacity = 1 << 20
+
     /// Called by a receiver thread once the data before the notification has landed.
-    func push(_ n: RemoteNotification) {
-        let (waiter, wakeBlocked) = state.withLock { s -> (Waiter?, Bool) in
+    /// - Returns: false (and keeps nothing) when ``capacity`` notifications are already
+    ///   waiting; the caller drops the peer that sent it rather than lose it silently.
+    func push(_ n: RemoteNotification) -> Bool {
+        let (waiter, kept, wakeBlocked) = state.withLock { s -> (Waiter?, Bool, Bool) in
             if !s.waiters.isEmpty {
                 s.delivered += 1
-                return (s.waiters.removeFirst(), false)
+                return (s.waiters.removeFirst(), true, false)
             }
+            guard s.items.count - s.head < Self.capacity else { return (nil, false, false) }
             s.items.append(n)
-            return (nil, s.blocked > 0)
+            return (nil, true, s.blocked > 0)
         }
+        guard kept else { return false }
         if let waiter {
             waiter.timer?.cancel()
             waiter.continuation.resume(returning: n)
         }
         if wakeBlocked { parking.wakeAll() }
+        return true
     }
 
     /// Waits for the next notification, up to `timeout`.

@@ -56,7 +56,11 @@ final class RDMAListener: Sendable {
                 guard n > 0 else { return 0 }
                 for wc in UnsafeBufferPointer(start: wcs, count: n)
                 where wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM && wc.status == IBV_WC_SUCCESS {
-                    notifications.push(RemoteNotification(peer: peer, value: UInt32(bigEndian: wc.imm_data)))
+                    // A peer flooding notifications nobody takes is disconnected, not buffered without end.
+                    guard notifications.push(RemoteNotification(peer: peer, value: UInt32(bigEndian: wc.imm_data))) else {
+                        queuePair.moveToError()
+                        return n
+                    }
                     try? queuePair.postReceive(id: 1, address: nil, length: 0, lkey: 0)
                 }
                 return n

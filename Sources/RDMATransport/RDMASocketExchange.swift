@@ -41,32 +41,49 @@ enum RDMAExchange {
         try send(fd, bytes, peer: peer)
     }
 
-    static func receiveHello(_ fd: Int32, peer: String) throws(MemWallError) -> QueuePairEndpoint {
-        let b = try receive(fd, 4 + QueuePairEndpoint.wireSize, peer: peer, timeout: nil)
-        let (m, endpoint) = b.withUnsafeBytes { p in
-            (p.loadUnaligned(as: UInt32.self), QueuePairEndpoint(bytes: p.baseAddress.unsafelyUnwrapped + 4))
+    /// Bytes of a hello; a reply's fixed head is 4 bytes longer (the table length).
+    static let helloSize = 4 + QueuePairEndpoint.wireSize
+
+    /// Decodes a connector's hello. Total over any bytes.
+    /// - Throws: `malformedInput` for a wrong size, a wrong magic, or a queue-pair
+    ///   number or PSN wider than the 24 bits verbs allows.
+    static func decodeHello(_ bytes: UnsafeRawBufferPointer, peer: String) throws(MemWallError) -> QueuePairEndpoint {
+        guard bytes.count == helloSize, let base = bytes.baseAddress else {
+            throw MemWallError(.malformedInput, "\(peer) sent a hello of \(bytes.count) bytes; it is \(helloSize)")
         }
-        guard m == magic.littleEndian else {
+        guard UInt32(littleEndian: base.loadUnaligned(as: UInt32.self)) == magic else {
             throw MemWallError(.malformedInput, "\(peer) is not a MemWall RDMA peer (bad hello)")
         }
-        return endpoint
+        return try QueuePairEndpoint.decode(base + 4, peer: peer)
+    }
+
+    /// Decodes the fixed head of a listener's reply: its endpoint and the length of the table that follows.
+    /// - Throws: `malformedInput` for a wrong size or magic, a bad endpoint, or a
+    ///   table longer than ``ExportTableCodec/maximumBytes``.
+    static func decodeReplyHead(_ bytes: UnsafeRawBufferPointer, peer: String) throws(MemWallError) -> (QueuePairEndpoint, tableLength: Int) {
+        guard bytes.count == helloSize + 4, let base = bytes.baseAddress else {
+            throw MemWallError(.malformedInput, "\(peer) sent a reply head of \(bytes.count) bytes; it is \(helloSize + 4)")
+        }
+        guard UInt32(littleEndian: base.loadUnaligned(as: UInt32.self)) == magic else {
+            throw MemWallError(.malformedInput, "\(peer) is not a MemWall RDMA listener (bad reply); is it the TCP emulation?")
+        }
+        let length = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: helloSize, as: UInt32.self))
+        guard length <= UInt32(ExportTableCodec.maximumBytes) else {
+            throw MemWallError(.malformedInput, "\(peer) announced an export table of \(length) bytes (at most \(ExportTableCodec.maximumBytes))")
+        }
+        return (try QueuePairEndpoint.decode(base + 4, peer: peer), Int(length))
+    }
+
+    static func receiveHello(_ fd: Int32, peer: String) throws(MemWallError) -> QueuePairEndpoint {
+        let b = try receive(fd, helloSize, peer: peer, timeout: nil)
+        return try b.withUnsafeBytes { p in Result { () throws(MemWallError) in try decodeHello(p, peer: peer) } }.get()
     }
 
     static func receiveReply(_ fd: Int32, peer: String, timeout: Duration) throws(MemWallError) -> (QueuePairEndpoint, [ExportedRegionInfo]) {
-        let head = try receive(fd, 4 + QueuePairEndpoint.wireSize + 4, peer: peer, timeout: timeout)
-        let (m, endpoint, length) = head.withUnsafeBytes { p -> (UInt32, QueuePairEndpoint, Int) in
-            let n = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 + QueuePairEndpoint.wireSize, as: UInt32.self)))
-            return (p.loadUnaligned(as: UInt32.self), QueuePairEndpoint(bytes: p.baseAddress.unsafelyUnwrapped + 4), n)
-        }
-        guard m == magic.littleEndian else {
-            throw MemWallError(.malformedInput, "\(peer) is not a MemWall RDMA listener (bad reply); is it the TCP emulation?")
-        }
-        guard length <= ExportTableCodec.maximumBytes else {
-            throw MemWallError(.malformedInput, "\(peer) announced an export table of \(length) bytes (at most \(ExportTableCodec.maximumBytes))")
-        }
+        let head = try receive(fd, helloSize + 4, peer: peer, timeout: timeout)
+        let (endpoint, length) = try head.withUnsafeBytes { p in Result { () throws(MemWallError) in try decodeReplyHead(p, peer: peer) } }.get()
         let table = try receive(fd, length, peer: peer, timeout: timeout)
-        let decoded = table.withUnsafeBytes { p in Result { () throws(MemWallError) in try ExportTableCodec.decode(p, peer: peer) } }
-        return (endpoint, try decoded.get())
+        return (endpoint, try table.withUnsafeBytes { p in Result { () throws(MemWallError) in try ExportTableCodec.decode(p, peer: peer) } }.get())
     }
 
     private static func send(_ fd: Int32, _ bytes: [UInt8], peer: String) throws(MemWallError) {

@@ -223,6 +223,94 @@ struct FrameHeader {
         self.length = length
     }
 
+    /// Largest payload one frame may announce (1 TiB). Far above any region this
+    /// host can register, and small enough that every length converts to `Int`
+    /// and every `offset + length` against an export fits in 64 bits.
+    static let maximumLength: UInt64 = 1 << 40
+
+    /// What the listener accepts from a connector, checked.
+    enum Request: Equatable {
+        /// `length` payload bytes follow the header, whatever the verdict on them.
+        case write(key: UInt32, tag: UInt64, offset: UInt64, length: Int)
+        case read(key: UInt32, tag: UInt64, offset: UInt64, length: Int)
+        case notify(UInt32)
+    }
+
+    /// What the connector accepts from a listener, checked.
+    enum Answer: Equatable {
+        case writeDone(tag: UInt64, status: Status)
+        /// `length` payload bytes follow when `status` is ok (never otherwise).
+        case readData(tag: UInt64, status: Status, length: Int)
+    }
+
+    /// Decodes one header a connector sent (the listener's side of the wire).
+    /// Total: any 32 bytes give a request or an error, never a trap.
+    /// - Throws: `malformedInput` naming the field, its value and what is valid;
+    ///   the connection cannot be resynchronised after one, so callers close it.
+    static func decodeRequest(_ raw: UnsafeRawBufferPointer) throws(MemWallError) -> Request {
+        let h = try FrameHeader(checking: raw)
+        guard h.status == 0 else {
+            throw MemWallError(.malformedInput, "a request frame carries status \(h.status); connectors send 0")
+        }
+        switch Kind(rawValue: h.kind) {
+        case .write?:
+            return .write(key: h.key, tag: h.tag, offset: h.offset, length: try h.payloadLength())
+        case .read?:
+            return .read(key: h.key, tag: h.tag, offset: h.offset, length: try h.payloadLength())
+        case .notify?:
+            guard h.length == 0 else {
+                throw MemWallError(.malformedInput, "a notify frame announces \(h.length) payload bytes; it carries none")
+            }
+            return .notify(h.key)
+        default:
+            throw MemWallError(.malformedInput,
+                "frame kind \(h.kind) is not a request: expected write (2), read (3) or notify (4); not a MemWall peer, or another protocol version")
+        }
+    }
+
+    /// Decodes one header a listener sent (the connector's side of the wire).
+    /// - Throws: `malformedInput` naming the field, its value and what is valid.
+    static func decodeAnswer(_ raw: UnsafeRawBufferPointer) throws(MemWallError) -> Answer {
+        let h = try FrameHeader(checking: raw)
+        guard let status = Status(rawValue: h.status) else {
+            throw MemWallError(.malformedInput, "an answer frame carries status \(h.status); valid are 0 (ok) to 3 (not permitted)")
+        }
+        switch Kind(rawValue: h.kind) {
+        case .writeDone?:
+            guard h.length == 0 else {
+                throw MemWallError(.malformedInput, "a write-done frame announces \(h.length) payload bytes; it carries none")
+            }
+            return .writeDone(tag: h.tag, status: status)
+        case .readData?:
+            let length = try h.payloadLength()
+            guard status == .ok || length == 0 else {
+                throw MemWallError(.malformedInput, "a refused read's answer announces \(length) payload bytes; it carries none")
+            }
+            return .readData(tag: h.tag, status: status, length: length)
+        default:
+            throw MemWallError(.malformedInput,
+                "frame kind \(h.kind) is not an answer: expected write-done (5) or read-data (6); not a MemWall peer, or another protocol version")
+        }
+    }
+
+    /// Reads the raw fields of exactly `size` bytes.
+    /// - Throws: `malformedInput` for any other count.
+    private init(checking raw: UnsafeRawBufferPointer) throws(MemWallError) {
+        guard raw.count == Self.size, let base = raw.baseAddress else {
+            throw MemWallError(.malformedInput, "a frame header is \(Self.size) bytes, not \(raw.count)")
+        }
+        self.init(bytes: base)
+    }
+
+    /// `length` as a byte count, once it is known to be within ``maximumLength``.
+    private func payloadLength() throws(MemWallError) -> Int {
+        guard length <= Self.maximumLength else {
+            throw MemWallError(.malformedInput,
+                "a frame announces \(length) payload bytes; at most \(Self.maximumLength) (1 TiB) are valid")
+        }
+        return Int(length)
+    }
+
     init(bytes p: UnsafeRawPointer) {
         kind = p.load(as: UInt8.self)
         status = p.load(fromByteOffset: 1, as: UInt8.self)

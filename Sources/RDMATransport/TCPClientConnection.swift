@@ -176,22 +176,38 @@ final class TCPClientConnection: RemoteConnectionHandle {
                 case .success(false): return
                 case .success(true): break
                 }
-                let h = FrameHeader(bytes: header)
-                let tag = h.tag
+                let answer: FrameHeader.Answer
+                do throws(MemWallError) {
+                    answer = try FrameHeader.decodeAnswer(UnsafeRawBufferPointer(start: header, count: FrameHeader.size))
+                } catch {
+                    fail(MemWallError(.malformedInput, "\(peerName) broke the protocol (\(error.message)); connection closed"))
+                    return
+                }
+                let (tag, status, readLength): (UInt64, FrameHeader.Status, Int?) = switch answer {
+                case .writeDone(let tag, let status): (tag, status, nil)
+                case .readData(let tag, let status, let length): (tag, status, length)
+                }
                 guard let pending = state.withLock({ $0.pending.removeValue(forKey: tag) }) else {
                     fail(MemWallError(.malformedInput, "\(peerName) answered tag \(tag), which is not outstanding; closing the connection"))
                     return
                 }
                 let op = pending.operation
                 senderParking.wakeOne()
-                let status = FrameHeader.Status(rawValue: h.status)
+                // The answer must be the one the operation asked for: read data for a
+                // write would land in the write's source buffer.
+                guard op.isRead == (readLength != nil) else {
+                    let got = readLength == nil ? "a write-done" : "read data"
+                    op.finish(.failure(MemWallError(.malformedInput, "\(peerName) answered a \(op.isRead ? "read" : "write") with \(got)")))
+                    fail(MemWallError(.disconnected, "\(peerName) broke the protocol; connection closed"))
+                    return
+                }
                 guard status == .ok else {
                     op.finish(.failure(remoteError(status, op)))
                     continue
                 }
-                if h.kind == FrameHeader.Kind.readData.rawValue {
-                    guard h.length == UInt64(op.length) else {
-                        op.finish(.failure(MemWallError(.malformedInput, "\(peerName) sent \(h.length) bytes for a read of \(op.length)")))
+                if let readLength {
+                    guard readLength == op.length else {
+                        op.finish(.failure(MemWallError(.malformedInput, "\(peerName) sent \(readLength) bytes for a read of \(op.length)")))
                         fail(MemWallError(.disconnected, "\(peerName) broke the protocol; connection closed"))
                         return
                     }
@@ -210,17 +226,17 @@ final class TCPClientConnection: RemoteConnectionHandle {
             }
         }
 
-        private func remoteError(_ status: FrameHeader.Status?, _ op: Operation) -> MemWallError {
+        private func remoteError(_ status: FrameHeader.Status, _ op: Operation) -> MemWallError {
             let what = "\(op.isRead ? "read" : "write") of \(op.length) bytes at offset \(op.remoteOffset) with key \(String(op.key, radix: 16))"
             switch status {
-            case .unknownKey?:
+            case .unknownKey:
                 return MemWallError(.remoteAccess, "\(peerName) refused the \(what): no region is exported under that key (unexported, or a bad key)")
-            case .outOfBounds?:
+            case .outOfBounds:
                 return MemWallError(.remoteAccess, "\(peerName) refused the \(what): it is outside the exported region")
-            case .notPermitted?:
+            case .notPermitted:
                 return MemWallError(.remoteAccess, "\(peerName) refused the \(what): the region is not exported for that access")
-            default:
-                return MemWallError(.remoteAccess, "\(peerName) refused the \(what) with status \(status?.rawValue ?? 255)")
+            case .ok:
+                return MemWallError(.remoteAccess, "\(peerName) refused the \(what) with status ok, which is a contradiction")
             }
         }
 

@@ -41,6 +41,11 @@ final class TCPListener: Sendable {
                     return
                 }
                 _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                // Each connection is a thread: a peer opening connections without end must not get one each.
+                if connections.withLock({ $0.count }) >= TCPListener.maximumConnections {
+                    Glibc.close(c)
+                    continue
+                }
                 SocketIO.tune(c)
                 let peer = SocketAddress.describe(sa)
                 guard let conn = try? TCPServerConnection(fd: c, peer: peer, exports: exports, notifications: notifications,
@@ -61,6 +66,9 @@ final class TCPListener: Sendable {
     private let thread: WorkerThread
     /// The bound port.
     let port: UInt16
+
+    /// Most peers served at once; a connection beyond it is closed as soon as it is accepted.
+    static let maximumConnections = 1024
 
     /// Binds, listens and starts accepting.
     /// - Throws: `invalidArgument` for a bad address, `systemCall` from bind/listen.
@@ -137,48 +145,47 @@ final class TCPServerConnection: Sendable {
         guard case .success = sent else { return }
         while !stopped.load(ordering: .acquiring) {
             guard case .success = SocketIO.readFully(funnel, fd, header, FrameHeader.size) else { return }
-            let h = FrameHeader(bytes: header)
-            switch FrameHeader.Kind(rawValue: h.kind) {
-            case .write?:
-                let (status, export) = check(h, need: .write)
+            // A header that does not decode leaves the stream unsynchronised: drop the
+            // peer (not a MemWall peer, or a hostile one) and keep serving the others.
+            guard let request = try? FrameHeader.decodeRequest(UnsafeRawBufferPointer(start: header, count: FrameHeader.size)) else {
+                return
+            }
+            switch request {
+            case .write(let key, let tag, let offset, let length):
+                let (status, export) = check(key: key, offset: offset, length: length, need: .write)
                 if let export {
                     // `export` holds the region, so it stays mapped even if unexported meanwhile.
-                    let target = export.region.baseAddress + export.offset + Int(h.offset)
-                    guard case .success = SocketIO.readFully(funnel, fd, target, Int(h.length)) else { return }
+                    let target = export.region.baseAddress + export.offset + Int(offset)
+                    guard case .success = SocketIO.readFully(funnel, fd, target, length) else { return }
                 } else {
-                    guard case .success = SocketIO.discard(funnel, fd, Int(h.length)) else { return }
+                    // The payload follows a refused write too; it is at most
+                    // `FrameHeader.maximumLength` and costs only the peer's bandwidth.
+                    guard case .success = SocketIO.discard(funnel, fd, length) else { return }
                 }
-                FrameHeader(kind: .writeDone, status: status, tag: h.tag).store(to: header)
+                FrameHeader(kind: .writeDone, status: status, tag: tag).store(to: header)
                 guard case .success = SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
                                                           payload: nil) else { return }
-            case .read?:
-                let (status, export) = check(h, need: .read)
-                let length = export == nil ? 0 : h.length
-                FrameHeader(kind: .readData, status: status, tag: h.tag, length: length).store(to: header)
+            case .read(let key, let tag, let offset, let length):
+                let (status, export) = check(key: key, offset: offset, length: length, need: .read)
+                FrameHeader(kind: .readData, status: status, tag: tag, length: export == nil ? 0 : UInt64(length)).store(to: header)
                 let payload = export.map {
-                    UnsafeRawBufferPointer(start: $0.region.baseAddress + $0.offset + Int(h.offset), count: Int(h.length))
+                    UnsafeRawBufferPointer(start: $0.region.baseAddress + $0.offset + Int(offset), count: length)
                 }
                 let sent = withExtendedLifetime(export) {
                     SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: payload)
                 }
                 guard case .success = sent else { return }
-            case .notify?:
+            case .notify(let value):
                 // Frames are handled in order, so every write sent before this one has landed.
-                notifications.push(RemoteNotification(peer: peer, value: h.key))
-            default:
-                // Not a MemWall peer, or a newer protocol: drop the connection rather than guess.
-                return
+                // A peer that floods notifications nobody takes is dropped, not buffered without end.
+                guard notifications.push(RemoteNotification(peer: peer, value: value)) else { return }
             }
         }
     }
 
-    /// The bounds, key and permission check every descriptor passes before a byte moves.
-    private func check(_ h: FrameHeader, need: RemoteAccess) -> (FrameHeader.Status, LocalExport?) {
-        guard let e = exports.lookup(key: h.key) else { return (.unknownKey, nil) }
-        guard e.access.contains(need) else { return (.notPermitted, nil) }
-        guard h.length > 0, h.offset <= UInt64(e.length), h.length <= UInt64(e.length) - h.offset else {
-            return (.outOfBounds, nil)
-        }
-        return (.ok, e)
+    /// The key, permission and bounds check every descriptor passes before a byte moves.
+    private func check(key: UInt32, offset: UInt64, length: Int, need: RemoteAccess) -> (FrameHeader.Status, LocalExport?) {
+        guard let e = exports.lookup(key: key) else { return (.unknownKey, nil) }
+        return e.admits(offset: offset, length: length, need: need)
     }
 }

@@ -336,7 +336,18 @@ struct QueuePairEndpoint: Sendable, Hashable {
         self.gid = gid
     }
 
-    init(bytes: UnsafeRawPointer) {
+    /// Decodes `wireSize` bytes a peer sent.
+    /// - Throws: `malformedInput` when the queue-pair number or PSN does not fit the 24 bits verbs uses.
+    static func decode(_ bytes: UnsafeRawPointer, peer: String) throws(MemWallError) -> QueuePairEndpoint {
+        let e = QueuePairEndpoint(bytes: bytes)
+        guard e.queuePairNumber < 1 << 24, e.packetSequenceNumber < 1 << 24 else {
+            throw MemWallError(.malformedInput,
+                "\(peer) sent queue pair \(e.queuePairNumber) with PSN \(e.packetSequenceNumber); both are 24-bit numbers (below \(1 << 24))")
+        }
+        return e
+    }
+
+    private init(bytes: UnsafeRawPointer) {
         queuePairNumber = UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self))
         packetSequenceNumber = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
         gid = Array(UnsafeRawBufferPointer(start: bytes + 8, count: 16))

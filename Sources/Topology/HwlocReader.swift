@@ -69,7 +69,12 @@ enum HwlocReader {
     /// Highest XML major version the runtime hwloc imports (2 for every hwloc 2.x).
     static var supportedXMLMajor: Int { Int(hwloc_get_api_version() >> 16) }
 
-    static func read(_ source: TopologySource) throws(MemWallError) -> HwlocFacts {
+    /// Loads `source` through hwloc and copies out the facts.
+    /// - Parameter xml: For `.xml`, the file's bytes already read and checked
+    ///   (hwloc imports them from memory); nil to let hwloc read the path.
+    /// - Throws: `malformedInput` for XML hwloc refuses, or numbers MemWall cannot
+    ///   hold (a memory size over 2^63, two NUMA nodes with one OS index).
+    static func read(_ source: TopologySource, xml: [UInt8]? = nil) throws(MemWallError) -> HwlocFacts {
         try hwlocLoadLock.withLock { _ throws(MemWallError) in
             var environment = ScopedEnvironment()
             defer { environment.restore() }
@@ -101,7 +106,17 @@ enum HwlocReader {
                 // libxml2 prints parse errors straight to stderr (its plugin is not loaded,
                 // see above); hwloc's own parser stays quiet unless HWLOC_XML_VERBOSE is set.
                 environment.set("HWLOC_LIBXML_IMPORT", "0")
-                if hwloc_topology_set_xml(handle.raw, path) == -1 {
+                let accepted: Bool
+                if let xml {
+                    // hwloc's reader wants a NUL-terminated buffer whose size counts the NUL.
+                    let terminated = xml + [0]
+                    accepted = terminated.withUnsafeBufferPointer { b in
+                        b.withMemoryRebound(to: CChar.self) { hwloc_topology_set_xmlbuffer(handle.raw, $0.baseAddress, Int32(b.count)) }
+                    } != -1
+                } else {
+                    accepted = hwloc_topology_set_xml(handle.raw, path) != -1
+                }
+                if !accepted {
                     throw MemWallError(.malformedInput,
                                        "'\(path)' is not an hwloc XML topology hwloc can read",
                                        function: "hwloc_topology_set_xml", errno: .current)
@@ -125,13 +140,13 @@ enum HwlocReader {
                                    "hwloc could not load the topology from \(source)",
                                    function: "hwloc_topology_load", errno: err)
             }
-            return extract(handle.raw)
+            return try extract(handle.raw)
         }
     }
 
     // MARK: - Copying out of the C tree
 
-    private static func extract(_ topology: hwloc_topology_t) -> HwlocFacts {
+    private static func extract(_ topology: hwloc_topology_t) throws(MemWallError) -> HwlocFacts {
         var facts = HwlocFacts(version: version)
         facts.coreCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE))
         facts.processingUnitCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU))
@@ -150,10 +165,14 @@ enum HwlocReader {
 
         var numa = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_NUMANODE, nil)
         while let n = numa {
-            facts.nodes.append(node(topology, n))
+            facts.nodes.append(try node(topology, n))
             numa = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_NUMANODE, n)
         }
         facts.nodes.sort { $0.osIndex < $1.osIndex }
+        // Everything downstream keys nodes by OS index: two with one index would be merged.
+        for (a, b) in zip(facts.nodes, facts.nodes.dropFirst()) where a.osIndex == b.osIndex {
+            throw MemWallError(.malformedInput, "two NUMA nodes have OS index \(a.osIndex); each node needs its own index")
+        }
 
         var osdev = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_OS_DEVICE, nil)
         while let d = osdev {
@@ -182,18 +201,26 @@ enum HwlocReader {
         return counts
     }
 
-    private static func node(_ topology: hwloc_topology_t, _ obj: hwloc_obj_t) -> HwlocFacts.Node {
+    private static func node(_ topology: hwloc_topology_t, _ obj: hwloc_obj_t) throws(MemWallError) -> HwlocFacts.Node {
+        // hwloc keeps sizes as UInt64 (an XML "-5" arrives as 2^64 - 5): refuse what is no byte count.
+        func bytes(_ value: UInt64, _ what: String) throws(MemWallError) -> Int {
+            guard let v = Int(exactly: value) else {
+                throw MemWallError(.malformedInput,
+                    "NUMA node P#\(obj.pointee.os_index) has \(what) \(value) bytes; expected a byte count from 0 to \(Int.max)")
+            }
+            return v
+        }
         var caches: [MemorySideCache] = []
         var parent = obj.pointee.parent
         while let p = parent, p.pointee.type == HWLOC_OBJ_MEMCACHE {
             if let attr = p.pointee.attr {
                 let cache = attr.pointee.cache
-                caches.append(MemorySideCache(size: ByteCount(Int(cache.size)), depth: Int(cache.depth),
+                caches.append(MemorySideCache(size: ByteCount(try bytes(cache.size, "a memory-side cache of")), depth: Int(cache.depth),
                                               lineSize: cache.linesize == 0 ? nil : Int(cache.linesize)))
             }
             parent = p.pointee.parent
         }
-        let memory = obj.pointee.attr.map { Int($0.pointee.numanode.local_memory) } ?? 0
+        let memory = try obj.pointee.attr.map { a throws(MemWallError) in try bytes(a.pointee.numanode.local_memory, "local memory of") } ?? 0
         var figures: [MemoryFigure] = []
         var zeros: [String] = []
         let attributes: [(hwloc_memattr_id_e, FigureMetric, String)] = [

@@ -229,8 +229,10 @@ struct SysfsFacts: Sendable {
         for line in text.split(separator: "\n", maxSplits: 4) {
             let tokens = line.split(separator: " ", omittingEmptySubsequences: true)
             guard let at = tokens.firstIndex(where: { $0 == key }), at + 1 < tokens.count,
-                  let kib = Int(tokens[at + 1]) else { continue }
-            return kib * 1024
+                  let kib = Int(tokens[at + 1]), kib >= 0 else { continue }
+            // A snapshot is a file anyone can write: a count that overflows in bytes is no figure.
+            let (bytes, overflow) = kib.multipliedReportingOverflow(by: 1024)
+            return overflow ? nil : bytes
         }
         return nil
     }

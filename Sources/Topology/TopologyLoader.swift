@@ -13,25 +13,27 @@ extension Topology {
     ///   `unsupported` for an hwloc XML version newer than the runtime hwloc reads,
     ///   `invalidArgument` for a bad synthetic description.
     public static func load(_ source: TopologySource) throws(MemWallError) -> Topology {
-        try validate(source)
+        let xml = try validate(source)
         // sysfs is read on a second thread while hwloc discovers the tree.
         let sysfsReader: SysfsReadThread? = switch source {
         case .live: SysfsReadThread(tree: SysfsTree(root: ""), live: true)
         case .fsroot(let path): SysfsReadThread(tree: SysfsTree(root: path), live: false)
         case .xml, .synthetic: nil
         }
-        let hw = try HwlocReader.read(source)
+        let hw = try HwlocReader.read(source, xml: xml)
         return assemble(source: source, hwloc: hw, sysfs: sysfsReader?.join())
     }
 
     // MARK: - Input checks hwloc does not make (or makes only on stderr)
 
-    private static func validate(_ source: TopologySource) throws(MemWallError) {
+    /// Checks the source; for XML, returns the file's bytes, which hwloc then
+    /// imports from memory (what was checked is what hwloc reads).
+    private static func validate(_ source: TopologySource) throws(MemWallError) -> [UInt8]? {
         switch source {
         case .live:
-            return
+            return nil
         case .xml(let path):
-            try validateXML(path)
+            return try validateXML(path)
         case .fsroot(let path):
             let tree = SysfsTree(root: path)
             guard tree.isRootDirectory else {
@@ -42,27 +44,19 @@ extension Topology {
                 throw MemWallError(.malformedInput,
                                    "'\(path)' is not a sysfs snapshot: neither \(path)/sys/devices/system/node nor \(path)/sys/devices/system/cpu exists (pass the top directory of an extracted hwloc-gather-topology tarball)")
             }
+            return nil
         case .synthetic(let text):
             guard !text.trimmingWhitespace().isEmpty else {
                 throw .invalid("synthetic description", text, expected: "levels such as \"pack:2 numa:2 core:4 pu:1\"")
             }
+            try checkSynthetic(text)
+            return nil
         }
     }
 
-    private static func validateXML(_ path: String) throws(MemWallError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            let err = Errno.current
-            throw MemWallError(err == .noEntry ? .notFound : .systemCall,
-                               "cannot open hwloc XML file '\(path)'", function: "open", errno: err)
-        }
-        defer { close(fd) }
-        var head = [UInt8](repeating: 0, count: 4096)
-        let n = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n >= 0 else {
-            throw MemWallError(.systemCall, "cannot read hwloc XML file '\(path)'", function: "read", errno: .current)
-        }
-        let text = String(decoding: head[0..<n], as: UTF8.self)
+    private static func validateXML(_ path: String) throws(MemWallError) -> [UInt8] {
+        let bytes = try readXML(path)
+        let text = String(decoding: bytes.prefix(4096), as: UTF8.self)
         guard let version = xmlTopologyVersion(text) else {
             throw MemWallError(.malformedInput,
                                "'\(path)' is not an hwloc XML topology: no <topology> element in its first 4 KiB")
@@ -72,6 +66,8 @@ extension Topology {
             throw MemWallError(.unsupported,
                                "'\(path)' is hwloc XML version \(version), newer than this hwloc (API \(HwlocReader.version)) can import (versions up to \(HwlocReader.supportedXMLMajor).x); re-export it with hwloc \(HwlocReader.supportedXMLMajor).x (lstopo --of xml) or load it with a newer hwloc")
         }
+        try checkXMLObjects(bytes, path: path)
+        return bytes
     }
 
     /// The `version` attribute of the `<topology>` element; `"1.0"` when the element has none
