@@ -24,7 +24,7 @@ struct BenchStorageCommand: AsyncParsableCommand {
 
     @OptionGroup var files: StorageFileOptions
 
-    @Option(help: "File or block device to test (default: a private scratch file in --dir, removed afterwards, also on SIGINT/SIGTERM/SIGHUP).")
+    @Option(help: "File or block device to test (default: a private scratch file in --dir). A file this run creates is removed at the end, also on failure and on SIGINT/SIGTERM/SIGHUP.")
     var file: String?
 
     @Option(help: "Bytes of the file to use (e.g. 512M, 1G); a new file is created this large.")

@@ -75,6 +75,9 @@ struct KVReplayCommand: AsyncParsableCommand {
         try TierSpec.validate(specs)
         let policies = try policy.split(separator: ",").map { s throws(MemWallError) in try EvictionPolicyName.parse(String(s)) }
         guard !policies.isEmpty else { throw ValidationError("--policy needs at least one policy name") }
+        if nvmePath != nil && !realBytes {
+            throw ValidationError("--nvme-path applies only with --real-bytes (without it no bytes are stored)")
+        }
         let nvmeTiers = specs.indices.filter { specs[$0].kind == .nvme }
         let paths = nvmePath.map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         if realBytes, let paths {
