@@ -165,21 +165,41 @@ public final class TierStore {
         index.payloads = self
     }
 
+    /// Builds the store with one NVMe tier at most, backed by `storagePath`
+    /// (created when absent and then removed when the store goes; an existing
+    /// file or device is used only as `existingStorage` allows). See
+    /// ``build(tiers:blockBytes:registry:storage:farMemory:)``.
+    public static func build(tiers: [TierSpec], blockBytes: Int, registry: TransportRegistry,
+                             storagePath: String, existingStorage: ExistingFileUse = .refuse,
+                             farMemory: ((Int) throws -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
+        try build(tiers: tiers, blockBytes: blockBytes, registry: registry,
+                  storage: { _, bytes throws(MemWallError) in
+                      try StorageTarget(path: storagePath, createWithSize: bytes, existing: existingStorage)
+                  },
+                  farMemory: farMemory)
+    }
+
     /// Builds the backing of every tier below DRAM from a transport registry:
     /// extra DRAM tiers as host memory, far memory from `farMemory` (a NUMA
     /// allocator binding pages to a CPU-less node; without one, host memory
-    /// labelled emulated), NVMe as a storage target at `storagePath`, each
+    /// labelled emulated), NVMe as the storage target `storage` gives, each
     /// moved by whatever transport the registry selects for its kind.
-    /// - Parameter farMemory: Allocates `bytes` of far memory.
+    /// - Parameters:
+    ///   - storage: The target of the NVMe tier at a position in `tiers`, at
+    ///     least the given bytes large. Tiers never share a file: two tiers
+    ///     given one target (or one file opened twice, which its lock refuses)
+    ///     are an error.
+    ///   - farMemory: Allocates `bytes` of far memory.
     /// - Throws: `unsupported` naming the tier when no transport moves its kind
-    ///   or it needs a peer; errors from allocating memory or opening the path.
+    ///   or it needs a peer; `invalidArgument` when two tiers share a target;
+    ///   errors from allocating memory or opening storage.
     public static func build(tiers: [TierSpec], blockBytes: Int, registry: TransportRegistry,
-                             storagePath: String,
+                             storage: (_ tier: Int, _ bytes: Int64) throws(MemWallError) -> StorageTarget,
                              farMemory: ((Int) throws -> MemoryRegion)? = nil) throws(MemWallError) -> (store: TierStore, backings: [TierBacking]) {
         try TierSpec.validate(tiers)
         try checkBlockBytes(blockBytes)   // with capacities ≤ 2^26, sizes below cannot overflow
         var backings: [TierBacking] = []
-        for t in tiers.dropFirst() {
+        for (position, t) in tiers.enumerated().dropFirst() {
             let bytes = (t.capacityBlocks + TierStore.batchSlack) * blockBytes
             func transport(_ kind: LocationKind) throws(MemWallError) -> any Transport {
                 do throws(MemWallError) {
@@ -213,7 +233,11 @@ public final class TierStore {
                 backings.append(TierBacking(target: .memory(region), transport: try transport(.memory)))
             case .nvme:
                 let mover = try transport(.storage)
-                let target = try StorageTarget(path: storagePath, createWithSize: Int64(bytes))
+                let target = try storage(position, Int64(bytes))
+                for case .storage(let other) in backings.map(\.target) where other.isSameFile(as: target) {
+                    throw MemWallError.invalid("storage of tier '\(t.name)'", target.path,
+                                              expected: "a file of its own (tiers never share a file)")
+                }
                 backings.append(TierBacking(target: .storage(target), transport: mover))
             case .remote:
                 throw MemWallError(.unsupported,

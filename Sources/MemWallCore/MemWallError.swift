@@ -35,6 +35,8 @@ public struct MemWallError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let notFound = Code(rawValue: "not-found")
         /// The thing already exists (e.g. a region registered twice).
         public static let alreadyExists = Code(rawValue: "already-exists")
+        /// Another process (or another user of this process) holds the file or device.
+        public static let busy = Code(rawValue: "busy")
         /// An access falls outside a region, file or exported range.
         public static let outOfBounds = Code(rawValue: "out-of-bounds")
         /// A buffer, offset or length breaks an alignment rule (O_DIRECT).

@@ -325,7 +325,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
             case .failure(let e) where e.errno == .wouldBlock:
                 throw MemWallError(.timedOut, "\(name) accepted but sent no export table within \(timeout); is it a MemWall peer?")
             case .failure(let e):
-                throw MemWallError(.disconnected, "\(name) closed the connection before sending its export table", function: "read", errno: e.errno)
+                throw MemWallError(.disconnected, "\(name) " + (e.errno.map { "was not reached or reset the connection (\($0.name)) before sending its export table; check that the host is reachable and runs memwall rdma-serve" } ?? "closed the connection before sending its export table"), function: "read", errno: e.errno)
             }
             let h = FrameHeader(bytes: hdr)
             guard h.kind == FrameHeader.Kind.exportTable.rawValue, h.length <= UInt64(ExportTableCodec.maximumBytes) else {

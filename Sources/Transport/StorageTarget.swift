@@ -16,7 +16,12 @@ public enum StorageAccessMode: String, Sendable, Hashable, Codable {
 /// A file or block device opened once for transfers; owns its descriptor.
 ///
 /// It prefers O_DIRECT and falls back to buffered I/O only when the filesystem
-/// refuses it, saying so in ``accessMode`` and ``fallbackReason``.
+/// refuses it, saying so in ``accessMode`` and ``fallbackReason``. It follows
+/// the file rules of ``ExistingFileUse``: a file it creates is private (0600,
+/// `O_EXCL|O_NOFOLLOW`) and removed when the target goes, at exit and on
+/// SIGINT/SIGTERM/SIGHUP; an existing one is used only as allowed; every one
+/// is locked (`flock`) while the target lives, and a second user is refused
+/// with the holder's pid.
 public final class StorageTarget: Sendable, CustomStringConvertible {
     /// Path as given.
     public let path: String
@@ -32,48 +37,50 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     public let fallbackReason: String?
     /// True for a block device (e.g. /dev/nvme0n1).
     public let isBlockDevice: Bool
+    /// True when this target created the file; it is then removed when the target goes.
+    public let createdFile: Bool
+    /// False when opened read-only (``ExistingFileUse/read``).
+    public let isWritable: Bool
+    private let cleanupSlot: Int32?
 
-    /// Opens `path` for reading and writing.
+    /// Opens `path`, creating it when it does not exist and `createWithSize` is given.
     /// - Parameters:
     ///   - path: A regular file or a block device.
-    ///   - createWithSize: Create (or extend) a regular file to this many bytes.
+    ///   - createWithSize: Create a regular file of this many bytes when `path`
+    ///     does not exist (or extend a writable existing one to it).
+    ///   - existing: What may be done with a path that exists; by default it is refused.
     ///   - requireDirect: Fail instead of falling back to buffered I/O.
-    ///   - funnel: System-call door (tests inject faults here).
-    /// - Throws: `notFound`, `systemCall`, or `unsupported` when O_DIRECT is required but refused.
-    public init(path: String, createWithSize: Int64? = nil, requireDirect: Bool = false,
-                funnel: SyscallFunnel = .system) throws(MemWallError) {
+    ///   - funnel: System-call door (tests inject faults here: "open", "fcntl", "ftruncate").
+    /// - Throws: `alreadyExists` for an existing path that may not be used,
+    ///   `busy` naming the process that holds its lock, `notFound` (naming a
+    ///   missing directory when that is the cause), `systemCall`, or
+    ///   `unsupported` when O_DIRECT is required but refused.
+    public convenience init(path: String, createWithSize: Int64? = nil, existing: ExistingFileUse = .refuse,
+                            requireDirect: Bool = false, funnel: SyscallFunnel = .system) throws(MemWallError) {
+        let opened = try BackingFile.open(path, create: createWithSize != nil, existing: existing, funnel: funnel)
+        try self.init(path: path, opened: opened, size: createWithSize, writable: existing != .read || opened.created,
+                      requireDirect: requireDirect, funnel: funnel)
+    }
+
+    /// Creates a private scratch file in `directory` (an unpredictable name
+    /// starting with `prefix`), removed when the target goes, at exit and on
+    /// SIGINT/SIGTERM/SIGHUP.
+    /// - Throws: `notFound` naming the directory when it does not exist; as ``init(path:createWithSize:existing:requireDirect:funnel:)``.
+    public static func scratch(in directory: String, prefix: String, byteCount: Int64, requireDirect: Bool = false,
+                               funnel: SyscallFunnel = .system) throws(MemWallError) -> StorageTarget {
+        let (path, opened) = try BackingFile.createScratch(in: directory, prefix: prefix, funnel: funnel)
+        return try StorageTarget(path: path, opened: opened, size: byteCount, writable: true,
+                                 requireDirect: requireDirect, funnel: funnel)
+    }
+
+    private init(path: String, opened: BackingFile.Opened, size want: Int64?, writable: Bool,
+                 requireDirect: Bool, funnel: SyscallFunnel) throws(MemWallError) {
         self.path = path
-        var flags = O_RDWR | O_CLOEXEC
-        if createWithSize != nil { flags |= O_CREAT }
-        // Linux creates the file before it checks O_DIRECT support, so a refused
-        // open can leave an empty file; remember whether it is ours to remove.
-        let existedBefore = access(path, F_OK) == 0
-        var fd: Int32
-        var mode = StorageAccessMode.direct
-        var reason: String?
-        switch funnel.open(path, flags | memwall_o_direct()) {
-        case .success(let f):
-            fd = f
-        case .failure(let e) where e == .invalidArgument:
-            if requireDirect {
-                if createWithSize != nil && !existedBefore { unlink(path) }
-                throw MemWallError(.unsupported,
-                    "the filesystem holding '\(path)' refuses O_DIRECT; use a block device or a filesystem such as ext4/xfs",
-                    function: "open", errno: e)
-            }
-            reason = "the filesystem holding '\(path)' refuses O_DIRECT (\(e.name)); using the page cache"
-            mode = .bufferedFallback
-            switch funnel.open(path, flags) {
-            case .success(let f): fd = f
-            case .failure(let e): throw StorageTarget.openError(path, e)
-            }
-        case .failure(let e):
-            throw StorageTarget.openError(path, e)
-        }
+        let fd = opened.fd
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = Errno.current
-            close(fd)
+            BackingFile.release(opened)
             throw .system("fstat", e, "cannot stat '\(path)'")
         }
         let isBlock = (st.st_mode & S_IFMT) == S_IFBLK
@@ -84,7 +91,7 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
             var sector: Int32 = 512
             if memwall_block_device_size(fd, &bytes) != 0 {
                 let e = Errno.current
-                close(fd)
+                BackingFile.release(opened)
                 throw .system("ioctl(BLKGETSIZE64)", e, "cannot read the size of block device '\(path)'")
             }
             _ = memwall_block_device_logical_sector(fd, &sector)
@@ -92,17 +99,36 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
             align = Int(max(sector, 512))
         } else {
             guard (st.st_mode & S_IFMT) == S_IFREG else {
-                close(fd)
+                BackingFile.release(opened)
                 throw .invalid("storage path", path, expected: "a regular file or a block device")
             }
             size = Int64(st.st_size)
-            if let want = createWithSize, want > size {
+            if let want, want > size, writable {
                 if case .failure(let e) = funnel.ftruncate(fd, want) {
-                    close(fd)
+                    BackingFile.release(opened)
                     throw .system("ftruncate", e, "cannot size '\(path)' to \(ByteCount(Int(want)))")
                 }
                 size = want
             }
+        }
+        // O_DIRECT is switched on after the open so that a refusal leaves one
+        // open file (created exclusively) rather than a second open by name.
+        var mode = StorageAccessMode.direct
+        var reason: String?
+        let flags = fcntl(fd, F_GETFL)
+        if case .failure(let e) = funnel.call("fcntl", { Int(fcntl(fd, F_SETFL, flags | memwall_o_direct())) }) {
+            guard e == .invalidArgument else {
+                BackingFile.release(opened)
+                throw .system("fcntl(F_SETFL, O_DIRECT)", e, "cannot switch '\(path)' to O_DIRECT")
+            }
+            if requireDirect {
+                BackingFile.release(opened)
+                throw MemWallError(.unsupported,
+                    "the filesystem holding '\(path)' refuses O_DIRECT; use a block device or a filesystem such as ext4/xfs",
+                    function: "fcntl(F_SETFL, O_DIRECT)", errno: e)
+            }
+            reason = "the filesystem holding '\(path)' refuses O_DIRECT (\(e.name)); using the page cache"
+            mode = .bufferedFallback
         }
         self.fileDescriptor = fd
         self.byteCount = size
@@ -110,16 +136,21 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
         self.accessMode = mode
         self.fallbackReason = reason
         self.isBlockDevice = isBlock
+        self.createdFile = opened.created
+        self.isWritable = writable
+        self.cleanupSlot = opened.cleanupSlot
     }
 
-    private static func openError(_ path: String, _ e: Errno) -> MemWallError {
-        if e == .noEntry {
-            return MemWallError(.notFound, "'\(path)' does not exist", function: "open", errno: e)
-        }
-        return .system("open", e, "cannot open '\(path)' for reading and writing")
+    deinit {
+        BackingFile.release(BackingFile.Opened(fd: fileDescriptor, created: createdFile, cleanupSlot: cleanupSlot))
     }
 
-    deinit { close(fileDescriptor) }
+    /// Whether both targets are the same file or device (one inode), however
+    /// they were named; tiers and targets that must not overlap are checked with it.
+    public func isSameFile(as other: StorageTarget) -> Bool {
+        guard let a = FileIdentity(descriptor: fileDescriptor) else { return false }
+        return a == FileIdentity(descriptor: other.fileDescriptor)
+    }
 
     /// Checks O_DIRECT's alignment rule for one descriptor.
     /// - Throws: `misaligned` naming the value and the required multiple.

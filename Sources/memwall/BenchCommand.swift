@@ -16,14 +16,6 @@ struct BenchCommand: AsyncParsableCommand {
 
 /// Shared pieces of the bench subcommands.
 enum BenchOutput {
-    /// Stable, sorted, pretty JSON on standard output.
-    static func printJSON<T: Encodable>(_ value: T) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = try encoder.encode(value)
-        print(String(decoding: data, as: UTF8.self))
-    }
-
     /// Parses "1,4,16,32" into positive integers.
     static func integerList(_ text: String, what: String) throws -> [Int] {
         let parts = text.split(separator: ",").map { String($0).trimmingWhitespace() }

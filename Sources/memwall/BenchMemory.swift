@@ -25,7 +25,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
     @Option(help: "Copy sizes to sweep, comma-separated.")
     var sizes: String = "4k,256k,4M,64M"
 
-    @Option(help: "Seconds to spend on each copy point.")
+    @Option(help: "Seconds to spend on each copy point, and at most on the timed loads of each latency point.")
     var seconds: Double = 0.5
 
     @Option(name: .customLong("chase-size"), help: "Pointer-chase buffer (well above the last-level cache).")
@@ -40,29 +40,28 @@ struct BenchMemoryCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-latency"), help: "Skip the pointer chase.")
     var noLatency = false
 
-    @Flag(help: "Stable JSON on standard output.")
-    var json = false
-
-    @Flag(help: "No progress on standard error.")
-    var quiet = false
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        guard seconds > 0, seconds <= 600 else { throw ValidationError("invalid --seconds '\(seconds)': expected (0, 600]") }
-        guard chaseLoads >= 1000 else { throw ValidationError("invalid --chase-loads '\(chaseLoads)': expected at least 1000") }
-        _ = try BenchOutput.sizeList(sizes, what: "--sizes")
+        try OptionCheck.finite("--seconds", seconds, above: 0, atMost: 600, unit: "seconds")
+        try OptionCheck.inRange("--chase-loads", chaseLoads, 1000 ... 1_000_000_000, unit: "loads")
+        for size in try BenchOutput.sizeList(sizes, what: "--sizes") {
+            try OptionCheck.inRange("--sizes", size, 1 ... (16 << 30), unit: "bytes")
+        }
+        _ = try OptionCheck.size("--chase-size", chaseSize, (1 << 20) ... (64 << 30))
+        _ = try OptionCheck.size("--emulated-capacity", emulatedCapacity, (1 << 20) ... (1 << 40))
     }
 
     func run() async throws {
         let sweep = try BenchOutput.sizeList(sizes, what: "--sizes")
         let chaseBytes = try ByteCount.parse(chaseSize).rawValue
-        guard chaseBytes >= 1 << 20 else { throw ValidationError("invalid --chase-size '\(chaseSize)': expected at least 1M") }
         let allocator = NUMAAllocator(emulatedCapacity: try ByteCount.parse(emulatedCapacity).rawValue)
         let transport = NUMATransport(allocator: allocator)
         let nodes = allocator.nodes
         let initiators = nodes.filter { !$0.cpus.isEmpty }
         var progress = ProgressReporter("bench memory",
                                         total: nodes.count * nodes.count * sweep.count + (noLatency ? 0 : initiators.count * nodes.count),
-                                        enabled: !quiet)
+                                        enabled: !output.quiet)
         var done = 0
         var copies: [CopyPoint] = []
         for from in nodes {
@@ -80,7 +79,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
             for cpuNode in initiators {
                 for memNode in nodes {
                     let ns = try MemoryBench.chase(allocator: allocator, cpus: cpuNode.cpus, memoryNode: memNode.id,
-                                                   bytes: chaseBytes, loads: chaseLoads)
+                                                   bytes: chaseBytes, loads: chaseLoads, seconds: seconds)
                     latencies.append(LatencyPoint(cpuNode: cpuNode.id, memoryNode: memNode.id, memoryIsEmulated: memNode.isEmulated,
                                                   chaseBytes: chaseBytes, nanosecondsPerLoad: ns))
                     done += 1
@@ -92,7 +91,7 @@ struct BenchMemoryCommand: AsyncParsableCommand {
             nodes: nodes.map { NodeSummary(id: $0.id, description: $0.description, cpus: $0.cpus, bytes: $0.totalBytes, isEmulated: $0.isEmulated) },
             transport: "\(transport.name) (\(transport.capabilities.implementation))",
             copies: copies, latencies: latencies)
-        if json { try BenchOutput.printJSON(report) } else { printTables(report, sizes: sweep) }
+        if output.json { try Output.printJSON(report) } else { printTables(report, sizes: sweep) }
     }
 
     private func printTables(_ r: MemoryBenchReport, sizes: [Int]) {
@@ -130,41 +129,29 @@ struct BenchMemoryCommand: AsyncParsableCommand {
     }
 }
 
+/// A memory node as `bench memory` reports it.
 struct NodeSummary: Codable {
-    var id: Int
-    var description: String
-    var cpus: [Int]
-    var bytes: Int
-    var isEmulated: Bool
+    var id: Int, description: String, cpus: [Int], bytes: Int, isEmulated: Bool
 }
 
+/// One copy point: transport and one-thread memcpy on the same buffers.
 struct CopyPoint: Codable {
-    var fromNode: Int
-    var toNode: Int
-    var bytes: Int
-    var threads: Int
+    var fromNode, toNode, bytes, threads: Int
     /// Median over samples, decimal GB/s.
     var gigabytesPerSecond: Double
     /// One-thread memcpy of the same buffers, same method.
     var memcpyGigabytesPerSecond: Double
-    var ratioToMemcpy: Double
-    var samples: Int
-    var emulated: Bool
+    var ratioToMemcpy: Double, samples: Int, emulated: Bool
 }
 
+/// One idle-latency point of the pointer chase.
 struct LatencyPoint: Codable {
-    var cpuNode: Int
-    var memoryNode: Int
-    var memoryIsEmulated: Bool
-    var chaseBytes: Int
-    var nanosecondsPerLoad: Double
+    var cpuNode, memoryNode: Int, memoryIsEmulated: Bool, chaseBytes: Int, nanosecondsPerLoad: Double
 }
 
+/// What `bench memory --json` prints.
 struct MemoryBenchReport: Codable {
-    var nodes: [NodeSummary]
-    var transport: String
-    var copies: [CopyPoint]
-    var latencies: [LatencyPoint]
+    var nodes: [NodeSummary], transport: String, copies: [CopyPoint], latencies: [LatencyPoint]
 }
 
 /// The measuring loops.
@@ -180,24 +167,36 @@ enum MemoryBench {
         try transport.register(src)
         defer { try? transport.deregister(src) }
         let prepared = try transport.prepare(.write, [TransferDescriptor(local: src, target: .memory(dst), length: bytes)])
-        // Enough copies per sample that timer and hand-off noise stay small.
-        let perSample = max(1, (32 << 20) / bytes)
-        // Warm-up: threads started (and calibrated), TLB filled.
+        // Warm-up: threads started (and calibrated), TLB filled; it also times one copy.
+        var t0 = MonotonicClock.nanoseconds()
         try await transport.post(prepared).wait()
+        let perSample = copiesPerSample(bytes: bytes, oneCopyNanoseconds: MonotonicClock.nanoseconds() - t0, seconds: seconds / 2)
         // Waiting suspends this task rather than spinning, so the copy threads
         // have the CPUs to themselves, as the one-thread memcpy does.
         let viaTransport = try await sampleMedianAsync(seconds: seconds / 2, bytesPerSample: bytes * perSample) {
             for _ in 0..<perSample { try await transport.post(prepared).wait() }
         }
         let s = src.baseAddress, d = dst.baseAddress
-        let viaMemcpy = try sampleMedian(seconds: seconds / 2, bytesPerSample: bytes * perSample) {
-            for _ in 0..<perSample { memcpy(d, s, bytes) }
+        t0 = MonotonicClock.nanoseconds()
+        memcpy(d, s, bytes)
+        let memcpyPerSample = copiesPerSample(bytes: bytes, oneCopyNanoseconds: MonotonicClock.nanoseconds() - t0, seconds: seconds / 2)
+        let viaMemcpy = try sampleMedian(seconds: seconds / 2, bytesPerSample: bytes * memcpyPerSample) {
+            for _ in 0..<memcpyPerSample { memcpy(d, s, bytes) }
         }
         let threads = try transport.copyThreads(bytes: bytes, destinationNode: to.id)
         return CopyPoint(fromNode: from.id, toNode: to.id, bytes: bytes, threads: threads,
                          gigabytesPerSecond: viaTransport.gbps, memcpyGigabytesPerSecond: viaMemcpy.gbps,
                          ratioToMemcpy: viaMemcpy.gbps > 0 ? viaTransport.gbps / viaMemcpy.gbps : 0,
                          samples: viaTransport.samples, emulated: from.isEmulated || to.isEmulated)
+    }
+
+    /// Copies per sample: enough (up to 32 MiB worth) that timer and hand-off
+    /// noise stay small, but few enough that the three samples a median needs
+    /// fit in `seconds`, so --seconds is kept even for small copies.
+    static func copiesPerSample(bytes: Int, oneCopyNanoseconds: UInt64, seconds: Double) -> Int {
+        let budget = seconds * 1e9 / 4
+        let fit = Int(min(budget / Double(max(oneCopyNanoseconds, 1)), Double(Int32.max)))
+        return max(1, min((32 << 20) / max(bytes, 1), fit))
     }
 
     private static func sampleMedianAsync(seconds: Double, bytesPerSample: Int, _ body: () async throws -> Void) async throws -> (gbps: Double, samples: Int) {
@@ -230,12 +229,15 @@ enum MemoryBench {
     /// permutation of the cache lines of a buffer on `memoryNode`, from a thread
     /// pinned to `cpus`. Random order defeats the prefetchers; every load
     /// depends on the one before, so loads cannot overlap.
-    static func chase(allocator: NUMAAllocator, cpus: [Int], memoryNode: Int, bytes: Int, loads: Int) throws -> Double {
+    /// At most `loads` loads are timed, fewer (but at least 1000) when the
+    /// warm-up walk shows they would take longer than `seconds`.
+    static func chase(allocator: NUMAAllocator, cpus: [Int], memoryNode: Int, bytes: Int, loads maximumLoads: Int,
+                      seconds: Double) throws -> Double {
         let region = try allocator.allocate(byteCount: bytes, on: memoryNode, transparentHugePages: true)
         let line = 64
         let lines = region.byteCount / line
         var order = Array(0..<lines)
-        var rng = SystemRandomNumberGenerator()
+        var rng = SplitMix64(seed: UInt64.random(in: .min ... .max))
         order.shuffle(using: &rng)
         let base = region.baseAddress
         for i in 0..<lines {
@@ -250,12 +252,33 @@ enum MemoryBench {
             _ = all.withUnsafeBufferPointer { memwall_pin_current_thread($0.baseAddress, Int32($0.count)) }
         }
         var p = UnsafeRawPointer(base + order[0] * line)
-        for _ in 0..<min(lines, loads) { p = p.load(as: UnsafeRawPointer.self) }  // warm TLB and caches
-        let t0 = MonotonicClock.nanoseconds()
+        let warmUp = min(lines, maximumLoads)
+        var t0 = MonotonicClock.nanoseconds()
+        for _ in 0..<warmUp { p = p.load(as: UnsafeRawPointer.self) }  // warm TLB and caches
+        let perLoad = Double(max(MonotonicClock.nanoseconds() - t0, 1)) / Double(warmUp)
+        let loads = max(1000, min(maximumLoads, Int(min(seconds * 1e9 / perLoad, Double(Int32.max)))))
+        t0 = MonotonicClock.nanoseconds()
         for _ in 0..<loads { p = p.load(as: UnsafeRawPointer.self) }
         let dt = MonotonicClock.nanoseconds() - t0
         // Using the final pointer keeps the loop from being optimised away.
         guard p >= UnsafeRawPointer(base) else { throw MemWallError(.corrupted, "pointer chase left its buffer") }
         return Double(dt) / Double(loads)
+    }
+}
+
+/// A fast, seeded generator for shuffling the chase's millions of cache lines:
+/// the system generator makes one getrandom(2) call per number, which made
+/// building a 128 MiB chase take seconds. Not for anything secret.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

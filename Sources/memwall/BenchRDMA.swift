@@ -56,41 +56,30 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print stable JSON (schema memwall.bench.rdma/1).")
     var json = false
 
+    /// One row of perftest-style output: a bandwidth or a latency figure for one size.
     struct Row: Codable {
-        var operation: String
-        var metric: String
-        var bytes: Int
-        var iterations: Int
+        var operation, metric: String, bytes, iterations: Int
         /// Bandwidth rows: average MiB/s (perftest's "MB/sec") and GB/s.
-        var mebibytesPerSecond: Double?
-        var gigabytesPerSecond: Double?
-        var messagesPerSecond: Double?
+        var mebibytesPerSecond, gigabytesPerSecond, messagesPerSecond: Double?
         /// Latency rows, microseconds.
-        var minMicroseconds: Double?
-        var typicalMicroseconds: Double?
-        var averageMicroseconds: Double?
-        var p99Microseconds: Double?
-        var p999Microseconds: Double?
-        var maxMicroseconds: Double?
+        var minMicroseconds, typicalMicroseconds, averageMicroseconds, p99Microseconds, p999Microseconds, maxMicroseconds: Double?
     }
 
+    /// What `bench rdma --json` prints.
     struct Report: Codable {
         var schema = "memwall.bench.rdma/1"
-        var transport: String
-        var implementation: String
+        var transport, implementation: String
         /// "direct queue" or "request path".
         var path: String
-        var device: String?
-        var peer: String
-        var rows: [Row]
+        var device: String?, peer: String, rows: [Row]
     }
 
     func validate() throws {
-        guard iterations >= 1 else { throw ValidationError("invalid --iterations '\(iterations)': expected at least 1") }
-        guard (1 ... 16384).contains(txDepth) else { throw ValidationError("invalid --tx-depth '\(txDepth)': expected 1 to 16384") }
-        guard (1 ... 1024).contains(postList) else { throw ValidationError("invalid --post-list '\(postList)': expected 1 to 1024") }
-        guard yieldEvery >= 0 else { throw ValidationError("invalid --yield-every '\(yieldEvery)': expected 0 (never) or a positive number of polls") }
-        if let sleepAfter, sleepAfter < 1 { throw ValidationError("invalid --sleep-after '\(sleepAfter)': expected a positive number of polls") }
+        try OptionCheck.inRange("--iterations", iterations, 1 ... 1_000_000_000)
+        try OptionCheck.inRange("--tx-depth", txDepth, 1 ... 16384)
+        try OptionCheck.inRange("--post-list", postList, 1 ... 1024)
+        try OptionCheck.inRange("--yield-every", yieldEvery, 0 ... 1_000_000, unit: "polls (0: never)")
+        if let sleepAfter { try OptionCheck.inRange("--sleep-after", sleepAfter, 1 ... 1_000_000_000, unit: "polls") }
         guard ["direct", "request"].contains(path) else { throw ValidationError("invalid --path '\(path)': expected direct or request") }
     }
 
@@ -179,9 +168,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
                             device: (client as? RDMATransport)?.deviceName, peer: peer.address, rows: rows)
         peer.disconnect()
         if json {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try enc.encode(report), as: UTF8.self))
+            try Output.printJSON(report)
         } else {
             Self.printTable(report)
         }

@@ -22,11 +22,10 @@ struct BenchStorageCommand: AsyncParsableCommand {
         """
     )
 
-    @Option(help: "File or block device to test (default: a scratch file in --dir, removed afterwards).")
-    var file: String?
+    @OptionGroup var files: StorageFileOptions
 
-    @Option(help: "Directory for the scratch file.")
-    var dir: String = "/var/tmp"
+    @Option(help: "File or block device to test (default: a private scratch file in --dir). A file this run creates is removed at the end, also on failure and on SIGINT/SIGTERM/SIGHUP.")
+    var file: String?
 
     @Option(help: "Bytes of the file to use (e.g. 512M, 1G); a new file is created this large.")
     var size: String = "1G"
@@ -61,33 +60,38 @@ struct BenchStorageCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-fixed"), help: "Plain reads/writes on plain file descriptors: no fixed buffers or files (what fio does without --fixedbufs --registerfiles).")
     var noFixed = false
 
-    @Flag(help: "Allow writes to an existing file or block device (destroys its contents).")
-    var allowWrite = false
+    @OptionGroup var output: OutputOptions
 
-    @Flag(help: "Stable JSON on standard output.")
-    var json = false
-
-    @Flag(help: "No progress on standard error.")
-    var quiet = false
+    /// Largest file span and block size the benchmark accepts.
+    static let sizeRange = 4096 ... (1 << 46)
+    static let blockSizeRange = 512 ... (64 << 20)
 
     func validate() throws {
         guard ["io_uring", "pread-pool", "auto"].contains(transport) else {
             throw ValidationError("invalid --transport '\(transport)': expected io_uring, pread-pool or auto")
         }
-        guard seconds > 0, seconds <= 3600 else {
-            throw ValidationError("invalid --seconds '\(seconds)': expected a duration in (0, 3600]")
-        }
+        try OptionCheck.finite("--seconds", seconds, above: 0, atMost: 3600, unit: "seconds")
         guard ["direct", "poll", "thread"].contains(completions) else {
             throw ValidationError("invalid --completions '\(completions)': expected direct, poll or thread")
         }
-        guard spinMicroseconds >= 0, spinMicroseconds <= 1_000_000 else {
-            throw ValidationError("invalid --spin-us '\(spinMicroseconds)': expected 0...1000000 microseconds")
-        }
-        guard batch >= 1 else { throw ValidationError("invalid --batch '\(batch)': expected at least 1") }
+        try OptionCheck.inRange("--spin-us", spinMicroseconds, 0 ... 1_000_000, unit: "microseconds")
+        try OptionCheck.inRange("--batch", batch, 1 ... 4096, unit: "SQEs")
         for p in patterns.split(separator: ",") where StoragePattern(rawValue: String(p)) == nil {
             throw ValidationError("invalid pattern '\(p)': expected randread, randwrite, seqread or seqwrite")
         }
-        _ = try BenchOutput.integerList(queueDepths, what: "--qd")
+        for qd in try BenchOutput.integerList(queueDepths, what: "--qd") {
+            try OptionCheck.inRange("--qd", qd, 1 ... 4096)
+        }
+        let span = try OptionCheck.size("--size", size, Self.sizeRange)
+        for (option, text) in [("--random-bs", randomBlockSize), ("--seq-bs", sequentialBlockSize)] {
+            let bs = try OptionCheck.size(option, text, Self.blockSizeRange)
+            guard bs % 512 == 0 else {
+                throw ValidationError("invalid \(option) '\(text)': expected a multiple of 512 bytes (O_DIRECT moves whole sectors)")
+            }
+            guard bs <= span else {
+                throw ValidationError("invalid \(option) '\(text)': expected at most --size (\(ByteCount(span)))")
+            }
+        }
     }
 
     func run() async throws {
@@ -96,41 +100,40 @@ struct BenchStorageCommand: AsyncParsableCommand {
         let span = try ByteCount.parse(size).rawValue
         let randomBS = try ByteCount.parse(randomBlockSize).rawValue
         let seqBS = try ByteCount.parse(sequentialBlockSize).rawValue
-        let scratchPath = file == nil ? "\(dir)/memwall-bench-storage-\(getpid()).bin" : nil
-        let path = file ?? scratchPath!
-        defer { if let scratchPath { unlink(scratchPath) } }
-        let creating = file == nil || access(path, F_OK) != 0
-        if workloads.contains(where: \.isWrite) && !creating && !allowWrite {
-            throw ValidationError("'\(path)' exists and write workloads would destroy its contents; pass --allow-write, or use read workloads only")
+        let writes = workloads.contains(where: \.isWrite)
+        let target = try files.open(file, option: "--file", scratchPrefix: "memwall-bench-storage", byteCount: Int64(span),
+                                    readOnly: !writes)
+        let path = target.path
+        for (option, bs) in [("--random-bs", randomBS), ("--seq-bs", seqBS)] where bs % target.alignment != 0 {
+            throw ValidationError("invalid \(option) '\(ByteCount(bs))': '\(path)' needs multiples of \(target.alignment) bytes under O_DIRECT")
         }
-        let target = try StorageTarget(path: path, createWithSize: creating ? Int64(span) : nil)
         let usable = Int(min(Int64(span), target.byteCount))
         guard usable >= max(randomBS, seqBS) else {
-            throw MemWallError(.outOfBounds, "'\(path)' has \(ByteCount(Int(target.byteCount))); the benchmark needs at least \(ByteCount(max(randomBS, seqBS)))")
+            throw MemWallError(.outOfBounds, "'\(path)' has \(ByteCount(Int(target.byteCount))); the benchmark needs at least \(ByteCount(max(randomBS, seqBS))) (the larger of --random-bs and --seq-bs)")
         }
-        if creating {
-            if !quiet { StandardError.write("[bench storage] writing \(ByteCount(usable)) to \(path) so reads hit real blocks\n") }
+        if target.createdFile {
+            if !output.quiet { StandardError.write("[bench storage] writing \(ByteCount(usable)) to \(path) so reads hit real blocks\n") }
             try await layOut(target, bytes: usable)
         }
-        var progress = ProgressReporter("bench storage", total: depths.count * workloads.count, enabled: !quiet)
+        var progress = ProgressReporter("bench storage", total: depths.count * workloads.count, enabled: !output.quiet)
         var points: [StorageBenchPoint] = []
         var transportLabel = ""
         for w in workloads {
             for qd in depths {
                 let t = try makeTransport(queueDepth: qd)
-                transportLabel = describe(t)
                 let bs = w.isRandom ? randomBS : seqBS
                 let point = try StorageBench.run(transport: t, target: target, pattern: w, blockSize: bs,
                                                  queueDepth: qd, seconds: seconds, span: usable,
                                                  direct: completions == "direct", fixed: !noFixed,
                                                  spinMicroseconds: spinMicroseconds)
+                transportLabel = describe(t, point: point)
                 points.append(point)
                 progress.update(points.count, "\(w.rawValue) QD\(qd): \(BenchOutput.fixed(point.iops, 0)) IOPS")
             }
         }
         let report = StorageBenchReport(path: path, bytesUsed: usable, accessMode: target.accessMode.rawValue,
                                         transport: transportLabel, points: points)
-        if json { try BenchOutput.printJSON(report) } else { printTable(report) }
+        if output.json { try Output.printJSON(report) } else { printTable(report) }
     }
 
     private func makeTransport(queueDepth: Int) throws -> any Transport {
@@ -144,9 +147,16 @@ struct BenchStorageCommand: AsyncParsableCommand {
         }
     }
 
-    private func describe(_ t: any Transport) -> String {
+    /// What the run used, as it really was: a fixed-buffer or fixed-file
+    /// registration the kernel refused (memlock limit) is said to be refused.
+    private func describe(_ t: any Transport, point p: StorageBenchPoint) -> String {
         if let u = t as? URingTransport {
-            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(u.fixedBufferTable ? "on" : "off"), fixed files \(u.fixedFileTable ? "on" : "off"); \(completions == "direct" ? "direct queue (slots, no per-I/O objects\(noFixed ? "; plain buffers and fds" : "; fixed buffers and files of its own ring"))" : "TransferRequest per I/O, completions by \(u.configuration.completionThread ? "completion thread" : "polling caller")"))"
+            let buffers = p.fixedBuffers ? "on" : noFixed ? "off" : "refused by the kernel (plain reads/writes)"
+            let files = p.fixedFiles ? "on" : noFixed ? "off" : "refused by the kernel (plain fds)"
+            let path = completions == "direct"
+                ? "direct queue (slots, no per-I/O objects)"
+                : "TransferRequest per I/O, completions by \(u.configuration.completionThread ? "completion thread" : "polling caller")"
+            return "io_uring (hardware; setup flags \(u.setupFlags); fixed buffers \(buffers), fixed files \(files); \(path))"
         }
         return "\(t.name) (\(t.capabilities.implementation))"
     }
@@ -185,6 +195,10 @@ struct BenchStorageCommand: AsyncParsableCommand {
         if r.transport.contains("emulation") || r.accessMode != StorageAccessMode.direct.rawValue {
             print("note: this run used emulation or the page cache (see above); it does not measure the O_DIRECT io_uring path")
         }
+        var seen = Set<String>()
+        for note in r.points.flatMap(\.registrationNotes) where seen.insert(note).inserted {
+            print("note: \(note)")
+        }
     }
 }
 
@@ -198,11 +212,7 @@ enum StoragePattern: String, Codable, CaseIterable {
 
 /// Latency percentiles in nanoseconds.
 struct LatencySummary: Codable {
-    var p50: UInt64
-    var p99: UInt64
-    var p999: UInt64
-    var max: UInt64
-    var mean: Double
+    var p50, p99, p999, max: UInt64, mean: Double
 
     init(_ h: LatencyHistogram) {
         p50 = h.percentile(50); p99 = h.percentile(99); p999 = h.percentile(99.9); max = h.max; mean = h.mean
@@ -211,26 +221,43 @@ struct LatencySummary: Codable {
 
 /// One point of the sweep.
 struct StorageBenchPoint: Codable {
-    var pattern: String
-    var blockSize: Int
-    var queueDepth: Int
-    var transport: String
-    var implementation: String
-    var seconds: Double
-    var ios: Int
-    var iops: Double
+    var pattern: String, blockSize, queueDepth: Int, transport, implementation: String
+    var seconds: Double, ios: Int, iops: Double
     /// Decimal GB/s (10^9 bytes), as fio prints "GB/s".
     var gigabytesPerSecond: Double
     var latency: LatencySummary
+    /// Whether the I/O buffers really were fixed buffers of the ring (false when
+    /// the kernel refused to pin them, e.g. under a memlock limit, or with --no-fixed).
+    var fixedBuffers: Bool
+    /// Whether the file really was a registered (fixed) file of the ring.
+    var fixedFiles: Bool
+    /// Why a registration was refused, as the transport reported it.
+    var registrationNotes: [String]
+
+    /// A point measured on `transport`: `ios` I/Os of `blockSize` since `start` (monotonic ns) until now.
+    init(_ transport: any Transport, pattern: StoragePattern, blockSize: Int, queueDepth: Int, ios: Int, since start: UInt64,
+         until end: UInt64 = MonotonicClock.nanoseconds(), _ histogram: LatencyHistogram,
+         fixedBuffers: Bool, fixedFiles: Bool, notes: [String]) {
+        let elapsed = Double(end - start) / 1e9
+        self.pattern = pattern.rawValue
+        self.blockSize = blockSize
+        self.queueDepth = queueDepth
+        self.transport = transport.name
+        self.implementation = transport.capabilities.implementation.description
+        self.seconds = elapsed
+        self.ios = ios
+        self.iops = Double(ios) / elapsed
+        self.gigabytesPerSecond = Double(ios * blockSize) / elapsed / 1e9
+        self.latency = LatencySummary(histogram)
+        self.fixedBuffers = fixedBuffers
+        self.fixedFiles = fixedFiles
+        self.registrationNotes = notes
+    }
 }
 
 /// The whole run.
 struct StorageBenchReport: Codable {
-    var path: String
-    var bytesUsed: Int
-    var accessMode: String
-    var transport: String
-    var points: [StorageBenchPoint]
+    var path: String, bytesUsed: Int, accessMode, transport: String, points: [StorageBenchPoint]
 }
 
 /// The measuring loop: `queueDepth` lanes, each with its own buffer and its
@@ -312,17 +339,19 @@ enum StorageBench {
             let posted = try transport.post(batch: next)
             for (lane, r) in zip(finishedLanes, posted) { inFlight[lane] = r }
         }
-        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        let elapsedEnd = MonotonicClock.nanoseconds()
         // Drain without counting: what was still in flight when time ran out.
         for r in inFlight {
             // In polling mode nothing completes unless this thread reaps.
             while r.poll() == .pending { ring?.reapCompletions(waitMicroseconds: 1000) }
             _ = try? r.waitBlocking()
         }
-        return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: transport.name,
-                                 implementation: transport.capabilities.implementation.description, seconds: elapsed, ios: ios,
-                                 iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
-                                 latency: LatencySummary(histogram))
+        // The request path's registrations: fixed only when the table exists and no note says one was refused.
+        let notes = ring?.registrationNotes ?? []
+        return StorageBenchPoint(transport, pattern: pattern, blockSize: bs, queueDepth: qd, ios: ios, since: start, until: elapsedEnd, histogram,
+                                 fixedBuffers: ring?.fixedBufferTable == true && !notes.contains { $0.contains("fixed buffer") },
+                                 fixedFiles: ring?.fixedFileTable == true && !notes.contains { $0.contains("fixed file") },
+                                 notes: notes)
     }
 
     /// The loop on ``URingDirectQueue``: slot k is lane k; whichever slots
@@ -350,12 +379,11 @@ enum StorageBench {
             }
             if MonotonicClock.nanoseconds() >= end { break }
         }
-        let elapsed = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        let point = StorageBenchPoint(ring, pattern: pattern, blockSize: bs, queueDepth: qd, ios: ios, since: start, histogram,
+                                      fixedBuffers: queue.fixedBuffers, fixedFiles: queue.fixedFiles,
+                                      notes: fixed && !queue.fixedBuffers ? ["the kernel refused to pin the I/O buffers as fixed buffers (io_uring_register_buffers; raise the memlock limit, ulimit -l)"] : [])
         // Drain without counting: what was still in flight when time ran out.
         while queue.inFlight > 0 { try queue.reap(waitingFor: queue.inFlight) { (c: URingDirectQueue.Completion) throws(MemWallError) in _ = try c.result.get() } }
-        return StorageBenchPoint(pattern: pattern.rawValue, blockSize: bs, queueDepth: qd, transport: ring.name,
-                                 implementation: ring.capabilities.implementation.description, seconds: elapsed, ios: ios,
-                                 iops: Double(ios) / elapsed, gigabytesPerSecond: Double(ios * bs) / elapsed / 1e9,
-                                 latency: LatencySummary(histogram))
+        return point
     }
 }

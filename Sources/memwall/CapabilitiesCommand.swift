@@ -6,6 +6,7 @@ import FoundationEssentials
 import MemWallCore
 import NUMATransport
 import RDMATransport
+import Transport
 import URingTransport
 
 /// `memwall capabilities`: what this host offers each MemWall path, found by
@@ -24,9 +25,19 @@ struct CapabilitiesCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        // A directory that cannot hold a file is bad input, not an O_DIRECT
+        // finding: create (and at once remove) a private scratch file first, so
+        // the error names the real cause (ENOENT, EACCES, EROFS).
+        do throws(MemWallError) {
+            _ = try StorageTarget.scratch(in: dir, prefix: ".memwall-capabilities", byteCount: 0)
+        } catch {
+            var e = error
+            e.message = "--dir: cannot create a file in '\(dir)': " + e.message
+            throw e
+        }
         let report = try CapabilitiesReport.probe(directory: dir)
         if json {
-            print(try report.jsonString())
+            try Output.printJSON(report)
         } else {
             print(report.text)
         }
@@ -94,12 +105,6 @@ struct CapabilitiesReport: Codable {
             ? Decision(mode: "hardware", detail: "hwloc \(hwloc.version) with firmware (HMAT) latency/bandwidth")
             : Decision(mode: "hardware", detail: "hwloc \(hwloc.version); no firmware latency/bandwidth (HMAT absent): figures stay missing")
         return CapabilitiesReport(kernel: kernel, numa: numa, ioURing: uring, directIO: dio, rdma: rdma, hwloc: hwloc, decisions: d)
-    }
-
-    func jsonString() throws -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try enc.encode(self), as: UTF8.self)
     }
 
     var text: String {

@@ -26,30 +26,22 @@ struct KVTraceOptions: ParsableArguments {
     @Option(name: .long, help: "Replay only the first N requests.")
     var limit: Int?
 
-    @Flag(name: .long, help: "Print stable JSON on standard output.")
-    var json = false
+    @OptionGroup var output: OutputOptions
 
-    @Flag(name: .long, help: "No progress lines on standard error.")
-    var quiet = false
+    func validate() throws {
+        try OptionCheck.inRange("--block-tokens", blockTokens, 1 ... 1 << 20, unit: "tokens")
+        if let limit { try OptionCheck.inRange("--limit", limit, 1 ... Int(Int32.max), unit: "requests") }
+    }
 
     func load() throws -> MooncakeTrace {
-        guard blockTokens > 0 else { throw ValidationError("--block-tokens must be positive, got \(blockTokens)") }
-        if let limit, limit <= 0 { throw ValidationError("--limit must be positive, got \(limit)") }
         let started = MonotonicClock.nanoseconds()
         let t = try MooncakeTrace.load(path: trace, blockTokens: blockTokens, limit: limit)
-        if !quiet {
+        if !output.quiet {
             let ms = Double(MonotonicClock.nanoseconds() - started) / 1e6
             StandardError.write("memwall: read \(t.requests.count) requests, \(t.blockReferences) block references from \(trace) in \(formatDecimal(ms, places: 0)) ms\n")
         }
         return t
     }
-}
-
-/// Encodes a value as sorted, pretty JSON.
-func kvJSON(_ value: some Encodable) throws -> String {
-    let enc = JSONEncoder()
-    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    return String(decoding: try enc.encode(value), as: UTF8.self)
 }
 
 /// Percent with one decimal.

@@ -21,7 +21,10 @@ enum KVRealBytes {
 
     /// - Parameter farNode: The far-memory node Topology chose (see ``TierPlacement``);
     ///   `nil` on a host without one, where the NUMA allocator's emulated pool serves.
-    static func makeStore(tiers: [TierSpec], blockBytes: Int, nvmePath: String, farNode: Int?) throws -> (TierStore, [TierBacking], [String]) {
+    /// - Parameter storage: The target of the NVMe tier at a position in `tiers`
+    ///   (see ``TierStore/build(tiers:blockBytes:registry:storage:farMemory:)``).
+    static func makeStore(tiers: [TierSpec], blockBytes: Int, farNode: Int?,
+                          storage: (Int, Int64) throws(MemWallError) -> StorageTarget) throws -> (TierStore, [TierBacking], [String]) {
         let numa = NUMATransport()
         let allocator = numa.allocator
         guard let node = farNode ?? allocator.emulatedNode else {
@@ -32,7 +35,7 @@ enum KVRealBytes {
         // crashes the Swift 6.3 compiler at the typed-throws call site.
         let far: ((Int) throws -> MemoryRegion)? = { bytes in try allocator.allocate(byteCount: bytes, on: node) }
         let built = try TierStore.build(tiers: tiers, blockBytes: blockBytes, registry: try registry(numa: numa),
-                                        storagePath: nvmePath, farMemory: far)
+                                        storage: storage, farMemory: far)
         let names = zip(tiers.dropFirst(), built.backings).map { t, b in
             "\(t.name): \(b.transport.name) (\(b.transport.capabilities.implementation)) to \(b.target)"
         }

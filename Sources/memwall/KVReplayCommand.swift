@@ -47,16 +47,56 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "NUMA node backing the far tier (default: the machine's first far-memory node, else emulation); checked against the topology.")
     var farNode: Int?
 
-    @Option(name: .long, help: "File or block device backing the nvme tier with --real-bytes (created if absent, when a regular file).")
-    var nvmePath: String = "memwall-kv-nvme.bin"
+    @Option(name: .long, help: "Files or block devices backing the nvme tiers with --real-bytes, one per nvme tier, separated by commas (default: a private scratch file per tier in --dir). A path that does not exist is created and removed at the end; an existing one needs --allow-write.")
+    var nvmePath: String?
+
+    @OptionGroup var files: StorageFileOptions
+
+    func validate() throws {
+        try OptionCheck.inRange("--repeat", repeats, 1 ... 1000, unit: "runs")
+        try OptionCheck.inRange("--prefetch", prefetch, 0 ... 1_000_000, unit: "requests")
+        try OptionCheck.inRange("--block-bytes", blockBytes, 4096 ... (64 << 20), unit: "bytes")
+        guard blockBytes % 4096 == 0 else {
+            throw ValidationError("invalid --block-bytes '\(blockBytes)': expected a multiple of 4096 (O_DIRECT moves whole pages)")
+        }
+        if let farNode { try OptionCheck.inRange("--far-node", farNode, 0 ... 4095, unit: "(a NUMA node number)") }
+        try input.validate()
+    }
+
+    /// The nvme tiers' targets, opened (or created) once for the whole run and
+    /// reused by every policy and repeat: each file is locked while the run
+    /// lasts, and one a run created is removed when it ends.
+    private final class NVMeTargets {
+        var opened: [Int: StorageTarget] = [:]
+    }
 
     func run() async throws {
         let specs = try tiers.split(separator: ",").map { s throws(MemWallError) in try TierSpec.parse(String(s)) }
         try TierSpec.validate(specs)
         let policies = try policy.split(separator: ",").map { s throws(MemWallError) in try EvictionPolicyName.parse(String(s)) }
         guard !policies.isEmpty else { throw ValidationError("--policy needs at least one policy name") }
-        guard prefetch >= 0 else { throw ValidationError("--prefetch must be 0 or more requests, got \(prefetch)") }
-        guard repeats >= 1 else { throw ValidationError("--repeat must be at least 1, got \(repeats)") }
+        if nvmePath != nil && !realBytes {
+            throw ValidationError("--nvme-path applies only with --real-bytes (without it no bytes are stored)")
+        }
+        let nvmeTiers = specs.indices.filter { specs[$0].kind == .nvme }
+        let paths = nvmePath.map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        if realBytes, let paths {
+            guard paths.count == nvmeTiers.count, !paths.contains(where: \.isEmpty) else {
+                throw ValidationError("invalid --nvme-path '\(nvmePath ?? "")': expected \(nvmeTiers.count) path(s), one per nvme tier (tiers never share a file)")
+            }
+            for p in paths where FileIdentity(path: p) != nil && FileIdentity(path: p) == FileIdentity(path: input.trace) {
+                throw ValidationError("invalid --nvme-path '\(p)': it is the trace being replayed")
+            }
+        }
+        let targets = NVMeTargets()
+        let files = self.files
+        let storage = { (tier: Int, bytes: Int64) throws(MemWallError) -> StorageTarget in
+            if let t = targets.opened[tier] { return t }
+            let k = nvmeTiers.firstIndex(of: tier) ?? 0
+            let t = try files.open(paths?[k], option: "--nvme-path", scratchPrefix: "memwall-kv-nvme", byteCount: bytes)
+            targets.opened[tier] = t
+            return t
+        }
         var farNode: Int?
         if realBytes || self.farNode != nil {
             let topology = try Topology.load(.live)
@@ -69,7 +109,7 @@ struct KVReplayCommand: AsyncParsableCommand {
             var store: TierStore?
             var backingsToKeep: [TierBacking] = []
             if realBytes {
-                let (s, b, names) = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode)
+                let (s, b, names) = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, farNode: farNode, storage: storage)
                 store = s
                 backingsToKeep = b
                 transportsUsed = names
@@ -77,9 +117,10 @@ struct KVReplayCommand: AsyncParsableCommand {
             var best: ReplayResult?
             for run in 1...repeats {
                 let label = repeats > 1 ? "kv replay \(p) \(run)/\(repeats)" : "kv replay \(p)"
-                var progress = ProgressReporter(label, total: trace.requests.count, enabled: !input.quiet)
+                var progress = ProgressReporter(label, total: trace.requests.count, enabled: !input.output.quiet)
                 if run > 1 && realBytes {
-                    store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, nvmePath: nvmePath, farNode: farNode).0
+                    store = nil   // the previous store lets go of its transports first
+                    store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, farNode: farNode, storage: storage).0
                 }
                 store?.batchesMoves = !unbatchedMoves
                 let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch) { done, _ in progress.update(done) }
@@ -94,8 +135,9 @@ struct KVReplayCommand: AsyncParsableCommand {
             withExtendedLifetime(backingsToKeep) {}
             if let best { results.append(best) }
         }
-        if input.json {
-            print(try kvJSON(KVReplayReport(trace: input.trace, realBytes: realBytes, blockBytes: realBytes ? blockBytes : nil,
+        withExtendedLifetime(targets) {}
+        if input.output.json {
+            print(try Output.json(KVReplayReport(trace: input.trace, realBytes: realBytes, blockBytes: realBytes ? blockBytes : nil,
                                             transports: transportsUsed, results: results)))
         } else {
             print(KVReplayReport.text(trace: input.trace, results: results, realBytes: realBytes, blockBytes: blockBytes,
@@ -107,36 +149,14 @@ struct KVReplayCommand: AsyncParsableCommand {
 /// What `kv replay --json` prints (schema memwall.kv.replay/1).
 struct KVReplayReport: Encodable {
     struct Tier: Encodable {
-        var name: String
-        var kind: String
-        var capacity: Int
-        var occupancy: Int
-        var hits: Int
-        var hitRate: Double
+        var name, kind: String, capacity, occupancy, hits: Int, hitRate: Double
     }
     struct Policy: Encodable {
-        var policy: String
-        var requests: Int
-        var lookups: Int
-        var hitRate: Double
-        var tiers: [Tier]
-        var promotions: Int
-        var prefetchedBlocks: Int
-        var demotions: Int
-        var drops: Int
-        var uncached: Int
-        var inputTokens: Int
-        var prefillTokensSaved: Int
-        var seconds: Double
-        var lookupsPerSecond: Double
-        var cpuSeconds: Double
-        var lookupsPerCPUSecond: Double
-        var metadataBytes: Int
-        var metadataBytesPerCachedBlock: Double
-        var residentGrowthBytes: Int
-        var cachedBlocks: Int
-        var bytesMovedByPath: [String: Int]
-        var verifiedReads: Int
+        var policy: String, requests, lookups: Int, hitRate: Double, tiers: [Tier]
+        var promotions, prefetchedBlocks, demotions, drops, uncached, inputTokens, prefillTokensSaved: Int
+        var seconds, lookupsPerSecond, cpuSeconds, lookupsPerCPUSecond: Double
+        var metadataBytes: Int, metadataBytesPerCachedBlock: Double, residentGrowthBytes, cachedBlocks: Int
+        var bytesMovedByPath: [String: Int], verifiedReads: Int
     }
     var schema = "memwall.kv.replay/1"
     var trace: String

@@ -32,19 +32,34 @@ struct KVRouteCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Cost policy: cost of fetching one block from a peer, in blocks of prefill; 'none' disables fetching.")
     var moveCost: String = "0.5"
 
+    /// Most workers, and most blocks over all workers' caches (each worker's
+    /// index is sized for its capacity up front, so this bounds the memory).
+    static let maximumWorkers = 4096
+    static let maximumTotalBlocks = TierSpec.maximumBlocks
+
+    func validate() throws {
+        try OptionCheck.inRange("--workers", workers, 1 ... Self.maximumWorkers)
+        try OptionCheck.inRange("--capacity", capacity, 1 ... Self.maximumTotalBlocks, unit: "blocks")
+        guard workers * capacity <= Self.maximumTotalBlocks else {
+            throw ValidationError("invalid --workers '\(workers)' with --capacity '\(capacity)': \(workers * capacity) blocks over all workers; expected at most \(Self.maximumTotalBlocks) (every worker's index is sized up front)")
+        }
+        try OptionCheck.finite("--load-weight", loadWeight, above: 0, orEqual: true, atMost: 1e6, unit: "blocks per request")
+        _ = try parsedMoveCost()
+        try input.validate()
+    }
+
+    private func parsedMoveCost() throws -> Double? {
+        guard moveCost.lowercased() != "none" else { return nil }
+        guard let m = Double(moveCost), m.isFinite, m >= 0, m <= 1e6 else {
+            throw ValidationError("invalid --move-cost '\(moveCost)': expected a number in [0, 1000000] or 'none'")
+        }
+        return m
+    }
+
     func run() async throws {
-        guard workers >= 1 else { throw ValidationError("--workers must be at least 1, got \(workers)") }
-        guard capacity >= 1 else { throw ValidationError("--capacity must be a positive number of blocks, got \(capacity)") }
         let eviction = try EvictionPolicyName.parse(policy)
         let policies = try routing.split(separator: ",").map { s throws(MemWallError) in try RoutingPolicy.parse(String(s)) }
-        var move: Double? = nil
-        if moveCost.lowercased() != "none" {
-            guard let m = Double(moveCost), m >= 0 else {
-                throw ValidationError("--move-cost must be a non-negative number or 'none', got '\(moveCost)'")
-            }
-            move = m
-        }
-        guard loadWeight >= 0 else { throw ValidationError("--load-weight must be non-negative, got \(loadWeight)") }
+        let move = try parsedMoveCost()
         let trace = try input.load()
         let tiers = [TierSpec(name: "dram", kind: .dram, capacityBlocks: capacity)]
         var rows: [KVRouteReport.Row] = []
@@ -52,7 +67,7 @@ struct KVRouteCommand: AsyncParsableCommand {
             let router = try KVRouter(workers: workers, tiers: tiers, eviction: eviction, policy: p,
                                       costs: RoutingCosts(loadPerRequest: loadWeight, movePerBlock: move),
                                       blockSize: trace.blockTokens)
-            var progress = ProgressReporter("kv route \(p)", total: trace.requests.count, enabled: !input.quiet)
+            var progress = ProgressReporter("kv route \(p)", total: trace.requests.count, enabled: !input.output.quiet)
             for (i, r) in trace.requests.enumerated() {
                 try router.route(r.blockIDs)
                 if i % 2000 == 1999 { progress.update(i + 1) }
@@ -64,28 +79,18 @@ struct KVRouteCommand: AsyncParsableCommand {
         }
         let report = KVRouteReport(trace: input.trace, workers: workers, capacityPerWorker: capacity, eviction: eviction.rawValue,
                                    loadWeight: loadWeight, moveCost: move, rows: rows)
-        print(input.json ? try kvJSON(report) : report.text)
+        print(input.output.json ? try Output.json(report) : report.text)
     }
 }
 
 /// What `kv route --json` prints (schema memwall.kv.route/1).
 struct KVRouteReport: Encodable {
     struct Row: Encodable {
-        var routing: String
-        var hitRate: Double
-        var reuseRate: Double
-        var fetchedBlocks: Int
-        var lookups: Int
-        var loadImbalance: Double
+        var routing: String, hitRate, reuseRate: Double, fetchedBlocks, lookups: Int, loadImbalance: Double
         var requestsPerWorker: [Int]
     }
     var schema = "memwall.kv.route/1"
-    var trace: String
-    var workers: Int
-    var capacityPerWorker: Int
-    var eviction: String
-    var loadWeight: Double
-    var moveCost: Double?
+    var trace: String, workers, capacityPerWorker: Int, eviction: String, loadWeight: Double, moveCost: Double?
     var rows: [Row]
 
     var text: String {

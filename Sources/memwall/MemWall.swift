@@ -23,23 +23,28 @@ struct MemWall: AsyncParsableCommand {
 
     /// Runs the chosen subcommand. MemWall's own errors print as one
     /// `error: …` line with exit status 1; argument errors keep the parser's
-    /// message and usage (exit status 64).
+    /// message and usage (exit status 64). Output that could not be written
+    /// is an error too (see ``Output/finish()``); a negative number after an
+    /// option is read as its value (see ``CommandLineWords``).
     ///
     /// Plain `memwall topo …` invocations skip the parser (see
     /// ``TopoOptions/init(plainArguments:)``): its first parse would be a tenth
     /// of the command's run time.
     static func main() async {
         do {
-            if let topo = TopoOptions(plainArguments: Array(CommandLine.arguments.dropFirst())) {
+            let words = CommandLineWords.normalized(Array(CommandLine.arguments.dropFirst()))
+            if let topo = TopoOptions(plainArguments: words) {
                 try topo.run()
+                try Output.finish()
                 return
             }
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(words)
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
                 try command.run()
             }
+            try Output.finish()
         } catch let error as MemWallError {
             StandardError.write("error: \(error)\n")
             Glibc.exit(1)

@@ -23,11 +23,18 @@ struct RemoteTransportSelection: ParsableArguments {
     @Option(name: .long, help: "RDMA device (default: the first one, e.g. rxe0).")
     var device: String?
 
-    @Option(name: .long, help: "RDMA connection setup: rdmacm, or socket (queue pairs exchanged over TCP, as perftest does without -R; works for soft-RoCE on lo, where rdmacm cannot route).")
-    var cm: String = "rdmacm"
+    @Option(name: .long, help: "RDMA connection setup: rdmacm (default), or socket (queue pairs exchanged over TCP, as perftest does without -R; works for soft-RoCE on lo, where rdmacm cannot route).")
+    var cm: String?
 
     @Option(name: .long, help: "Send-queue depth (outstanding work requests per connection).")
     var sqDepth: Int = 256
+
+    func validate() throws {
+        try OptionCheck.inRange("--sq-depth", sqDepth, 2 ... 16384, unit: "work requests")
+        if let cm, RDMAConnectionManager(rawValue: cm) == nil {
+            throw ValidationError("invalid --cm '\(cm)': expected rdmacm or socket")
+        }
+    }
 
     /// The transport kind after defaults.
     var resolvedKind: RemoteTransportKind {
@@ -47,10 +54,16 @@ struct RemoteTransportSelection: ParsableArguments {
         let options = RemoteTransportOptions(sendQueueDepth: sqDepth, completionThread: !callerPolls)
         switch resolvedKind {
         case .tcp:
+            // Options that only RDMA reads are refused rather than silently ignored.
+            let rdmaOnly = [device.map { "--device \($0)" }, cm.map { "--cm \($0)" }].compactMap { $0 }
+            guard rdmaOnly.isEmpty else {
+                throw ValidationError("\(rdmaOnly.joined(separator: " and ")) apply to RDMA only, but this run uses the TCP emulation"
+                    + (transport == nil ? " (no RDMA device on this host)" : " (--transport tcp)") + "; drop them or use --transport rdma")
+            }
             return try TCPEmulationTransport(options: options)
         case .rdma:
-            guard let manager = RDMAConnectionManager(rawValue: cm) else {
-                throw ValidationError("invalid --cm '\(cm)': expected rdmacm or socket")
+            guard let manager = RDMAConnectionManager(rawValue: cm ?? "rdmacm") else {
+                throw ValidationError("invalid --cm '\(cm ?? "")': expected rdmacm or socket")
             }
             let devices = RDMATransport.availableDevices()
             guard let name = device ?? devices.first else {

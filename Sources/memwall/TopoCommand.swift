@@ -126,7 +126,7 @@ struct TopoOptions: Equatable {
             StandardError.write("wrote \(svg)\n")
         }
         let text = json ? topology.json().serialized() + "\n" : topology.terminalText()
-        writeStandardOutput(text)
+        try Output.write(text)
     }
 
     private func writeFile(_ path: String, _ text: String) throws(MemWallError) {
@@ -140,10 +140,6 @@ struct TopoOptions: Equatable {
         if !ok { throw MemWallError(.systemCall, "cannot write SVG file '\(path)'", function: "write", errno: .current) }
     }
 
-    private func writeStandardOutput(_ text: String) {
-        var copy = text
-        _ = copy.withUTF8 { writeAll(1, $0) }
-    }
 }
 
 /// Writes the whole buffer, resuming after short writes and EINTR.

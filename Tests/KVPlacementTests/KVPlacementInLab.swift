@@ -45,7 +45,7 @@ struct KVPlacementInLab {
             return r
         }
         let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: registry,
-                                        storagePath: Self.nvmeDevice, farMemory: far)
+                                        storagePath: Self.nvmeDevice, existingStorage: .write, farMemory: far)
         #expect(built.backings.map(\.transport.name) == ["numa", "io_uring"])
         #expect(built.backings.allSatisfy { $0.transport.capabilities.implementation == .hardware })
 

@@ -5,6 +5,7 @@
    prefixed memwall_ so nothing here can clash with a real library. */
 #include <stdint.h>
 #include <stddef.h>
+#include "CMemWallCleanup.h"
 
 /* open(2) flag O_DIRECT (bypass the page cache). */
 int memwall_o_direct(void);
