@@ -995,6 +995,22 @@ struct BlockIndexCore {
         for t in 0..<tiers.count where occupancy[t] > tiers[t].capacityBlocks {
             return "tier \(t) holds \(occupancy[t]) blocks, capacity \(tiers[t].capacityBlocks)"
         }
+        var lanes = Array(repeating: 0, count: laneBlocks.count)
+        for (i, e) in entries.enumerated() where e.flags & Entry.live != 0 {
+            lanes[Int(e.tier) * laneCount + Int(e.lane)] += 1
+            // Only blocks no request uses, not pinned and without a child in their tier may leave.
+            let eligible = e.flags & Entry.pinned == 0 && e.refCount == 0 && e.childCount(tier: Int(e.tier)) == 0
+            if eligible != (e.heapPosition >= 0) {
+                return "block \(BlockKey(rawValue: e.key)) is \(eligible ? "not " : "")a candidate but \(eligible ? "may" : "may not") leave"
+            }
+            if e.heapPosition >= 0 {
+                let h = heapIndex(e)
+                if Int(e.heapPosition) >= heaps[h].count || heaps[h][Int(e.heapPosition)].slot != Int32(i) {
+                    return "block \(BlockKey(rawValue: e.key)) is not where its heap position says"
+                }
+            }
+        }
+        if lanes != laneBlocks { return "lane counts \(laneBlocks) differ from the blocks' lanes \(lanes)" }
         return nil
     }
 }

@@ -85,6 +85,24 @@ public struct EvictionContext: Sendable {
     public var isRoot: Bool
     /// The block is wanted by a queued request (``BlockIndex/hint(upcoming:)``).
     public var isHinted: Bool
+
+    /// Creates a context (the index builds them; policies' own tests may too).
+    public init(key: BlockKey, clock: UInt64, hits: UInt32, score: UInt64, lane: Int, position: Int, requestBlocks: Int,
+                requestHitBlocks: Int, chainHits: UInt32, chainScore: UInt64, isPartial: Bool, isRoot: Bool, isHinted: Bool) {
+        self.key = key
+        self.clock = clock
+        self.hits = hits
+        self.score = score
+        self.lane = lane
+        self.position = position
+        self.requestBlocks = requestBlocks
+        self.requestHitBlocks = requestHitBlocks
+        self.chainHits = chainHits
+        self.chainScore = chainScore
+        self.isPartial = isPartial
+        self.isRoot = isRoot
+        self.isHinted = isHinted
+    }
 }
 
 /// Where a policy puts a block.
@@ -113,6 +131,14 @@ public struct EvictionCandidate: Sendable {
     public var hits: UInt32
     /// Its lane.
     public var lane: Int
+
+    /// Creates a candidate description.
+    public init(key: BlockKey, score: UInt64, hits: UInt32, lane: Int) {
+        self.key = key
+        self.score = score
+        self.hits = hits
+        self.lane = lane
+    }
 }
 
 /// A policy's answer when offered a block to evict.

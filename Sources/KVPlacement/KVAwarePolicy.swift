@@ -5,25 +5,30 @@
 /// frequencies, as ``LFUDAPolicy``. What it adds, each from the index's view of
 /// the request and the chain (never from the future):
 ///
-/// - **Partial tails are dead on arrival.** A block holding fewer tokens than
-///   a full block is re-keyed as soon as the conversation continues, so only a
-///   byte-identical prompt can hit it again: it gets value 0 and leaves first.
-/// - **A chain's frequency is the conversation's.** A block stored by a request
-///   that extends a cached chain inherits half the hit count of the block it
-///   extends (the number of turns that conversation has had): a conversation
-///   that has come back several times is likely to come back again, and its new
-///   turn is worth as much as its old ones, not as little as a fresh block.
+/// - **Partial tails are nearly dead on arrival.** A block holding fewer tokens
+///   than a full block is re-keyed as soon as the conversation continues, so
+///   only a byte-identical prompt can hit it again (on Mooncake's conversation
+///   trace 126 of 12,031 request tails ever were): it is worth a quarter of a
+///   hit and leaves before any full block of the same age.
 /// - **Hinted blocks** (wanted by a queued request) are worth the most.
 ///
-/// Parameters (fixed, not fitted to a trace): value resolution 4 steps per hit,
-/// inheritance ½ (a turn's continuation odds rise with the turn count but stay
-/// below 1; ½ halves the credit so a long-dead conversation still ages out).
+/// Parameters, fixed and not fitted to a trace: 4 value steps per hit (so the
+/// tail value can sit below one hit); tail value ¼ hit (any value below one hit
+/// gives the same order; ¼ rather than 0 keeps the age rising when tails
+/// leave). A third signal was tried and left out: letting a block that extends
+/// a chain inherit the chain's hit count (its conversation's turn count) gained
+/// 0.003 on the conversation trace and lost up to 0.19 on the agentic trace,
+/// where finished agent sessions then kept high values long after their last
+/// step. Measured effects are small: see `Benchmarks/RESULTS.md` (issue 16).
 public struct KVAwarePolicy: EvictionPolicy {
     private var age: UInt64 = 0
     private var ghosts: GhostTable
 
-    /// Value steps per hit.
+    /// Value steps per hit: fine enough that a partial tail can sit just below a fresh full block.
     static let resolution: UInt64 = 4
+    /// Value of a partial tail block: a quarter of one hit, so it leaves before
+    /// any full block of the same age but does not stop the age from rising.
+    static let partialTailValue: UInt64 = 1
 
     /// - Parameter capacity: Blocks the cache holds; sizes the ghost memory.
     public init(capacity: Int) { ghosts = GhostTable(capacity: capacity) }
@@ -48,14 +53,13 @@ public struct KVAwarePolicy: EvictionPolicy {
 
     private func value(_ c: EvictionContext, hits: UInt32) -> UInt64 {
         if c.isHinted { return UInt64(UInt32.max) }
-        if c.isPartial { return 0 }
+        if c.isPartial { return Self.partialTailValue }
         return UInt64(hits) * Self.resolution
     }
 
-    /// Remembered frequency, or half the extended chain's.
+    /// Remembered frequency (1 for a block never seen).
     public mutating func placeNew(_ c: EvictionContext) -> EvictionPlacement {
-        var hits = (ghosts.take(c.key) ?? 0) &+ 1
-        if c.requestHitBlocks >= 2 { hits = max(hits, c.chainHits / 2) }
+        let hits = (ghosts.take(c.key) ?? 0) &+ 1
         return EvictionPlacement(score: composeScore(age + value(c, hits: hits), c.clock), lane: 0, hits: hits)
     }
 

@@ -95,6 +95,8 @@ public struct ARCPolicy: EvictionPolicy {
 
     /// `"arc"`.
     public var name: String { "arc" }
+    /// ARC's *p*: the share of a tier T1 (blocks seen once) may hold before T2 gives way.
+    public var recencyTarget: Double { target }
     /// T1 and T2.
     public var laneCount: Int { 2 }
 
