@@ -1,3 +1,18 @@
+/// A policy that orders blocks by lanes and reviews, not by scores alone: the
+/// score-only requirements of ``EvictionPolicy`` reduce to access order (used
+/// only where no ``EvictionContext`` exists) and dropping is handled by
+/// ``EvictionPolicy/didDrop(_:)``.
+public protocol QueueEvictionPolicy: EvictionPolicy {}
+
+extension QueueEvictionPolicy {
+    /// Access order, no remembered hits.
+    public mutating func scoreForNewBlock(key: BlockKey, clock: UInt64) -> (score: UInt64, hits: UInt32) { (clock, 0) }
+    /// Access order.
+    public mutating func scoreForHit(key: BlockKey, hits: UInt32, clock: UInt64) -> UInt64 { clock }
+    /// Nothing: lane-aware policies act in ``EvictionPolicy/didDrop(_:)``.
+    public mutating func didDrop(key: BlockKey, score: UInt64, hits: UInt32) {}
+}
+
 /// S3-FIFO (Yang et al., SOSP 2023): a small FIFO queue that new blocks enter,
 /// a main FIFO queue with lazy reinsertion, and a ghost memory of blocks that
 /// left from the small queue.
@@ -10,7 +25,7 @@
 /// block with frequency left goes back to the head with one less. A block
 /// stored again while its ghost is remembered goes straight to main.
 /// Scores are access times only to order each FIFO; hits never reorder.
-public struct S3FIFOPolicy: EvictionPolicy {
+public struct S3FIFOPolicy: QueueEvictionPolicy {
     private var ghosts: GhostTable
     private var now: UInt64 = 0
 
@@ -27,12 +42,6 @@ public struct S3FIFOPolicy: EvictionPolicy {
     /// Small and main.
     public var laneCount: Int { 2 }
 
-    /// Arrival order, frequency 0.
-    public mutating func scoreForNewBlock(key: BlockKey, clock: UInt64) -> (score: UInt64, hits: UInt32) { (clock, 0) }
-    /// Unchanged order (FIFO): the clock is only a fallback for single-lane use.
-    public mutating func scoreForHit(key: BlockKey, hits: UInt32, clock: UInt64) -> UInt64 { clock }
-    /// Nothing beyond ``didDrop(_:)``.
-    public mutating func didDrop(key: BlockKey, score: UInt64, hits: UInt32) {}
 
     /// Small queue, or main when the block's ghost is remembered.
     public mutating func placeNew(_ context: EvictionContext) -> EvictionPlacement {
@@ -80,7 +89,7 @@ public struct S3FIFOPolicy: EvictionPolicy {
 /// (ARC's |B1| + |B2| ≤ c), with a tag per entry saying which list it is in;
 /// a collision forgets the older ghost, so |B1|, |B2| are counted exactly but
 /// their contents are approximate.
-public struct ARCPolicy: EvictionPolicy {
+public struct ARCPolicy: QueueEvictionPolicy {
     private var ghosts: GhostTable
     private var target = 0.0          // p as a share of the tier, 0…1
     private var ghostCount = (b1: 0, b2: 0)
@@ -100,12 +109,6 @@ public struct ARCPolicy: EvictionPolicy {
     /// T1 and T2.
     public var laneCount: Int { 2 }
 
-    /// Access time.
-    public mutating func scoreForNewBlock(key: BlockKey, clock: UInt64) -> (score: UInt64, hits: UInt32) { (clock, 0) }
-    /// Access time.
-    public mutating func scoreForHit(key: BlockKey, hits: UInt32, clock: UInt64) -> UInt64 { clock }
-    /// Nothing beyond ``didDrop(_:)``.
-    public mutating func didDrop(key: BlockKey, score: UInt64, hits: UInt32) {}
 
     /// T1, or T2 after adapting the target when the block's ghost is remembered.
     public mutating func placeNew(_ context: EvictionContext) -> EvictionPlacement {
@@ -165,7 +168,7 @@ public struct ARCPolicy: EvictionPolicy {
 /// The sketch is a 4-bit count-min sketch (four counters per key, 16 per
 /// 64-bit word, one word per cached block) halved after 10 × capacity
 /// increments, so old popularity fades (the paper's reset).
-public struct WTinyLFUPolicy: EvictionPolicy {
+public struct WTinyLFUPolicy: QueueEvictionPolicy {
     private var sketch: FrequencySketch
     private var now: UInt64 = 0
 
@@ -182,12 +185,6 @@ public struct WTinyLFUPolicy: EvictionPolicy {
     /// Window, probation, protected.
     public var laneCount: Int { 3 }
 
-    /// Access time.
-    public mutating func scoreForNewBlock(key: BlockKey, clock: UInt64) -> (score: UInt64, hits: UInt32) { (clock, 0) }
-    /// Access time.
-    public mutating func scoreForHit(key: BlockKey, hits: UInt32, clock: UInt64) -> UInt64 { clock }
-    /// Nothing to forget: the sketch ages on its own.
-    public mutating func didDrop(key: BlockKey, score: UInt64, hits: UInt32) {}
 
     /// Counted, into the window.
     public mutating func placeNew(_ context: EvictionContext) -> EvictionPlacement {
