@@ -69,6 +69,13 @@ public final class BlockIndex {
     ///   - blockSize: Tokens per block (1…65535).
     /// - Throws: `invalidArgument` for a bad tier list or block size.
     public init(tiers: [TierSpec], policy: EvictionPolicyName = .lru, blockSize: Int = 512) throws(MemWallError) {
+        let total = tiers.reduce(0) { $0 &+ max($1.capacityBlocks, 0) }
+        core = try BlockIndexCore(tiers: tiers, policy: try policy.make(capacity: total), blockSize: blockSize)
+    }
+
+    /// Creates an empty index with a policy of the caller's own (see ``EvictionPolicy``).
+    /// - Throws: `invalidArgument` for a bad tier list or block size, or a policy with 0 or more than 4 lanes.
+    public init(tiers: [TierSpec], policy: any EvictionPolicy, blockSize: Int = 512) throws(MemWallError) {
         core = try BlockIndexCore(tiers: tiers, policy: policy, blockSize: blockSize)
     }
 
@@ -112,6 +119,33 @@ public final class BlockIndex {
     /// - Throws: Only when moving bytes fails (real-bytes mode).
     public func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission {
         try finishingMoves { () throws(MemWallError) in try core.admit(keys) }
+    }
+
+    /// ``admit(_:)`` for a prompt whose last block holds `lastBlockTokens` tokens
+    /// (1…``blockSize``): policies learn that a partly filled tail block can only
+    /// be hit again by an identical prompt.
+    /// - Throws: `invalidArgument` for a count outside 1…``blockSize``; errors moving bytes.
+    public func admit(_ keys: some Collection<BlockKey>, lastBlockTokens: Int) throws(MemWallError) -> BlockAdmission {
+        guard lastBlockTokens >= 1, lastBlockTokens <= blockSize else {
+            throw .invalid("tokens in the last block", lastBlockTokens, expected: "1 to \(blockSize)")
+        }
+        return try finishingMoves { () throws(MemWallError) in try core.admit(keys, tailTokens: lastBlockTokens) }
+    }
+
+    /// Tells the cache which blocks its next queued requests will need, one key
+    /// list per request, nearest first (replacing the previous hint).
+    ///
+    /// Until the next hint, cached blocks of those requests (and blocks stored
+    /// later under those keys) leave a tier only when nothing unhinted can, and
+    /// policies see them as hinted. With more than one tier, the cached prefixes
+    /// of the hinted requests are promoted to the fastest tier, nearest request
+    /// first, up to half of that tier (the other half stays for the blocks the
+    /// running requests store). An empty list clears the hint.
+    /// - Returns: Blocks promoted.
+    /// - Throws: Only when moving bytes fails (real-bytes mode).
+    @discardableResult
+    public func hint(upcoming: [[BlockKey]]) throws(MemWallError) -> Int {
+        try finishingMoves { () throws(MemWallError) in try core.hint(upcoming: upcoming) }
     }
 
     /// Runs one operation, then has the byte store post the moves it batched
@@ -201,10 +235,12 @@ struct BlockIndexCore {
         var children: (UInt32, UInt32, UInt32, UInt32)   // cached children per tier
         var tokenCount: UInt16
         var tier: UInt8
-        var flags: UInt8            // Entry.live | Entry.pinned
+        var flags: UInt8            // Entry.live | Entry.pinned | Entry.hinted
+        var lane: UInt8             // the policy's lane (see EvictionPolicy.laneCount)
 
         static let live: UInt8 = 1
         static let pinned: UInt8 = 2
+        static let hinted: UInt8 = 4
 
         @inline(__always) func childCount(tier t: Int) -> UInt32 {
             switch t { case 0: children.0; case 1: children.1; case 2: children.2; default: children.3 }
@@ -230,9 +266,19 @@ struct BlockIndexCore {
     private var entries: [Entry]
     private var freeSlots: [Int32]
     private var table: KeyTable
+    /// Candidate heaps: per tier, one per policy lane and a last one for hinted blocks.
     private var heaps: [[HeapItem]]
+    /// Blocks per tier and lane (candidates or not), for the policy's lane targets.
+    private var laneBlocks: [Int]
+    /// Lanes of the policy (1…4).
+    private let laneCount: Int
     private var occupancy: [Int]
     private var policy: any EvictionPolicy
+    /// The request being admitted, as policies see it.
+    private var request = RequestView()
+    /// Keys of the current hint, and the slots flagged for it.
+    private var hintedKeys: Set<UInt64> = []
+    private var hintedSlots: [Int32] = []
     private var clock: UInt64 = 0
     private(set) var stats: KVStatistics
     /// Admissions whose references are held (see ``BlockRef/lease``).
@@ -251,20 +297,34 @@ struct BlockIndexCore {
     ///   - policy: Which block leaves a full tier first.
     ///   - blockSize: Tokens per block (1…65535).
     /// - Throws: `invalidArgument` for a bad tier list or block size.
-    init(tiers: [TierSpec], policy: EvictionPolicyName = .lru, blockSize: Int = 512) throws(MemWallError) {
+    init(tiers: [TierSpec], policy: any EvictionPolicy, blockSize: Int = 512) throws(MemWallError) {
         try TierSpec.validate(tiers)
         guard blockSize > 0, blockSize <= Int(UInt16.max) else {
             throw .invalid("block size", blockSize, expected: "1 to \(UInt16.max) tokens")
         }
+        guard (1...4).contains(policy.laneCount) else {
+            throw .invalid("lane count of policy '\(policy.name)'", policy.laneCount, expected: "1 to 4")
+        }
         let total = tiers.reduce(0) { $0 + $1.capacityBlocks }
         self.tiers = tiers
         self.blockSize = blockSize
-        self.policy = policy.make(capacity: total)
+        self.policy = policy
+        laneCount = policy.laneCount
         entries = []
         entries.reserveCapacity(min(total, 1 << 20))
         freeSlots = []
         table = KeyTable(capacity: total)
-        heaps = tiers.map { t in var h: [HeapItem] = []; h.reserveCapacity(t.capacityBlocks); return h }
+        // Candidates are at most the tier's blocks; lanes share that, so each lane
+        // reserves its share and grows only if the policy crowds one lane.
+        let lanes = policy.laneCount
+        heaps = tiers.flatMap { t in
+            (0...lanes).map { lane in
+                var h: [HeapItem] = []
+                h.reserveCapacity(lane < lanes ? t.capacityBlocks / lanes : 0)
+                return h
+            }
+        }
+        laneBlocks = Array(repeating: 0, count: tiers.count * lanes)
         occupancy = Array(repeating: 0, count: tiers.count)
         stats = KVStatistics(tiers: tiers.count)
         stats.capacity = tiers.map(\.capacityBlocks)
@@ -318,6 +378,9 @@ struct BlockIndexCore {
             + freeSlots.capacity * MemoryLayout<Int32>.stride
             + table.storageBytes
             + heaps.reduce(0) { $0 + $1.capacity * MemoryLayout<HeapItem>.stride }
+            + laneBlocks.capacity * MemoryLayout<Int>.stride
+            + hintedSlots.capacity * MemoryLayout<Int32>.stride
+            + hintedKeys.capacity * (MemoryLayout<UInt64>.stride + 1)
             + policy.storageBytes
     }
 
@@ -336,24 +399,26 @@ struct BlockIndexCore {
     mutating func admit(_ keys: some Collection<BlockKey>, tailTokens: Int? = nil) throws(MemWallError) -> BlockAdmission {
         clock &+= 1
         let lastIndex = keys.count - 1
-        var position = 0
         var refs: [BlockRef] = []
         refs.reserveCapacity(keys.count)
         var hitsByTier = Array(repeating: 0, count: tiers.count)
-        var hitBlocks = 0
         var rest = keys[...]
-        // Leading hits: reference and touch them.
+        // Leading hits: found first, so every policy call sees the whole prefix hit.
         while let k = rest.first {
             let slot = table.find(k.rawValue)
             if slot < 0 { break }
-            let t = Int(entries[Int(slot)].tier)
-            hitsByTier[t] += 1
-            hitBlocks += 1
-            touch(slot)
+            hitsByTier[Int(entries[Int(slot)].tier)] += 1
             refs.append(BlockRef(key: k, slot: slot))
             rest = rest.dropFirst()
-            position += 1
         }
+        let hitBlocks = refs.count
+        request = RequestView(blocks: keys.count, hitBlocks: hitBlocks, tailTokens: tailTokens ?? blockSize)
+        if let deepest = refs.last {
+            request.chainHits = entries[Int(deepest.slot)].hits &+ 1
+            request.chainScore = entries[Int(deepest.slot)].score
+        }
+        defer { request = RequestView() }
+        for (i, r) in refs.enumerated() { touch(r.slot, position: i) }
         stats.lookups += keys.count
         for t in 0..<hitsByTier.count { stats.hitsByTier[t] += hitsByTier[t] }
         // Promote hits that sit in slower tiers, parents first (keeps child tier ≥ parent
@@ -364,6 +429,7 @@ struct BlockIndexCore {
             }
         }
         var parent: Int32 = refs.last?.slot ?? -1
+        var position = hitBlocks
         for k in rest {
             defer { position += 1 }
             stats.misses += 1
@@ -375,10 +441,10 @@ struct BlockIndexCore {
             var slot = table.find(k.rawValue)
             if slot >= 0 {
                 // Cached under another chain (an id reused by the trace): share it.
-                touch(slot)
+                touch(slot, position: position)
             } else {
                 let tokens = position == lastIndex ? (tailTokens ?? blockSize) : blockSize
-                slot = try store(key: k.rawValue, parent: parent, tokenCount: tokens, score: nil)
+                slot = try store(key: k.rawValue, parent: parent, tokenCount: tokens, position: position)
             }
             if slot < 0 {
                 stats.uncached += 1
@@ -469,11 +535,47 @@ struct BlockIndexCore {
         for k in keys {
             let s = table.find(k.rawValue)
             guard s >= 0 else { continue }
+            detach(s)
             if pinned { entries[Int(s)].flags |= Entry.pinned } else { entries[Int(s)].flags &= ~Entry.pinned }
             refreshCandidacy(s)
             n += 1
         }
         return n
+    }
+
+    /// Replaces the hint: flags the cached blocks of `upcoming` (and remembers
+    /// their keys for blocks stored later), then promotes their cached prefixes,
+    /// nearest request first, up to half the fastest tier. Returns blocks promoted.
+    mutating func hint(upcoming: [[BlockKey]]) throws(MemWallError) -> Int {
+        for s in hintedSlots where entries[Int(s)].flags & Entry.hinted != 0 {
+            detach(s)
+            entries[Int(s)].flags &= ~Entry.hinted
+            refreshCandidacy(s)
+        }
+        hintedSlots.removeAll(keepingCapacity: true)
+        hintedKeys.removeAll(keepingCapacity: true)
+        for keys in upcoming {
+            for k in keys {
+                hintedKeys.insert(k.rawValue)
+                let s = table.find(k.rawValue)
+                if s >= 0 { flagHinted(s) }
+            }
+        }
+        guard tiers.count > 1 else { return 0 }
+        let budget = tiers[0].capacityBlocks / 2
+        var promoted = 0
+        for keys in upcoming where promoted < budget {
+            promoted += try prefetch(keys.prefix(budget - promoted))
+        }
+        return promoted
+    }
+
+    private mutating func flagHinted(_ slot: Int32) {
+        guard entries[Int(slot)].flags & Entry.hinted == 0 else { return }
+        detach(slot)
+        entries[Int(slot)].flags |= Entry.hinted
+        refreshCandidacy(slot)
+        hintedSlots.append(slot)
     }
 
     // MARK: Token-level admission and appends (copy-on-write)
@@ -563,7 +665,7 @@ struct BlockIndexCore {
     private mutating func obtain(key: BlockKey, parent: Int32, tokenCount: Int, copyFrom: Int32?) throws(MemWallError) -> BlockRef {
         var slot = table.find(key.rawValue)
         if slot >= 0 {
-            touch(slot)
+            touch(slot, position: 0)
             return BlockRef(key: key, slot: slot)
         }
         stats.misses += 1
@@ -571,7 +673,7 @@ struct BlockIndexCore {
             stats.uncached += 1
             return BlockRef(key: key, slot: -1)
         }
-        slot = try store(key: key.rawValue, parent: parent, tokenCount: tokenCount, score: nil)
+        slot = try store(key: key.rawValue, parent: parent, tokenCount: tokenCount, position: 0)
         if slot < 0 {
             stats.uncached += 1
         } else if let src = copyFrom, let payloads, entries[Int(slot)].tier == 0, entries[Int(src)].tier == 0 {
@@ -582,19 +684,45 @@ struct BlockIndexCore {
 
     // MARK: Placement
 
-    /// Marks a hit: one more reference, new score.
+    /// What a policy is told about block `slot` at `position` of the current request.
     @inline(__always)
-    private mutating func touch(_ slot: Int32) {
+    private func context(_ slot: Int32, key: UInt64, position: Int, partial: Bool) -> EvictionContext {
+        let e = entries[Int(slot)]
+        return EvictionContext(key: BlockKey(rawValue: key), clock: clock, hits: e.hits, score: e.score, lane: Int(e.lane),
+                               position: position, requestBlocks: request.blocks, requestHitBlocks: request.hitBlocks,
+                               chainHits: request.chainHits, chainScore: request.chainScore, isPartial: partial,
+                               isRoot: e.parent < 0, isHinted: e.flags & Entry.hinted != 0)
+    }
+
+    /// Marks a hit: one more reference, new score and lane.
+    @inline(__always)
+    private mutating func touch(_ slot: Int32, position: Int) {
         let s = Int(slot)
+        detach(slot)
         entries[s].refCount += 1
         entries[s].hits &+= 1
-        entries[s].score = policy.scoreForHit(key: BlockKey(rawValue: entries[s].key), hits: entries[s].hits, clock: clock)
-        if entries[s].heapPosition >= 0 { heapRemove(tier: Int(entries[s].tier), at: Int(entries[s].heapPosition)) }
+        let p = policy.placeHit(context(slot, key: entries[s].key, position: position,
+                                        partial: Int(entries[s].tokenCount) < blockSize))
+        entries[s].score = p.score
+        entries[s].hits = p.hits
+        setLane(slot, p.lane)
+    }
+
+    /// Moves a block (out of any heap) to another lane, keeping the lane counts.
+    @inline(__always)
+    private mutating func setLane(_ slot: Int32, _ lane: Int) {
+        let s = Int(slot)
+        let l = min(max(lane, 0), laneCount - 1)
+        guard Int(entries[s].lane) != l else { return }
+        let base = Int(entries[s].tier) * laneCount
+        laneBlocks[base + Int(entries[s].lane)] -= 1
+        laneBlocks[base + l] += 1
+        entries[s].lane = UInt8(l)
     }
 
     /// Stores a new block, referenced once, in the fastest tier not faster than its
     /// parent's that can make room. Returns -1 when no tier can.
-    private mutating func store(key: UInt64, parent: Int32, tokenCount: Int, score: UInt64?) throws(MemWallError) -> Int32 {
+    private mutating func store(key: UInt64, parent: Int32, tokenCount: Int, position: Int) throws(MemWallError) -> Int32 {
         let first = parent >= 0 ? Int(entries[Int(parent)].tier) : 0
         var tier = -1
         for t in first..<tiers.count where try makeRoom(in: t) {
@@ -602,9 +730,10 @@ struct BlockIndexCore {
             break
         }
         guard tier >= 0 else { return -1 }
-        let (sc, hits) = policy.scoreForNewBlock(key: BlockKey(rawValue: key), clock: clock)
-        let e = Entry(key: key, score: score ?? sc, parent: parent, refCount: 1, heapPosition: -1, hits: hits,
-                      children: (0, 0, 0, 0), tokenCount: UInt16(tokenCount), tier: UInt8(tier), flags: Entry.live)
+        let hinted = !hintedKeys.isEmpty && hintedKeys.contains(key)
+        let e = Entry(key: key, score: 0, parent: parent, refCount: 1, heapPosition: -1, hits: 0,
+                      children: (0, 0, 0, 0), tokenCount: UInt16(tokenCount), tier: UInt8(tier),
+                      flags: Entry.live | (hinted ? Entry.hinted : 0), lane: 0)
         let slot: Int32
         if let f = freeSlots.popLast() {
             slot = f
@@ -613,6 +742,13 @@ struct BlockIndexCore {
             slot = Int32(entries.count)
             entries.append(e)
         }
+        let p = policy.placeNew(context(slot, key: key, position: position, partial: tokenCount < blockSize))
+        let lane = min(max(p.lane, 0), laneCount - 1)
+        entries[Int(slot)].score = p.score
+        entries[Int(slot)].hits = p.hits
+        entries[Int(slot)].lane = UInt8(lane)
+        laneBlocks[tier * laneCount + lane] += 1
+        if hinted { hintedSlots.append(slot) }
         table.insert(key, slot: slot)
         occupancy[tier] += 1
         stats.stores += 1
@@ -639,7 +775,7 @@ struct BlockIndexCore {
     /// block there is in use, pinned, or a parent of another block in the tier.
     private mutating func makeRoom(in tier: Int) throws(MemWallError) -> Bool {
         while occupancy[tier] >= tiers[tier].capacityBlocks {
-            guard let victim = heapPopMin(tier: tier) else { return false }
+            guard let victim = popVictim(tier: tier) else { return false }
             if tier + 1 < tiers.count, try makeRoom(in: tier + 1) {
                 try move(victim, to: tier + 1)
                 stats.demotions += 1
@@ -661,7 +797,7 @@ struct BlockIndexCore {
         let p = entries[s].parent
         if p >= 0 && entries[Int(p)].tier != 0 { return }
         // Keep this block out of its own tier's heap while room is made in tier 0.
-        if entries[s].heapPosition >= 0 { heapRemove(tier: from, at: Int(entries[s].heapPosition)) }
+        detach(slot)
         guard try makeRoom(in: 0) else { refreshCandidacy(slot); return }
         try move(slot, to: 0)
         stats.promotions += 1
@@ -671,9 +807,12 @@ struct BlockIndexCore {
         let s = Int(slot)
         let from = Int(entries[s].tier)
         try payloads?.move(slot: slot, key: BlockKey(rawValue: entries[s].key), from: from, to: newTier)
-        if entries[s].heapPosition >= 0 { heapRemove(tier: from, at: Int(entries[s].heapPosition)) }
+        detach(slot)
         occupancy[from] -= 1
         occupancy[newTier] += 1
+        let lane = Int(entries[s].lane)
+        laneBlocks[from * laneCount + lane] -= 1
+        laneBlocks[newTier * laneCount + lane] += 1
         entries[s].tier = UInt8(newTier)
         let p = entries[s].parent
         if p >= 0 {
@@ -691,12 +830,13 @@ struct BlockIndexCore {
         let s = Int(slot)
         let e = entries[s]
         let t = Int(e.tier)
-        if e.heapPosition >= 0 { heapRemove(tier: t, at: Int(e.heapPosition)) }
+        detach(slot)
         payloads?.remove(slot: slot, key: BlockKey(rawValue: e.key), tier: t)
         if recordsEvents { emit(.removed(key: BlockKey(rawValue: e.key), parent: parentKey(slot), tier: t)) }
-        policy.didDrop(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits)
+        policy.didDrop(EvictionCandidate(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits, lane: Int(e.lane)))
         table.remove(e.key)
         occupancy[t] -= 1
+        laneBlocks[t * laneCount + Int(e.lane)] -= 1
         stats.drops += 1
         entries[s].flags = 0
         entries[s].refCount = 0
@@ -705,6 +845,16 @@ struct BlockIndexCore {
             entries[Int(e.parent)].addChild(tier: t, -1)
             refreshCandidacy(e.parent)
         }
+    }
+
+    /// Lanes of the policy.
+    var lanes: Int { laneCount }
+
+    /// The lowest candidate of heap `h`, as a policy sees it.
+    func peek(heap h: Int) -> EvictionCandidate? {
+        guard let top = heaps[h].first else { return nil }
+        let e = entries[Int(top.slot)]
+        return EvictionCandidate(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits, lane: Int(e.lane))
     }
 
     private func parentKey(_ slot: Int32) -> BlockKey? {
@@ -716,19 +866,86 @@ struct BlockIndexCore {
         if recordsEvents { pendingEvents.append(event) }
     }
 
-    // MARK: Candidate heaps (one min-heap on score per tier, positions kept in entries)
+    // MARK: Candidate heaps (per tier: one min-heap on score per policy lane and one
+    // for hinted blocks; positions kept in entries)
 
-    /// Puts a block in or out of its tier's heap according to the structural rules.
+    /// The heap a block belongs in, from its tier, lane and hint flag. A block's
+    /// tier, lane and flags change only while it is out of every heap (``detach(_:)``).
+    @inline(__always)
+    private func heapIndex(_ e: Entry) -> Int {
+        Int(e.tier) * (laneCount + 1) + (e.flags & Entry.hinted != 0 ? laneCount : Int(e.lane))
+    }
+
+    /// Takes a block out of its heap, if it is in one.
+    @inline(__always)
+    private mutating func detach(_ slot: Int32) {
+        let e = entries[Int(slot)]
+        if e.heapPosition >= 0 { heapRemove(heapIndex(e), at: Int(e.heapPosition)) }
+    }
+
+    /// Puts a block in or out of its heap according to the structural rules.
     @inline(__always)
     private mutating func refreshCandidacy(_ slot: Int32) {
         let s = Int(slot)
         let e = entries[s]
         let t = Int(e.tier)
-        let candidate = e.flags == Entry.live && e.refCount == 0 && e.childCount(tier: t) == 0
+        let candidate = e.flags & (Entry.live | Entry.pinned) == Entry.live && e.refCount == 0 && e.childCount(tier: t) == 0
         if candidate {
-            if e.heapPosition < 0 { heapInsert(tier: t, slot) }
+            if e.heapPosition < 0 { heapInsert(heapIndex(e), slot) }
         } else if e.heapPosition >= 0 {
-            heapRemove(tier: t, at: Int(e.heapPosition))
+            heapRemove(heapIndex(e), at: Int(e.heapPosition))
+        }
+    }
+
+    /// The most keeps a policy may answer in one search for a victim before the
+    /// engine evicts what it is offered: every candidate of the tier may be
+    /// moved once per lane (a FIFO's second chance, a segment's demotion).
+    private func keepLimit(tier: Int) -> Int {
+        var n = 0
+        for h in 0...laneCount { n += heaps[tier * (laneCount + 1) + h].count }
+        return n * laneCount + 8
+    }
+
+    /// Takes the next block to leave `tier` out of its heap: from the lane the
+    /// policy picks (the next non-empty one if that is empty), after the policy's
+    /// review; hinted blocks only when no other candidate is left. `nil` when the
+    /// tier has no candidate.
+    private mutating func popVictim(tier: Int) -> Int32? {
+        let base = tier * (laneCount + 1)
+        if laneCount == 1 {
+            // Scores alone decide (the default review always evicts): no lane choice.
+            if !heaps[base].isEmpty { return heapPopMin(base) }
+            return heapPopMin(base + 1)
+        }
+        var keeps = 0
+        var limit = -1
+        while true {
+            let view = LaneView(laneBlocks: laneBlocks, base: tier * laneCount, count: laneCount)
+            let wanted = policy.victimLane(capacity: tiers[tier].capacityBlocks, blocksIn: { view[$0] })
+            var heap = -1
+            for i in 0..<laneCount {
+                let h = base + (min(max(wanted, 0), laneCount - 1) + i) % laneCount
+                if !heaps[h].isEmpty { heap = h; break }
+            }
+            if heap < 0 { return heapPopMin(base + laneCount) }
+            if limit < 0 { limit = keepLimit(tier: tier) }
+            let slot = heaps[heap][0].slot
+            let e = entries[Int(slot)]
+            if keeps >= limit { return heapPopMin(heap) }
+            let peeks = LanePeeks(self, base: base)
+            let verdict = policy.review(EvictionCandidate(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits, lane: Int(e.lane)),
+                                        capacity: tiers[tier].capacityBlocks, blocksIn: { view[$0] }, peek: { peeks[$0] })
+            switch verdict {
+            case .evict:
+                return heapPopMin(heap)
+            case .keep(let score, let lane, let hits):
+                keeps += 1
+                detach(slot)
+                entries[Int(slot)].score = score
+                entries[Int(slot)].hits = hits
+                setLane(slot, lane)
+                refreshCandidacy(slot)
+            }
         }
     }
 
@@ -742,7 +959,7 @@ struct BlockIndexCore {
         @inline(__always) func precedes(_ o: HeapItem) -> Bool { score < o.score || (score == o.score && slot < o.slot) }
     }
 
-    private mutating func heapInsert(tier t: Int, _ slot: Int32) {
+    private mutating func heapInsert(_ t: Int, _ slot: Int32) {
         heaps[t].append(HeapItem(score: entries[Int(slot)].score, slot: slot))
         let last = heaps[t].count - 1
         entries.withUnsafeMutableBufferPointer { e in
@@ -750,13 +967,13 @@ struct BlockIndexCore {
         }
     }
 
-    private mutating func heapPopMin(tier t: Int) -> Int32? {
+    private mutating func heapPopMin(_ t: Int) -> Int32? {
         guard let top = heaps[t].first else { return nil }
-        heapRemove(tier: t, at: 0)
+        heapRemove(t, at: 0)
         return top.slot
     }
 
-    private mutating func heapRemove(tier t: Int, at position: Int) {
+    private mutating func heapRemove(_ t: Int, at position: Int) {
         entries.withUnsafeMutableBufferPointer { e in
             e[Int(heaps[t][position].slot)].heapPosition = -1
             let last = heaps[t].removeLast()
@@ -827,7 +1044,60 @@ struct BlockIndexCore {
         for t in 0..<tiers.count where occupancy[t] > tiers[t].capacityBlocks {
             return "tier \(t) holds \(occupancy[t]) blocks, capacity \(tiers[t].capacityBlocks)"
         }
+        var lanes = Array(repeating: 0, count: laneBlocks.count)
+        for (i, e) in entries.enumerated() where e.flags & Entry.live != 0 {
+            lanes[Int(e.tier) * laneCount + Int(e.lane)] += 1
+            // Only blocks no request uses, not pinned and without a child in their tier may leave.
+            let eligible = e.flags & Entry.pinned == 0 && e.refCount == 0 && e.childCount(tier: Int(e.tier)) == 0
+            if eligible != (e.heapPosition >= 0) {
+                return "block \(BlockKey(rawValue: e.key)) is \(eligible ? "not " : "")a candidate but \(eligible ? "may" : "may not") leave"
+            }
+            if e.heapPosition >= 0 {
+                let h = heapIndex(e)
+                if Int(e.heapPosition) >= heaps[h].count || heaps[h][Int(e.heapPosition)].slot != Int32(i) {
+                    return "block \(BlockKey(rawValue: e.key)) is not where its heap position says"
+                }
+            }
+        }
+        if lanes != laneBlocks { return "lane counts \(laneBlocks) differ from the blocks' lanes \(lanes)" }
         return nil
+    }
+}
+
+/// The request an index is admitting, as its policy sees it.
+struct RequestView {
+    var blocks = 1
+    var hitBlocks = 0
+    var tailTokens = 0
+    var chainHits: UInt32 = 0
+    var chainScore: UInt64 = 0
+}
+
+/// One tier's lane counts, copied so a policy can read them while it is mutated.
+struct LaneView {
+    private var counts: (Int, Int, Int, Int) = (0, 0, 0, 0)
+    init(laneBlocks: [Int], base: Int, count: Int) {
+        if count > 0 { counts.0 = laneBlocks[base] }
+        if count > 1 { counts.1 = laneBlocks[base + 1] }
+        if count > 2 { counts.2 = laneBlocks[base + 2] }
+        if count > 3 { counts.3 = laneBlocks[base + 3] }
+    }
+    subscript(lane: Int) -> Int {
+        switch lane { case 0: counts.0; case 1: counts.1; case 2: counts.2; case 3: counts.3; default: 0 }
+    }
+}
+
+/// One tier's lowest candidate per lane, copied for the same reason.
+struct LanePeeks {
+    private var items: (EvictionCandidate?, EvictionCandidate?, EvictionCandidate?, EvictionCandidate?) = (nil, nil, nil, nil)
+    init(_ core: BlockIndexCore, base: Int) {
+        items.0 = core.peek(heap: base)
+        if core.lanes > 1 { items.1 = core.peek(heap: base + 1) }
+        if core.lanes > 2 { items.2 = core.peek(heap: base + 2) }
+        if core.lanes > 3 { items.3 = core.peek(heap: base + 3) }
+    }
+    subscript(lane: Int) -> EvictionCandidate? {
+        switch lane { case 0: items.0; case 1: items.1; case 2: items.2; case 3: items.3; default: nil }
     }
 }
 

@@ -105,6 +105,16 @@ public final class KVCache: Sendable {
         try run { s throws(MemWallError) in try s.index.prefetch(keys) }
     }
 
+    /// Tells the cache which blocks its next queued requests will need (one key
+    /// list per request, nearest first; replaces the previous hint): eviction
+    /// keeps them while anything else can leave, and their cached prefixes are
+    /// promoted to DRAM ahead of use. See ``BlockIndex/hint(upcoming:)``.
+    /// - Returns: Blocks promoted.
+    @discardableResult
+    public func hint(upcoming: [[BlockKey]]) throws(MemWallError) -> Int {
+        try run { s throws(MemWallError) in try s.index.hint(upcoming: upcoming) }
+    }
+
     /// Number of leading `keys` cached now.
     public func cachedPrefixLength(_ keys: [BlockKey]) -> Int {
         state.withLock { $0.index.cachedPrefixLength(keys) }

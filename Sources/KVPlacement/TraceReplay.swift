@@ -33,8 +33,10 @@ public struct ReplayResult: Sendable {
     public var cachedBlocks: Int
     /// Bytes moved, by path; empty for a metadata-only replay.
     public var bytesMoved: [String: Int]
-    /// Blocks promoted ahead of use by prefetching (`prefetchAhead`).
+    /// Blocks promoted ahead of use by prefetching (`prefetchAhead`) or by lookahead hints.
     public var prefetchedBlocks: Int
+    /// Queued requests the replay hinted to the cache before each admission (0 = none).
+    public var lookahead: Int = 0
     /// Block payloads checked against their deterministic contents; 0 for metadata only.
     public var verifiedReads: Int
 
@@ -55,13 +57,25 @@ public enum TraceReplay {
     ///   - prefetchAhead: Before admitting request *i*, promote the cached prefix of
     ///     request *i + prefetchAhead* to DRAM (as a scheduler that sees its queue
     ///     would); 0 disables prefetching.
+    ///   - lookahead: Emulates a scheduler's queue of this many admitted requests:
+    ///     before admitting request *i*, hint requests *i + 1 … i + lookahead* to the
+    ///     cache (``BlockIndex/hint(upcoming:)``); 0 disables it.
     ///   - progress: Called every 2,000 requests (100 with real bytes) with (done, total).
     /// - Throws: Configuration errors, or a transfer or checksum failure in real-bytes mode.
     public static func run(_ trace: MooncakeTrace, tiers: [TierSpec], policy: EvictionPolicyName,
-                           store: TierStore? = nil, prefetchAhead: Int = 0,
+                           store: TierStore? = nil, prefetchAhead: Int = 0, lookahead: Int = 0,
                            progress: ((Int, Int) -> Void)? = nil) throws(MemWallError) -> ReplayResult {
+        guard prefetchAhead >= 0, lookahead >= 0 else {
+            throw .invalid("prefetch distance or lookahead", min(prefetchAhead, lookahead), expected: "0 or more requests")
+        }
         let residentBefore = residentBytes()
-        let index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
+        let index: BlockIndex
+        if policy == .belady {
+            index = try BlockIndex(tiers: tiers, policy: BeladyPolicy(requests: trace.requests.map(\.blockIDs)),
+                                   blockSize: trace.blockTokens)
+        } else {
+            index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
+        }
         if let store { try store.attach(to: index) }
         var saved = 0
         var input = 0
@@ -74,7 +88,14 @@ public enum TraceReplay {
             if prefetchAhead > 0, i + prefetchAhead < total {
                 prefetched += try index.prefetch(trace.requests[i + prefetchAhead].blockIDs)
             }
-            let a = try index.admit(r.blockIDs)
+            if lookahead > 0 {
+                let upcoming = trace.requests[min(i + 1, total)..<min(i + 1 + lookahead, total)].map(\.blockIDs)
+                prefetched += try index.hint(upcoming: upcoming)
+            }
+            // The trace says how full the last block is (the ids cover whole and partial blocks).
+            let tail = r.inputLength - (r.blockIDs.count - 1) * trace.blockTokens
+            let a = r.blockIDs.isEmpty || tail < 1 || tail > trace.blockTokens
+                ? try index.admit(r.blockIDs) : try index.admit(r.blockIDs, lastBlockTokens: tail)
             if let store {
                 try store.verifyAndFill(admission: a)
             }
@@ -92,7 +113,8 @@ public enum TraceReplay {
         return ReplayResult(policy: index.policyName, tiers: tiers, requests: total, statistics: index.statistics,
                             inputTokens: input, prefillTokensSaved: saved, seconds: seconds, cpuSeconds: cpuSeconds,
                             metadataBytes: index.metadataBytes, residentGrowthBytes: residentGrowth, cachedBlocks: index.cachedBlockCount,
-                            bytesMoved: store?.bytesMovedByPath ?? [:], prefetchedBlocks: prefetched, verifiedReads: store?.verifiedReads ?? 0)
+                            bytesMoved: store?.bytesMovedByPath ?? [:], prefetchedBlocks: prefetched, lookahead: lookahead,
+                            verifiedReads: store?.verifiedReads ?? 0)
     }
 }
 

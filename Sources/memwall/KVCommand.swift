@@ -12,7 +12,7 @@ struct KVCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kv",
         abstract: "Replay KV-cache traces through the placement engine; simulate routing across workers.",
-        subcommands: [KVReplayCommand.self, KVRouteCommand.self])
+        subcommands: [KVReplayCommand.self, KVRouteCommand.self, KVGenerateCommand.self])
 }
 
 /// Options both kv subcommands read the trace with.
@@ -46,3 +46,31 @@ struct KVTraceOptions: ParsableArguments {
 
 /// Percent with one decimal.
 func kvPercent(_ x: Double) -> String { formatDecimal(x * 100, places: 1) + " %" }
+
+/// `memwall kv generate`: a deterministic synthetic trace on standard output.
+struct KVGenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Print a deterministic synthetic trace (Mooncake format) on standard output.",
+        discussion: """
+            agentic: tool-using agent sessions over a shared, Zipf-popular document corpus \
+            (see TraceGenerator.agentic). The same seed always gives the same trace.
+            """)
+
+    @Option(name: .long, help: "Workload shape (agentic).")
+    var kind: String = "agentic"
+
+    @Option(name: .long, help: "Requests to generate (1 to 10,000,000).")
+    var requests: Int = 12_000
+
+    @Option(name: .long, help: "Seed of the generator.")
+    var seed: UInt64 = 1
+
+    func run() throws {
+        guard kind == "agentic" else { throw ValidationError("--kind must be agentic, got '\(kind)'") }
+        guard (1...10_000_000).contains(requests) else {
+            throw ValidationError("--requests must be 1 to 10,000,000, got \(requests)")
+        }
+        print(TraceGenerator.agentic(requests: requests, seed: seed).jsonLines(), terminator: "")
+    }
+}

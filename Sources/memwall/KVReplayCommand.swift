@@ -26,8 +26,11 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Tiers fastest first, KIND:BLOCKS separated by commas (KIND: dram, far, nvme, remote).")
     var tiers: String = "dram:10000"
 
-    @Option(name: .long, help: "Eviction policies to compare, separated by commas (lru, lfuda).")
+    @Option(name: .long, help: "Eviction policies to compare, separated by commas (lru, lfuda, arc, s3fifo, wtinylfu, kvaware, belady), or all. The offline reference (belady) is always shown beside them.")
     var policy: String = "lru,lfuda"
+
+    @Option(name: .long, help: "Queue-aware mode: before each request, hint the next W requests of the trace to the cache (protected from eviction, prefetched to DRAM); reported beside the plain run (0 = off).")
+    var lookahead: Int = 0
 
     @Flag(name: .long, help: "Move real bytes between tiers and verify every read-back.")
     var realBytes = false
@@ -55,6 +58,7 @@ struct KVReplayCommand: AsyncParsableCommand {
     func validate() throws {
         try OptionCheck.inRange("--repeat", repeats, 1 ... 1000, unit: "runs")
         try OptionCheck.inRange("--prefetch", prefetch, 0 ... 1_000_000, unit: "requests")
+        try OptionCheck.inRange("--lookahead", lookahead, 0 ... 100_000, unit: "requests")
         try OptionCheck.inRange("--block-bytes", blockBytes, 4096 ... (64 << 20), unit: "bytes")
         guard blockBytes % 4096 == 0 else {
             throw ValidationError("invalid --block-bytes '\(blockBytes)': expected a multiple of 4096 (O_DIRECT moves whole pages)")
@@ -73,7 +77,7 @@ struct KVReplayCommand: AsyncParsableCommand {
     func run() async throws {
         let specs = try tiers.split(separator: ",").map { s throws(MemWallError) in try TierSpec.parse(String(s)) }
         try TierSpec.validate(specs)
-        let policies = try policy.split(separator: ",").map { s throws(MemWallError) in try EvictionPolicyName.parse(String(s)) }
+        let policies = try KVReplayCommand.policies(policy)
         guard !policies.isEmpty else { throw ValidationError("--policy needs at least one policy name") }
         if nvmePath != nil && !realBytes {
             throw ValidationError("--nvme-path applies only with --real-bytes (without it no bytes are stored)")
@@ -105,7 +109,15 @@ struct KVReplayCommand: AsyncParsableCommand {
         let trace = try input.load()
         var results: [ReplayResult] = []
         var transportsUsed: [String] = []
-        for p in policies {
+        // Every report shows the offline reference; it is replayed metadata only when not asked for.
+        var oracle: ReplayResult?
+        if !policies.contains(.belady) {
+            var progress = ProgressReporter("kv replay belady (reference)", total: trace.requests.count, enabled: !input.output.quiet)
+            oracle = try TraceReplay.run(trace, tiers: specs, policy: .belady) { done, _ in progress.update(done) }
+        }
+        // Queue-aware mode adds a second run of every policy (the oracle needs no hints).
+        let runs = policies.map { ($0, 0) } + (lookahead > 0 ? policies.filter { $0 != .belady }.map { ($0, lookahead) } : [])
+        for (p, ahead) in runs {
             var store: TierStore?
             var backingsToKeep: [TierBacking] = []
             if realBytes {
@@ -116,14 +128,16 @@ struct KVReplayCommand: AsyncParsableCommand {
             }
             var best: ReplayResult?
             for run in 1...repeats {
-                let label = repeats > 1 ? "kv replay \(p) \(run)/\(repeats)" : "kv replay \(p)"
+                let name = ahead > 0 ? "\(p) +lookahead \(ahead)" : "\(p)"
+                let label = repeats > 1 ? "kv replay \(name) \(run)/\(repeats)" : "kv replay \(name)"
                 var progress = ProgressReporter(label, total: trace.requests.count, enabled: !input.output.quiet)
                 if run > 1 && realBytes {
                     store = nil   // the previous store lets go of its transports first
                     store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, farNode: farNode, storage: storage).0
                 }
                 store?.batchesMoves = !unbatchedMoves
-                let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch) { done, _ in progress.update(done) }
+                let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch,
+                                            lookahead: ahead) { done, _ in progress.update(done) }
                 if let b = best {
                     var fastest = r.cpuSeconds < b.cpuSeconds ? r : b
                     fastest.residentGrowthBytes = b.residentGrowthBytes   // only the first run sees fresh pages
@@ -138,11 +152,22 @@ struct KVReplayCommand: AsyncParsableCommand {
         withExtendedLifetime(targets) {}
         if input.output.json {
             print(try Output.json(KVReplayReport(trace: input.trace, realBytes: realBytes, blockBytes: realBytes ? blockBytes : nil,
-                                            transports: transportsUsed, results: results)))
+                                            transports: transportsUsed, results: results, oracle: oracle)))
         } else {
-            print(KVReplayReport.text(trace: input.trace, results: results, realBytes: realBytes, blockBytes: blockBytes,
-                                      transports: transportsUsed))
+            print(KVReplayReport.text(trace: input.trace, results: results + (oracle.map { [$0] } ?? []), realBytes: realBytes,
+                                      blockBytes: blockBytes, transports: transportsUsed))
         }
+    }
+
+    /// Policy names separated by commas, or `all` (every policy, the offline reference last).
+    static func policies(_ text: String) throws(MemWallError) -> [EvictionPolicyName] {
+        var out: [EvictionPolicyName] = []
+        for s in text.split(separator: ",") {
+            let names = String(s).trimmingWhitespace().lowercased() == "all"
+                ? EvictionPolicyName.allCases : [try EvictionPolicyName.parse(String(s))]
+            for n in names where !out.contains(n) { out.append(n) }
+        }
+        return out
     }
 }
 
@@ -152,7 +177,10 @@ struct KVReplayReport: Encodable {
         var name, kind: String, capacity, occupancy, hits: Int, hitRate: Double
     }
     struct Policy: Encodable {
-        var policy: String, requests, lookups: Int, hitRate: Double, tiers: [Tier]
+        var policy: String
+        /// Queued requests hinted before each admission (0 = plain online run).
+        var lookahead: Int
+        var requests, lookups: Int, hitRate: Double, tiers: [Tier]
         var promotions, prefetchedBlocks, demotions, drops, uncached, inputTokens, prefillTokensSaved: Int
         var seconds, lookupsPerSecond, cpuSeconds, lookupsPerCPUSecond: Double
         var metadataBytes: Int, metadataBytesPerCachedBlock: Double, residentGrowthBytes, cachedBlocks: Int
@@ -164,15 +192,22 @@ struct KVReplayReport: Encodable {
     var blockBytes: Int?
     var transports: [String]
     var policies: [Policy]
+    /// The offline reference (Belady), when it was not among `policies`.
+    var oracle: Policy?
 
-    init(trace: String, realBytes: Bool, blockBytes: Int?, transports: [String], results: [ReplayResult]) {
+    init(trace: String, realBytes: Bool, blockBytes: Int?, transports: [String], results: [ReplayResult],
+         oracle: ReplayResult? = nil) {
         self.trace = trace
         self.realBytes = realBytes
         self.blockBytes = blockBytes
         self.transports = transports
-        policies = results.map { r in
+        policies = results.map(Self.policy)
+        self.oracle = oracle.map(Self.policy)
+    }
+
+    static func policy(_ r: ReplayResult) -> Policy {
             let s = r.statistics
-            return Policy(policy: r.policy, requests: r.requests, lookups: s.lookups, hitRate: s.hitRate,
+            return Policy(policy: r.policy, lookahead: r.lookahead, requests: r.requests, lookups: s.lookups, hitRate: s.hitRate,
                           tiers: r.tiers.enumerated().map { i, t in
                               Tier(name: t.name, kind: t.kind.rawValue, capacity: t.capacityBlocks, occupancy: s.occupancy[i],
                                    hits: s.hitsByTier[i], hitRate: s.hitRate(tier: i))
@@ -184,7 +219,6 @@ struct KVReplayReport: Encodable {
                           metadataBytesPerCachedBlock: r.metadataBytesPerBlock, residentGrowthBytes: r.residentGrowthBytes,
                           cachedBlocks: r.cachedBlocks, bytesMovedByPath: r.bytesMoved,
                           verifiedReads: r.verifiedReads)
-        }
     }
 
     static func text(trace: String, results: [ReplayResult], realBytes: Bool, blockBytes: Int, transports: [String]) -> String {
@@ -198,10 +232,24 @@ struct KVReplayReport: Encodable {
             for r in results { line += f(r).padded(to: 18) }
             return line + "\n"
         }
-        out += row("policy") { $0.policy }
+        out += row("policy") { r in
+            r.policy == EvictionPolicyName.belady.rawValue ? "belady (oracle)" : r.lookahead > 0 ? "\(r.policy) +ahead \(r.lookahead)" : r.policy
+        }
         out += row("hit rate (all tiers)") { kvPercent($0.statistics.hitRate) }
         for (i, t) in first.tiers.enumerated() {
             out += row("  hits in \(t.name)") { kvPercent($0.statistics.hitRate(tier: i)) }
+        }
+        if first.tiers.count > 1 {
+            out += row("  share of hits in \(first.tiers[0].name)") { r in
+                kvPercent(r.statistics.hits == 0 ? 0 : Double(r.statistics.hitsByTier[0]) / Double(r.statistics.hits))
+            }
+        }
+        if let oracle = results.first(where: { $0.policy == EvictionPolicyName.belady.rawValue }),
+           let lru = results.first(where: { $0.policy == EvictionPolicyName.lru.rawValue && $0.lookahead == 0 }),
+           oracle.statistics.hitRate > lru.statistics.hitRate {
+            // How much of the distance from LRU to the offline optimum each policy covers.
+            let span = oracle.statistics.hitRate - lru.statistics.hitRate
+            out += row("gap LRU→oracle closed") { kvPercent(($0.statistics.hitRate - lru.statistics.hitRate) / span) }
         }
         out += row("prefill tokens saved") { r in
             "\(r.prefillTokensSaved) (\(kvPercent(r.inputTokens == 0 ? 0 : Double(r.prefillTokensSaved) / Double(r.inputTokens))))"

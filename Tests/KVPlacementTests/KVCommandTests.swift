@@ -46,7 +46,8 @@ import Testing
     @Test("bad input: one error line naming the value, non-zero exit", arguments: [
         (["kv", "replay", malformedTrace], "bad.jsonl:3:"),
         (["kv", "replay", TestPaths.shippedTrace, "--tiers", "dram:0"], "'0'"),
-        (["kv", "replay", TestPaths.shippedTrace, "--policy", "lru,arc"], "'arc'"),
+        (["kv", "replay", TestPaths.shippedTrace, "--policy", "lru,lirs"], "'lirs'"),
+        (["kv", "replay", TestPaths.shippedTrace, "--lookahead", "-1"], "--lookahead"),
         (["kv", "replay", TestPaths.shippedTrace, "--tiers", "dram:10,far:10", "--far-node", "9"], "node 9 does not exist"),
         (["kv", "replay", "/nonexistent/trace.jsonl"], "does not exist"),
         (["kv", "route", TestPaths.shippedTrace, "--routing", "random"], "'random'"),
@@ -68,6 +69,31 @@ import Testing
         let policies = try #require(json["policies"] as? [[String: Any]])
         #expect(policies.map { $0["policy"] as? String } == ["lru", "lfuda"])
         #expect((policies[0]["lookups"] as? Int ?? 0) > 0)
+    }
+
+    @Test func policyAllRunsEveryPolicyAndTheOracleInTheSameShape() throws {
+        let r = try Self.run(["kv", "replay", TestPaths.shippedTrace, "--limit", "300", "--tiers", "dram:200",
+                              "--policy", "all", "--json", "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let policies = try #require(json["policies"] as? [[String: Any]])
+        #expect(policies.map { $0["policy"] as? String } == ["lru", "lfuda", "arc", "s3fifo", "wtinylfu", "kvaware", "belady"])
+        let rates = policies.compactMap { $0["hitRate"] as? Double }
+        #expect(rates.count == 7)
+        #expect(rates.allSatisfy { $0 <= rates[6] }, "a policy beat the oracle: \(rates)")
+        #expect(json["oracle"] == nil)   // already among the policies
+        // Asked for one policy, the report still carries the oracle beside it.
+        let one = try Self.run(["kv", "replay", TestPaths.shippedTrace, "--limit", "300", "--tiers", "dram:200,far:400",
+                                "--policy", "lru", "--lookahead", "4", "--json", "--quiet"])
+        #expect(one.status == 0, "\(one.stderr)")
+        let j1 = try #require(try JSONSerialization.jsonObject(with: Data(one.stdout.utf8)) as? [String: Any])
+        let oracle = try #require(j1["oracle"] as? [String: Any])
+        #expect(oracle["policy"] as? String == "belady")
+        let runs = try #require(j1["policies"] as? [[String: Any]])
+        #expect(runs.map { $0["lookahead"] as? Int } == [0, 4])
+        let text = try Self.run(["kv", "replay", TestPaths.shippedTrace, "--limit", "300", "--tiers", "dram:200",
+                                 "--policy", "lru", "--quiet"])
+        #expect(text.stdout.contains("belady (oracle)"))
     }
 
     @Test func realBytesReplayReportsVerifiedReadBacksAndPaths() throws {
