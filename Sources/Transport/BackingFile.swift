@@ -98,7 +98,7 @@ enum BackingFile {
         guard dirfd >= 0 else { throw directoryError(directory, .current) }
         let flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
         let fd: Int32
-        switch funnel.call("open", { Int(openat(dirfd, name, flags, 0o600)) }) {
+        switch funnel.call("openat(O_CREAT)", { Int(openat(dirfd, name, flags, 0o600)) }) {
         case .success(let f):
             fd = Int32(f)
         case .failure(let e):
@@ -217,10 +217,21 @@ enum BackingFile {
     /// up), a second open of the same file in this process conflicts too (two
     /// tiers cannot share one file), and /proc/locks reports the holder's pid
     /// as the kernel sees it, with no extra file in the user's directory.
+    ///
+    /// Some holders are brief: udev locks a block device while it probes it
+    /// (systemd's block-device locking rule), and an io_uring ring that had
+    /// the file registered drops it a moment after the ring is closed. So a
+    /// conflict is retried for up to ``lockPatience`` before it is an error;
+    /// flock has no timed wait, hence the 10 ms polls.
     static func lock(_ fd: Int32, exclusive: Bool, path: String) throws(MemWallError) {
+        let deadline = MonotonicClock.nanoseconds() + lockPatience
         while flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
             let e = Errno.current
             if e == .interrupted { continue }
+            if e == .wouldBlock && MonotonicClock.nanoseconds() < deadline {
+                usleep(10_000)
+                continue
+            }
             if e == .wouldBlock {
                 throw MemWallError(.busy, "'\(path)' is in use by \(holder(of: fd)); wait for it to finish or use another file",
                                    function: "flock", errno: e)
@@ -228,6 +239,9 @@ enum BackingFile {
             throw .system("flock", e, "cannot lock '\(path)'")
         }
     }
+
+    /// How long a lock conflict may last before it is reported (2 s).
+    static let lockPatience: UInt64 = 2_000_000_000
 
     /// "pid 1234 (memwall)", from the kernel's lock table.
     static func holder(of fd: Int32) -> String {
