@@ -53,6 +53,9 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     ///     does not exist (or extend a writable existing one to it).
     ///   - existing: What may be done with a path that exists; by default it is refused.
     ///   - requireDirect: Fail instead of falling back to buffered I/O.
+    ///   - waitForLock: Wait while another user (another process, or another
+    ///     target in this one) holds an existing file, instead of failing with
+    ///     `busy` after a brief retry.
     ///   - funnel: System-call door (tests inject faults here: "openat(O_CREAT)" for a
     ///     created file, "open" for the O_DIRECT open, "ftruncate").
     /// - Throws: `alreadyExists` for an existing path that may not be used,
@@ -60,8 +63,10 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     ///   missing directory when that is the cause), `systemCall`, or
     ///   `unsupported` when O_DIRECT is required but refused.
     public convenience init(path: String, createWithSize: Int64? = nil, existing: ExistingFileUse = .refuse,
-                            requireDirect: Bool = false, funnel: SyscallFunnel = .system) throws(MemWallError) {
-        let opened = try BackingFile.open(path, create: createWithSize != nil, existing: existing, funnel: funnel)
+                            requireDirect: Bool = false, waitForLock: Bool = false,
+                            funnel: SyscallFunnel = .system) throws(MemWallError) {
+        let opened = try BackingFile.open(path, create: createWithSize != nil, existing: existing,
+                                          waitForLock: waitForLock, funnel: funnel)
         try self.init(path: path, opened: opened, size: createWithSize, writable: existing != .read || opened.created,
                       requireDirect: requireDirect, funnel: funnel)
     }
