@@ -3,7 +3,6 @@ import Glibc
 #endif
 import CMemWallShim
 import MemWallCore
-import Synchronization
 
 /// What a ``StorageTarget`` may do with a path that already exists. Nothing
 /// existing is written unless the user said so (`--allow-write` in the CLI).
@@ -59,11 +58,11 @@ enum BackingFile {
 
     /// Opens `path`: creates it when absent and `create` is true; otherwise
     /// opens it as `existing` allows. The result is locked.
-    static func open(_ path: String, create: Bool, existing: ExistingFileUse,
+    static func open(_ path: String, create: Bool, existing: ExistingFileUse, waitForLock: Bool,
                      funnel: SyscallFunnel) throws(MemWallError) -> Opened {
         var st = stat()
         if lstat(path, &st) == 0 || Errno.current != .noEntry {
-            return try openExisting(path, existing, funnel: funnel)
+            return try openExisting(path, existing, waitForLock: waitForLock, funnel: funnel)
         }
         guard create else {
             try checkDirectory(of: path)
@@ -98,7 +97,7 @@ enum BackingFile {
         guard dirfd >= 0 else { throw directoryError(directory, .current) }
         let flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
         let fd: Int32
-        switch funnel.call("open", { Int(openat(dirfd, name, flags, 0o600)) }) {
+        switch funnel.call("openat(O_CREAT)", { Int(openat(dirfd, name, flags, 0o600)) }) {
         case .success(let f):
             fd = Int32(f)
         case .failure(let e):
@@ -128,7 +127,7 @@ enum BackingFile {
         return opened
     }
 
-    private static func openExisting(_ path: String, _ use: ExistingFileUse,
+    private static func openExisting(_ path: String, _ use: ExistingFileUse, waitForLock: Bool,
                                      funnel: SyscallFunnel) throws(MemWallError) -> Opened {
         guard use != .refuse else {
             throw MemWallError(.alreadyExists,
@@ -143,7 +142,7 @@ enum BackingFile {
             throw .system("open", e, "cannot open '\(path)' for \(use == .write ? "reading and writing" : "reading")")
         }
         do throws(MemWallError) {
-            try lockShared(fd, exclusive: use == .write, path: path)
+            try lock(fd, exclusive: use == .write, path: path, wait: waitForLock)
         } catch {
             close(fd)
             throw error
@@ -155,58 +154,7 @@ enum BackingFile {
     static func release(_ opened: Opened) {
         // Removed while still open and locked, so no other run can take the name meanwhile.
         if let slot = opened.cleanupSlot { _ = memwall_cleanup_remove(slot) }
-        if opened.cleanupSlot == nil { unlockShared(opened.fd) }
         close(opened.fd)
-    }
-
-    /// An existing file or device this process uses, with the descriptor that holds its lock.
-    private struct HeldLock {
-        var lockDescriptor: Int32
-        var exclusive: Bool
-        var users: Int
-    }
-
-    private static let held = Mutex<[FileIdentity: HeldLock]>([:])
-
-    /// The lock of an existing file is one per process: other runs are refused,
-    /// while users in this process (test suites on the lab's one device, or a
-    /// command that reopens its own file) share it; a lock held on a `dup` of
-    /// the first descriptor lasts until the last user lets go. Two tiers of one
-    /// store on one file are caught by the store itself (``StorageTarget/isSameFile(as:)``).
-    private static func lockShared(_ fd: Int32, exclusive: Bool, path: String) throws(MemWallError) {
-        guard let key = FileIdentity(descriptor: fd) else { return try lock(fd, exclusive: exclusive, path: path) }
-        try held.withLock { (table: inout [FileIdentity: HeldLock]) throws(MemWallError) in
-            if var h = table[key] {
-                if exclusive && !h.exclusive {
-                    try lock(h.lockDescriptor, exclusive: true, path: path)
-                    h.exclusive = true
-                }
-                h.users += 1
-                table[key] = h
-                return
-            }
-            let lockFD = dup(fd)
-            guard lockFD >= 0 else { throw .system("dup", .current, "cannot keep a lock on '\(path)'") }
-            _ = fcntl(lockFD, F_SETFD, FD_CLOEXEC)
-            do throws(MemWallError) {
-                try lock(lockFD, exclusive: exclusive, path: path)
-            } catch {
-                close(lockFD)
-                throw error
-            }
-            table[key] = HeldLock(lockDescriptor: lockFD, exclusive: exclusive, users: 1)
-        }
-    }
-
-    private static func unlockShared(_ fd: Int32) {
-        guard let key = FileIdentity(descriptor: fd) else { return }
-        held.withLock { table in
-            guard var h = table[key] else { return }
-            h.users -= 1
-            if h.users > 0 { table[key] = h; return }
-            table[key] = nil
-            close(h.lockDescriptor)
-        }
     }
 
     /// `flock(LOCK_NB)`: a file is used by one writing run at a time; a conflict
@@ -217,10 +165,24 @@ enum BackingFile {
     /// up), a second open of the same file in this process conflicts too (two
     /// tiers cannot share one file), and /proc/locks reports the holder's pid
     /// as the kernel sees it, with no extra file in the user's directory.
-    static func lock(_ fd: Int32, exclusive: Bool, path: String) throws(MemWallError) {
-        while flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+    ///
+    /// Some holders are brief: udev locks a block device while it probes it
+    /// (systemd's block-device locking rule), and an io_uring ring that had
+    /// the file registered drops it a moment after the ring is closed. So a
+    /// conflict is retried for up to ``lockPatience`` before it is an error;
+    /// flock has no timed wait, hence the 10 ms polls.
+    ///
+    /// With `wait`, the caller queues for the file instead (the lab's test
+    /// suites, which share one device and must not write it at the same time).
+    static func lock(_ fd: Int32, exclusive: Bool, path: String, wait: Bool = false) throws(MemWallError) {
+        let deadline = MonotonicClock.nanoseconds() + lockPatience
+        while flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB)) != 0 {
             let e = Errno.current
             if e == .interrupted { continue }
+            if e == .wouldBlock && MonotonicClock.nanoseconds() < deadline {
+                usleep(10_000)
+                continue
+            }
             if e == .wouldBlock {
                 throw MemWallError(.busy, "'\(path)' is in use by \(holder(of: fd)); wait for it to finish or use another file",
                                    function: "flock", errno: e)
@@ -228,6 +190,9 @@ enum BackingFile {
             throw .system("flock", e, "cannot lock '\(path)'")
         }
     }
+
+    /// How long a lock conflict may last before it is reported (2 s).
+    static let lockPatience: UInt64 = 2_000_000_000
 
     /// "pid 1234 (memwall)", from the kernel's lock table.
     static func holder(of fd: Int32) -> String {

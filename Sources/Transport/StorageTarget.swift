@@ -42,6 +42,9 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     /// False when opened read-only (``ExistingFileUse/read``).
     public let isWritable: Bool
     private let cleanupSlot: Int32?
+    /// The first descriptor: it holds the lock (and the removal registration);
+    /// the same as ``fileDescriptor`` when O_DIRECT was refused.
+    private let lockDescriptor: Int32
 
     /// Opens `path`, creating it when it does not exist and `createWithSize` is given.
     /// - Parameters:
@@ -50,14 +53,20 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     ///     does not exist (or extend a writable existing one to it).
     ///   - existing: What may be done with a path that exists; by default it is refused.
     ///   - requireDirect: Fail instead of falling back to buffered I/O.
-    ///   - funnel: System-call door (tests inject faults here: "open", "fcntl", "ftruncate").
+    ///   - waitForLock: Wait while another user (another process, or another
+    ///     target in this one) holds an existing file, instead of failing with
+    ///     `busy` after a brief retry.
+    ///   - funnel: System-call door (tests inject faults here: "openat(O_CREAT)" for a
+    ///     created file, "open" for the O_DIRECT open, "ftruncate").
     /// - Throws: `alreadyExists` for an existing path that may not be used,
     ///   `busy` naming the process that holds its lock, `notFound` (naming a
     ///   missing directory when that is the cause), `systemCall`, or
     ///   `unsupported` when O_DIRECT is required but refused.
     public convenience init(path: String, createWithSize: Int64? = nil, existing: ExistingFileUse = .refuse,
-                            requireDirect: Bool = false, funnel: SyscallFunnel = .system) throws(MemWallError) {
-        let opened = try BackingFile.open(path, create: createWithSize != nil, existing: existing, funnel: funnel)
+                            requireDirect: Bool = false, waitForLock: Bool = false,
+                            funnel: SyscallFunnel = .system) throws(MemWallError) {
+        let opened = try BackingFile.open(path, create: createWithSize != nil, existing: existing,
+                                          waitForLock: waitForLock, funnel: funnel)
         try self.init(path: path, opened: opened, size: createWithSize, writable: existing != .read || opened.created,
                       requireDirect: requireDirect, funnel: funnel)
     }
@@ -111,26 +120,38 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
                 size = want
             }
         }
-        // O_DIRECT is switched on after the open so that a refusal leaves one
-        // open file (created exclusively) rather than a second open by name.
+        // O_DIRECT is asked for by a second open of the same file (fcntl's
+        // F_SETFL is not checked the way open is: tmpfs on Linux 6.1 accepts it
+        // and then fails every read). The first descriptor keeps the lock and,
+        // for a created file, was made O_EXCL, so a refusal leaves no stray file;
+        // the second must be the same inode, or the name was swapped meanwhile.
         var mode = StorageAccessMode.direct
         var reason: String?
-        let flags = fcntl(fd, F_GETFL)
-        if case .failure(let e) = funnel.call("fcntl", { Int(fcntl(fd, F_SETFL, flags | memwall_o_direct())) }) {
-            guard e == .invalidArgument else {
+        var ioFD = fd
+        let reopen = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | memwall_o_direct() | (opened.created ? O_NOFOLLOW : 0)
+        switch funnel.open(path, reopen) {
+        case .success(let f):
+            guard let id = FileIdentity(descriptor: f), id == FileIdentity(descriptor: fd) else {
+                close(f)
                 BackingFile.release(opened)
-                throw .system("fcntl(F_SETFL, O_DIRECT)", e, "cannot switch '\(path)' to O_DIRECT")
+                throw MemWallError(.alreadyExists, "'\(path)' was replaced while it was being opened; nothing was written to it")
             }
+            ioFD = f
+        case .failure(let e) where e == .invalidArgument:
             if requireDirect {
                 BackingFile.release(opened)
                 throw MemWallError(.unsupported,
                     "the filesystem holding '\(path)' refuses O_DIRECT; use a block device or a filesystem such as ext4/xfs",
-                    function: "fcntl(F_SETFL, O_DIRECT)", errno: e)
+                    function: "open", errno: e)
             }
             reason = "the filesystem holding '\(path)' refuses O_DIRECT (\(e.name)); using the page cache"
             mode = .bufferedFallback
+        case .failure(let e):
+            BackingFile.release(opened)
+            throw .system("open", e, "cannot open '\(path)' with O_DIRECT")
         }
-        self.fileDescriptor = fd
+        self.lockDescriptor = fd
+        self.fileDescriptor = ioFD
         self.byteCount = size
         self.alignment = mode == .direct ? align : 1
         self.accessMode = mode
@@ -142,7 +163,8 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     }
 
     deinit {
-        BackingFile.release(BackingFile.Opened(fd: fileDescriptor, created: createdFile, cleanupSlot: cleanupSlot))
+        if fileDescriptor != lockDescriptor { close(fileDescriptor) }
+        BackingFile.release(BackingFile.Opened(fd: lockDescriptor, created: createdFile, cleanupSlot: cleanupSlot))
     }
 
     /// Whether both targets are the same file or device (one inode), however

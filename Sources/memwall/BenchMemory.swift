@@ -265,20 +265,3 @@ enum MemoryBench {
         return Double(dt) / Double(loads)
     }
 }
-
-/// A fast, seeded generator for shuffling the chase's millions of cache lines:
-/// the system generator makes one getrandom(2) call per number, which made
-/// building a 128 MiB chase take seconds. Not for anything secret.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -44,8 +44,13 @@ struct KVPlacementInLab {
             farRegions.append(r)
             return r
         }
+        // The device is shared with the other lab suites: queue for it (its lock) rather than write it together.
         let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: registry,
-                                        storagePath: Self.nvmeDevice, existingStorage: .write, farMemory: far)
+                                        storage: { _, bytes throws(MemWallError) in
+                                            try StorageTarget(path: Self.nvmeDevice, createWithSize: bytes, existing: .write,
+                                                              waitForLock: true)
+                                        },
+                                        farMemory: far)
         #expect(built.backings.map(\.transport.name) == ["numa", "io_uring"])
         #expect(built.backings.allSatisfy { $0.transport.capabilities.implementation == .hardware })
 

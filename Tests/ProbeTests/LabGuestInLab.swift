@@ -26,7 +26,7 @@ struct LabGuestInLab {
     }
 
     @Test func nvmeRoundTripsAPatternThroughIOURingWithODirect() throws {
-        let disk = try StorageTarget(path: "/dev/nvme0n1", existing: .write, requireDirect: true)
+        let disk = try StorageTarget(path: "/dev/nvme0n1", existing: .write, requireDirect: true, waitForLock: true)
         #expect(disk.isBlockDevice && disk.accessMode == .direct)
         let length = 1 << 20
         let offset = disk.byteCount - Int64(length) * 3

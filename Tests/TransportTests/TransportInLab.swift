@@ -83,7 +83,7 @@ struct NUMAConformanceInLab {
 @Suite(.enabled(if: inLab, "runs in the lab guest (make lab)"), .serialized)
 struct StorageConformanceInLab {
     static func device() throws(MemWallError) -> StorageTarget {
-        try StorageTarget(path: labDevice, existing: .write, requireDirect: true)
+        try StorageTarget(path: labDevice, existing: .write, requireDirect: true, waitForLock: true)
     }
 
     static func fixture(_ name: String, _ make: @escaping @Sendable (SyscallFunnel) throws(MemWallError) -> any Transport,

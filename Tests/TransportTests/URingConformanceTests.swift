@@ -135,8 +135,8 @@ struct URingConformanceTests {
 /// a filesystem returns); the lab runs it for real on the guest's overlay root.
 @Suite struct BufferedFallbackTests {
     static func refusingOpen() -> SyscallFunnel {
-        // Only the switch to O_DIRECT (fcntl F_SETFL) is refused.
-        SyscallFunnel(faults: FaultInjector([.init("fcntl", .error(.invalidArgument), times: 1)]))
+        // Only the first open (the one with O_DIRECT) is refused.
+        SyscallFunnel(faults: FaultInjector([.init("open", .error(.invalidArgument), times: 1)]))
     }
 
     static func bufferedFile(_ n: Int) throws(MemWallError) -> StorageTarget {
