@@ -217,8 +217,9 @@ public final class RDMADirectQueue {
     /// aimed at this queue's peer) into the free `slot`; its work requests go
     /// to the NIC now.
     /// - Throws: `invalidArgument` for a slot out of range or busy, or a transfer
-    ///   of another transport or peer; `outOfBounds` when the send queue has no
-    ///   room for it (reap first); the closing error once the connection failed.
+    ///   to another peer; `misuse` for a transfer another transport instance
+    ///   prepared; `outOfBounds` when the send queue has no room for it (reap
+    ///   first); the closing error once the connection failed.
     public func post(_ prepared: PreparedTransfer, slot: Int) throws(MemWallError) {
         if counters.pointee.isClosed, let closed { throw closed }
         guard slot >= 0, slot < depth else {

@@ -173,7 +173,8 @@ public final class URingDirectQueue {
     /// its buffer in one of the queue's regions) into the free `slot`. Its SQE
     /// goes to the kernel with the next ``submit()`` or ``reap(waitingFor:_:)``.
     /// - Throws: `invalidArgument` for a slot out of range or busy, a list of
-    ///   other than one descriptor, or a transfer of another transport;
+    ///   other than one descriptor; `misuse` for a transfer another transport
+    ///   instance prepared (its fixed-file slot is of another ring);
     ///   `notFound` when its region is not one of the queue's.
     public func post(_ prepared: PreparedTransfer, slot: Int) throws(MemWallError) {
         if isSingleIssuer { try claim() }

@@ -71,14 +71,9 @@ struct DoubleCompletionTests {
 
 /// `close()` is explicit: work already posted finishes, later posts are refused.
 struct CloseTests {
-    static let storageTransports: [(String, @Sendable () throws -> any Transport)] = [
-        ("io_uring", { try URingTransport(configuration: URingConfiguration(queueDepth: 4, batchSize: 1)) }),
-        ("pread-pool", { try ThreadPoolStorageTransport(queueDepth: 2) }),
-    ]
-
     @Test("a storage transport finishes what was posted before close and refuses posts after it", arguments: [0, 1])
     func storageCloseRefusesLaterPosts(_ which: Int) async throws {
-        let (name, make) = Self.storageTransports[which]
+        let (name, make) = ShortFileTests.transports[which]
         let t: any Transport
         do { t = try make() } catch { try Test.cancel("\(name) is unavailable here: \(error)") }
         let file = try ScratchFile.make(64 * 1024)
