@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CMemWallShim
 import MemWallCore
+import Synchronization
 
 /// How a ``StorageTarget`` reaches its bytes.
 public enum StorageAccessMode: String, Sendable, Hashable, Codable {
@@ -42,6 +43,9 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
     /// False when opened read-only (``ExistingFileUse/read``).
     public let isWritable: Bool
     private let cleanupSlot: Int32?
+    /// What holders of this file's descriptor (a ring's fixed-file slot) run as
+    /// the target goes, so they let the file go with it rather than later.
+    private let closeHooks = Mutex<[@Sendable () -> Void]>([])
     /// The first descriptor: it holds the lock (and the removal registration);
     /// the same as ``fileDescriptor`` when O_DIRECT was refused.
     private let lockDescriptor: Int32
@@ -162,7 +166,16 @@ public final class StorageTarget: Sendable, CustomStringConvertible {
         self.cleanupSlot = opened.cleanupSlot
     }
 
+    /// Runs `body` when this target goes, before its descriptors are closed.
+    /// Whoever registered the descriptor with the kernel (an io_uring fixed
+    /// file) drops that registration here, so the file is not held open by
+    /// the ring after the target is gone. `body` must not touch the target.
+    package func onClose(_ body: @escaping @Sendable () -> Void) {
+        closeHooks.withLock { $0.append(body) }
+    }
+
     deinit {
+        for hook in closeHooks.withLock({ $0 }) { hook() }
         if fileDescriptor != lockDescriptor { close(fileDescriptor) }
         BackingFile.release(BackingFile.Opened(fd: lockDescriptor, created: createdFile, cleanupSlot: cleanupSlot))
     }

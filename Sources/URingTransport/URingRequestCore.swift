@@ -67,7 +67,9 @@ struct URingIO {
 ///
 /// A slot holds its target weakly: a file the ring registered is released
 /// (its slot emptied, so the ring stops holding the file open) once its
-/// target is gone — noticed on the next registration, or when the ring goes.
+/// target is gone — at once where the ring's owner asked the target to tell
+/// it (``StorageTarget/onClose(_:)``), else on the next registration, or when
+/// the ring goes.
 /// While any prepared transfer or I/O names a target, that transfer holds the
 /// target, so its slot cannot be reused under it.
 struct URingFileTable {
@@ -82,11 +84,12 @@ struct URingFileTable {
 
     /// The fixed-file slot naming `target`, registering it on first use.
     /// - Returns: The slot, or `nil` with the kernel's refusal (`nil` too
-    ///   when every slot names a live target).
-    mutating func slot(for target: StorageTarget, in queue: borrowing URingQueue) -> (slot: Int32?, refusal: Errno?) {
+    ///   when every slot names a live target); `registered` is true when this
+    ///   call registered the file (its owner may then ask to hear when it goes).
+    mutating func slot(for target: StorageTarget, in queue: borrowing URingQueue) -> (slot: Int32?, refusal: Errno?, registered: Bool) {
         let id = ObjectIdentifier(target)
         for i in entries.indices where entries[i]?.id == id {
-            if entries[i]?.target === target { return (Int32(i), nil) }
+            if entries[i]?.target === target { return (Int32(i), nil, false) }
         }
         // A miss: release the files of targets that are gone, then take a free slot.
         var free: Int?
@@ -98,9 +101,18 @@ struct URingFileTable {
                 if free == nil { free = i }
             }
         }
-        guard let slot = free else { return (nil, nil) }
-        if let refusal = queue.setFile(Int32(slot), to: target.fileDescriptor) { return (nil, refusal) }
+        guard let slot = free else { return (nil, nil, false) }
+        if let refusal = queue.setFile(Int32(slot), to: target.fileDescriptor) { return (nil, refusal, false) }
         entries[slot] = Entry(id: id, target: target)
-        return (Int32(slot), nil)
+        return (Int32(slot), nil, true)
+    }
+
+    /// Empties `slot` if it still names the target `id`, which is going (its
+    /// weak reference is already nil): the ring stops holding its file now.
+    mutating func release(slot: Int32, of id: ObjectIdentifier, in queue: borrowing URingQueue) {
+        let i = Int(slot)
+        guard i >= 0, i < entries.count, let e = entries[i], e.id == id, e.target == nil else { return }
+        _ = queue.setFile(slot, to: -1)
+        entries[i] = nil
     }
 }

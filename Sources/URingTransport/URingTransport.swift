@@ -218,13 +218,27 @@ public final class URingTransport: Transport {
 
     private func fixedFileSlot(for target: StorageTarget) -> Int32 {
         guard fixedFileTable else { return -1 }
-        return registry.withLock { r -> Int32 in
-            let (slot, refusal) = r.files.slot(for: target, in: engine.queue)
+        let (slot, registered) = registry.withLock { r -> (Int32, Bool) in
+            let (slot, refusal, registered) = r.files.slot(for: target, in: engine.queue)
             if let refusal {
                 r.notes.append("'\(target.path)' could not be a fixed file (io_uring_register_files_update: \(refusal))")
             }
-            return slot ?? -1
+            return (slot ?? -1, registered)
         }
+        if registered {
+            // Outside the registry lock: a target's deinit runs its hooks on
+            // whatever thread lets it go, and the hook takes that lock.
+            let id = ObjectIdentifier(target)
+            target.onClose { [weak self] in self?.releaseFixedFile(slot, of: id) }
+        }
+        return slot
+    }
+
+    /// Empties the fixed-file slot of a target that is going, so the ring no
+    /// longer holds its file open (another run may then lock it, a deleted
+    /// file's space comes back).
+    private func releaseFixedFile(_ slot: Int32, of id: ObjectIdentifier) {
+        registry.withLock { r in r.files.release(slot: slot, of: id, in: engine.queue) }
     }
 
     /// Hands the descriptors to the ring (up to the queue depth; the rest

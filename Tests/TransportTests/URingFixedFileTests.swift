@@ -22,21 +22,30 @@ struct URingFixedFileTests {
         defer { close(other); unlink(path) }
         do {
             let target = try StorageTarget(path: path, createWithSize: 4096, existing: .write)
-            // A lock on the target's open file lives as long as anything holds that file.
-            #expect(flock(target.fileDescriptor, LOCK_EX | LOCK_NB) == 0)
+            // An open-file-description lock on the descriptor the ring registers
+            // lives as long as anything (the ring included) holds that description.
+            // (Independent of the flock the target itself holds on its other descriptor.)
+            #expect(ofdWriteLock(target.fileDescriptor) == 0)
             try await t.transfer(.write, [TransferDescriptor(local: region, target: .storage(target), length: 4096)])
         }
-        // The target is gone (its descriptor closed); the next registration notices.
-        let next = try ScratchFile.make(4096)
-        try await t.transfer(.write, [TransferDescriptor(local: region, target: .storage(next), length: 4096)])
-        // The kernel drops a replaced fixed file's reference lazily (when the ring's
-        // resource node retires, after in-flight work), so look for a bounded while
-        // rather than once; a ring that keeps the file never lets the lock go.
+        // The target is gone: it told the ring, which emptied the slot. The kernel
+        // drops the replaced file's reference lazily (when the ring's resource
+        // node retires), so look for a bounded while rather than once; a ring
+        // that kept the file would never let the lock go.
         var freed = false
         for _ in 0..<2000 where !freed {
-            freed = flock(other, LOCK_EX | LOCK_NB) == 0
+            freed = ofdWriteLock(other) == 0
             if !freed { usleep(1000) }
         }
         #expect(freed, "the ring still holds the file of a target that is gone")
     }
+}
+
+/// `fcntl(F_OFD_SETLK)` for a write lock on the whole file; 0 when taken.
+/// (F_OFD_SETLK is 37 in Linux's ABI; Swift's Glibc does not export it.)
+private func ofdWriteLock(_ fd: Int32) -> Int32 {
+    var l = Glibc.flock()
+    l.l_type = Int16(F_WRLCK)
+    l.l_whence = Int16(SEEK_SET)
+    return fcntl(fd, 37, &l)
 }
