@@ -306,7 +306,8 @@ public final class TransferRequest: Sendable, CustomStringConvertible {
     /// wait costs no CPU that the completion thread may need.
     @discardableResult
     public func waitBlocking() throws(MemWallError) -> TransferReport {
-        let done = { self.finished.load(ordering: .acquiring) }
+        // A local function, not a closure value: nothing is allocated per wait.
+        func done() -> Bool { finished.load(ordering: .acquiring) }
         if !ThreadParking.spin(200, until: done) {
             let parking = state.withLock { s -> ThreadParking? in
                 if s.remaining == 0 { return nil }

@@ -73,9 +73,7 @@ struct DoubleCompletionTests {
 struct CloseTests {
     @Test("a storage transport finishes what was posted before close and refuses posts after it", arguments: [0, 1])
     func storageCloseRefusesLaterPosts(_ which: Int) async throws {
-        let (name, make) = ShortFileTests.transports[which]
-        let t: any Transport
-        do { t = try make() } catch { try Test.cancel("\(name) is unavailable here: \(error)") }
+        let t = try ShortFileTests.transport(which)
         let file = try ScratchFile.make(64 * 1024)
         let r = try MemoryRegion.allocate(byteCount: 64 * 1024)
         try t.register(r)

@@ -15,11 +15,15 @@ import URingTransport
         ("pread-pool", { try ThreadPoolStorageTransport(queueDepth: 2) }),
     ]
 
+    /// Storage transport `which` of ``transports``; the test is cancelled, with the reason, where it cannot run.
+    static func transport(_ which: Int) throws -> any Transport {
+        let (name, make) = transports[which]
+        do { return try make() } catch { try Test.cancel("\(name) is unavailable here: \(error)") }
+    }
+
     @Test(arguments: [0, 1])
     func fileShrunkUnderneathIsShortTransfer(_ which: Int) async throws {
-        let (name, make) = Self.transports[which]
-        let t: any Transport
-        do { t = try make() } catch { try Test.cancel("\(name) is unavailable here: \(error)") }
+        let t = try Self.transport(which)
         let file = try ScratchFile.make(64 * 1024)
         let r = try MemoryRegion.allocate(byteCount: 64 * 1024)
         try t.register(r)
