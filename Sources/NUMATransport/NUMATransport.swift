@@ -71,15 +71,6 @@ public final class NUMATransport: HostMemoryTransport {
         pools = Mutex([:])
     }
 
-
-
-    /// Checks bounds and registration; memory copies have no alignment rule.
-    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
-        try validateDescriptors(descriptors)
-        try regions.requireRegistered(descriptors)
-        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
-    }
-
     /// Copies; small requests inline, larger ones on threads near the destination.
     public func post(_ prepared: PreparedTransfer) throws(MemWallError) -> TransferRequest {
         try closed.check(capabilities.name)

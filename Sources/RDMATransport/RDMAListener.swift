@@ -69,24 +69,15 @@ final class RDMAListener: Sendable {
     }
 
     private final class Core: Sendable {
-        let device: VerbsDevice
-        let domain: ProtectionDomain
+        let served: ListenerContext
         let channel: CMEventChannel
         let listenID: CMIdentifier
-        let exports: ExportTable
-        let notifications: NotificationQueue
-        let maxReadDepth: Int
         let accepted = Mutex<[UInt: Accepted]>([:])
 
-        init(device: VerbsDevice, domain: ProtectionDomain, channel: CMEventChannel, listenID: CMIdentifier,
-             exports: ExportTable, notifications: NotificationQueue, maxReadDepth: Int) {
-            self.device = device
-            self.domain = domain
+        init(served: ListenerContext, channel: CMEventChannel, listenID: CMIdentifier) {
+            self.served = served
             self.channel = channel
             self.listenID = listenID
-            self.exports = exports
-            self.notifications = notifications
-            self.maxReadDepth = maxReadDepth
         }
 
         /// One look at the connection manager's events.
@@ -114,7 +105,7 @@ final class RDMAListener: Sendable {
                     _ = rdma_reject(raw, nil, 0)
                 }
             case RDMA_CM_EVENT_ESTABLISHED:
-                let (conn, table) = (accepted.withLock { $0[ev.id] }, ExportTableCodec.encode(exports.snapshot))
+                let (conn, table) = (accepted.withLock { $0[ev.id] }, ExportTableCodec.encode(served.exports.snapshot))
                 guard let conn, let buffer = conn.table else { return }
                 let n = min(table.count, buffer.region.byteCount)
                 buffer.region.withUnsafeMutableBytes(offset: 0, length: n) { dst in
@@ -131,22 +122,19 @@ final class RDMAListener: Sendable {
         }
 
         private func accept(_ id: CMIdentifier) throws(MemWallError) -> Accepted {
-            let slots = 128
-            let cq = try CompletionQueue(device: device, entries: slots + 16)
-            let qp = try QueuePair(identifier: id, domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
-            for _ in 0 ..< slots { try qp.postReceive(id: 1, address: nil, length: 0, lkey: 0) }
+            let qp = try served.acceptedQueuePair(on: id)
             let tableRegion = try MemoryRegion.allocate(byteCount: ExportTableCodec.maximumBytes)
-            let table = try VerbsMemoryRegistration(domain: domain, region: tableRegion, remoteAccess: [])
+            let table = try VerbsMemoryRegistration(domain: served.domain, region: tableRegion, remoteAccess: [])
             var peer = "peer"
             if let sa = rdma_get_peer_addr(id.id), sa.pointee.sa_family == sa_family_t(AF_INET) {
                 peer = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress.describe($0.pointee) }
             }
             var param = rdma_conn_param()
-            param.responder_resources = UInt8(clamping: maxReadDepth)
-            param.initiator_depth = UInt8(clamping: maxReadDepth)
+            param.responder_resources = UInt8(clamping: served.maxReadDepth)
+            param.initiator_depth = UInt8(clamping: served.maxReadDepth)
             param.rnr_retry_count = 7
             try CCall.minusOne(rdma_accept(id.id, &param), "rdma_accept", "cannot accept the connection from \(peer)")
-            return Accepted(queuePair: qp, table: table, peer: peer, receiveSlots: slots)
+            return Accepted(queuePair: qp, table: table, peer: peer, receiveSlots: ListenerContext.receiveSlots)
         }
     }
 
@@ -154,9 +142,8 @@ final class RDMAListener: Sendable {
     /// The bound port.
     let port: UInt16
 
-    /// Binds to `address:port` on `device` and starts accepting.
-    init(address: String, port: UInt16, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable,
-         notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
+    /// Binds to `address:port` on `served.device` and starts accepting.
+    init(address: String, port: UInt16, serving served: ListenerContext) throws(MemWallError) {
         var sa = try SocketAddress.ipv4(address, port: port)
         let where_ = SocketAddress.describe(sa)
         let channel = try CMEventChannel()
@@ -169,9 +156,8 @@ final class RDMAListener: Sendable {
         }
         try CCall.minusOne(rdma_listen(id.id, 64), "rdma_listen", "cannot listen on \(where_)")
         self.port = UInt16(bigEndian: rdma_get_src_port(id.id))
-        let core = Core(device: device, domain: domain, channel: channel, listenID: id, exports: exports,
-                        notifications: notifications, maxReadDepth: maxReadDepth)
-        self.service = try ListenerThread(notifications: notifications,
+        let core = Core(served: served, channel: channel, listenID: id)
+        self.service = try ListenerThread(notifications: served.notifications,
                                           connections: { core.accepted.withLock { Array($0.values) } },
                                           pass: core.pass(eager:), teardown: core.teardown)
     }
@@ -180,6 +166,41 @@ final class RDMAListener: Sendable {
     func stop() { service.stop() }
 
     deinit { stop() }
+}
+
+/// What both RDMA listeners (rdmacm and the socket exchange) serve every
+/// accepted peer from, and the one way they give a peer its queue pair.
+struct ListenerContext: Sendable {
+    /// Where every peer's completion queue, queue pair and table buffer are made.
+    let domain: ProtectionDomain
+    /// Sent to each peer once it is connected.
+    let exports: ExportTable
+    /// Where peers' WRITE_WITH_IMM notifications are delivered.
+    let notifications: NotificationQueue
+    /// RDMA READs a peer may have outstanding against this side.
+    let maxReadDepth: Int
+
+    /// The device `domain` lives on: taken from it, so the two cannot disagree.
+    var device: VerbsDevice { domain.device }
+
+    /// Notification receive slots an accepted peer's queue pair keeps posted.
+    static let receiveSlots = 128
+
+    /// An accepted peer's completion queue and queue pair — on rdmacm's
+    /// `identifier`, or on the domain (socket exchange) when there is none —
+    /// with every notification receive slot posted.
+    func acceptedQueuePair(on identifier: CMIdentifier?) throws(MemWallError) -> QueuePair {
+        let slots = Self.receiveSlots
+        let cq = try CompletionQueue(device: device, entries: slots + 16)
+        let qp: QueuePair
+        if let identifier {
+            qp = try QueuePair(identifier: identifier, domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
+        } else {
+            qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
+        }
+        for _ in 0 ..< slots { try qp.postReceive(id: 1, address: nil, length: 0, lkey: 0) }
+        return qp
+    }
 }
 
 /// The thread both RDMA listeners serve on, with its stop flag and wake pipe.

@@ -112,22 +112,13 @@ enum RDMAExchange {
 final class RDMASocketListener: Sendable {
     private final class Core: Sendable {
         let fd: Int32
-        let device: VerbsDevice
-        let domain: ProtectionDomain
-        let exports: ExportTable
-        let notifications: NotificationQueue
-        let maxReadDepth: Int
+        let served: ListenerContext
         let mtu: UInt32
         let accepted = Mutex<[Int32: RDMAListener.Accepted]>([:])
 
-        init(fd: Int32, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable, notifications: NotificationQueue,
-             maxReadDepth: Int, mtu: UInt32) {
+        init(fd: Int32, served: ListenerContext, mtu: UInt32) {
             self.fd = fd
-            self.device = device
-            self.domain = domain
-            self.exports = exports
-            self.notifications = notifications
-            self.maxReadDepth = maxReadDepth
+            self.served = served
             self.mtu = mtu
         }
 
@@ -170,6 +161,7 @@ final class RDMASocketListener: Sendable {
             guard c >= 0 else { return }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             SocketIO.tune(c)
+            let device = served.device
             let peer = "\(device.name)/\(SocketAddress.describe(sa))"
             SocketIO.setReceiveTimeout(c, .seconds(5))
             do throws(MemWallError) {
@@ -179,16 +171,13 @@ final class RDMASocketListener: Sendable {
                 guard let (gidIndex, gid) = device.gidIndex(for: local.sin_addr) else {
                     throw MemWallError(.unsupported, "\(device.name) has no GID for \(SocketAddress.describe(local))")
                 }
-                let slots = 128
-                let cq = try CompletionQueue(device: device, entries: slots + 16)
-                let qp = try QueuePair(domain: domain, completionQueue: cq, sendDepth: 8, receiveDepth: slots)
-                for _ in 0 ..< slots { try qp.postReceive(id: 1, address: nil, length: 0, lkey: 0) }
+                let qp = try served.acceptedQueuePair(on: nil)
                 let psn = UInt32.random(in: 0 ..< (1 << 24))
-                try qp.connect(to: remote, localPSN: psn, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: mtu), readDepth: maxReadDepth)
+                try qp.connect(to: remote, localPSN: psn, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: mtu), readDepth: served.maxReadDepth)
                 // Reply only once this side is ready to receive: the peer may write at once.
-                try RDMAExchange.sendReply(c, qp.endpoint(psn: psn, gid: gid), table: ExportTableCodec.encode(exports.snapshot), peer: peer)
+                try RDMAExchange.sendReply(c, qp.endpoint(psn: psn, gid: gid), table: ExportTableCodec.encode(served.exports.snapshot), peer: peer)
                 SocketIO.setReceiveTimeout(c, nil)
-                accepted.withLock { $0[c] = RDMAListener.Accepted(queuePair: qp, table: nil, peer: peer, receiveSlots: slots) }
+                accepted.withLock { $0[c] = RDMAListener.Accepted(queuePair: qp, table: nil, peer: peer, receiveSlots: ListenerContext.receiveSlots) }
             } catch {
                 Glibc.close(c)
             }
@@ -199,8 +188,9 @@ final class RDMASocketListener: Sendable {
     /// The bound port.
     let port: UInt16
 
-    init(address: String, port: UInt16, device: VerbsDevice, domain: ProtectionDomain, exports: ExportTable,
-         notifications: NotificationQueue, maxReadDepth: Int) throws(MemWallError) {
+    /// Binds a TCP socket to `address:port` (an address `served.device` serves) and starts accepting.
+    init(address: String, port: UInt16, serving served: ListenerContext) throws(MemWallError) {
+        let device = served.device
         let sa = try SocketAddress.ipv4(address, port: port)
         let where_ = SocketAddress.describe(sa)
         // A specific address must be one the device serves (INADDR_ANY is checked per connection).
@@ -210,9 +200,8 @@ final class RDMASocketListener: Sendable {
         let mtu = try device.activeMTU()
         let (fd, boundPort) = try SocketIO.listen(on: sa)
         self.port = boundPort
-        let core = Core(fd: fd, device: device, domain: domain, exports: exports, notifications: notifications,
-                        maxReadDepth: maxReadDepth, mtu: mtu.rawValue)
-        self.service = try ListenerThread(notifications: notifications,
+        let core = Core(fd: fd, served: served, mtu: mtu.rawValue)
+        self.service = try ListenerThread(notifications: served.notifications,
                                           connections: { core.accepted.withLock { Array($0.values) } },
                                           pass: core.pass(eager:), teardown: core.teardown)
     }

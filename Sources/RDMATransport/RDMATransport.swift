@@ -144,13 +144,10 @@ public final class RDMATransport: RemoteMemoryTransport {
 
     /// Listens with librdmacm on `address:port` of this transport's device.
     public func listen(address: String = "127.0.0.1", port: UInt16) throws(MemWallError) -> UInt16 {
+        let served = ListenerContext(domain: domain, exports: exports, notifications: notifications, maxReadDepth: maxReadDepth)
         let l: any RDMAListening = switch connectionManager {
-        case .rdmacm:
-            try RDMAListener(address: address, port: port, device: device, domain: domain, exports: exports,
-                             notifications: notifications, maxReadDepth: maxReadDepth)
-        case .socketExchange:
-            try RDMASocketListener(address: address, port: port, device: device, domain: domain, exports: exports,
-                                   notifications: notifications, maxReadDepth: maxReadDepth)
+        case .rdmacm: try RDMAListener(address: address, port: port, serving: served)
+        case .socketExchange: try RDMASocketListener(address: address, port: port, serving: served)
         }
         listeners.withLock { $0.append(l) }
         return l.port

@@ -91,7 +91,8 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
 
     /// Listens on `address:port` (loopback by default) and serves peers from a thread per connection.
     public func listen(address: String = "127.0.0.1", port: UInt16) throws(MemWallError) -> UInt16 {
-        let l = try TCPListener(address: address, port: port, exports: exports, notifications: notifications, funnel: funnel)
+        let l = try TCPListener(address: address, port: port,
+                                serving: .init(exports: exports, notifications: notifications, funnel: funnel))
         listeners.withLock { $0.append(l) }
         return l.port
     }

@@ -8,19 +8,25 @@ import Transport
 /// The listening side of the emulation: accepts connections and runs one
 /// receiver thread per peer that checks and places its descriptors.
 final class TCPListener: Sendable {
+    /// What every accepted connection serves from: the listener hands its own to each.
+    struct Served: Sendable {
+        /// Sent to each peer first, and checked against each descriptor.
+        let exports: ExportTable
+        /// Where peers' notifications are delivered.
+        let notifications: NotificationQueue
+        /// The system-call door of every socket read and write.
+        let funnel: SyscallFunnel
+    }
+
     private final class Core: Sendable {
         let fd: Int32
-        let exports: ExportTable
-        let notifications: NotificationQueue
-        let funnel: SyscallFunnel
+        let served: Served
         let stopped = Atomic<Bool>(false)
         let connections = Mutex<[ObjectIdentifier: TCPServerConnection]>([:])
 
-        init(fd: Int32, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel) {
+        init(fd: Int32, served: Served) {
             self.fd = fd
-            self.exports = exports
-            self.notifications = notifications
-            self.funnel = funnel
+            self.served = served
         }
 
         deinit { Glibc.close(fd) }
@@ -48,8 +54,7 @@ final class TCPListener: Sendable {
                 }
                 SocketIO.tune(c)
                 let peer = SocketAddress.describe(sa)
-                guard let conn = try? TCPServerConnection(fd: c, peer: peer, exports: exports, notifications: notifications,
-                                                          funnel: funnel, onExit: { [weak self] id in
+                guard let conn = try? TCPServerConnection(fd: c, peer: peer, serving: served, onExit: { [weak self] id in
                                                               _ = self?.connections.withLock { $0.removeValue(forKey: id) }
                                                           }) else {
                     Glibc.close(c)
@@ -72,10 +77,10 @@ final class TCPListener: Sendable {
 
     /// Binds, listens and starts accepting.
     /// - Throws: `invalidArgument` for a bad address, `systemCall` from bind/listen.
-    init(address: String, port: UInt16, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel) throws(MemWallError) {
+    init(address: String, port: UInt16, serving served: Served) throws(MemWallError) {
         let (fd, boundPort) = try SocketIO.listen(on: try SocketAddress.ipv4(address, port: port))
         self.port = boundPort
-        let core = Core(fd: fd, exports: exports, notifications: notifications, funnel: funnel)
+        let core = Core(fd: fd, served: served)
         self.core = core
         self.thread = try WorkerThread(name: "mw-tcp-accept") { core.runAccept() }
     }
@@ -98,20 +103,16 @@ final class TCPListener: Sendable {
 final class TCPServerConnection: Sendable {
     private let fd: Int32
     private let peer: String
-    private let exports: ExportTable
-    private let notifications: NotificationQueue
-    private let funnel: SyscallFunnel
+    private let served: TCPListener.Served
     private let onExit: @Sendable (ObjectIdentifier) -> Void
     private let thread = Mutex<WorkerThread?>(nil)
     private let stopped = Atomic<Bool>(false)
 
-    init(fd: Int32, peer: String, exports: ExportTable, notifications: NotificationQueue, funnel: SyscallFunnel,
+    init(fd: Int32, peer: String, serving served: TCPListener.Served,
          onExit: @escaping @Sendable (ObjectIdentifier) -> Void) throws(MemWallError) {
         self.fd = fd
         self.peer = peer
-        self.exports = exports
-        self.notifications = notifications
-        self.funnel = funnel
+        self.served = served
         self.onExit = onExit
     }
 
@@ -137,14 +138,14 @@ final class TCPServerConnection: Sendable {
     private func run() {
         let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
         defer { header.deallocate() }
-        let table = ExportTableCodec.encode(exports.snapshot)
+        let table = ExportTableCodec.encode(served.exports.snapshot)
         FrameHeader(kind: .exportTable, length: UInt64(table.count)).store(to: header)
         let sent = table.withUnsafeBytes {
-            SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: $0)
+            SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: $0)
         }
         guard case .success = sent else { return }
         while !stopped.load(ordering: .acquiring) {
-            guard case .success = SocketIO.readFully(funnel, fd, header, FrameHeader.size) else { return }
+            guard case .success = SocketIO.readFully(served.funnel, fd, header, FrameHeader.size) else { return }
             // A header that does not decode leaves the stream unsynchronised: drop the
             // peer (not a MemWall peer, or a hostile one) and keep serving the others.
             guard let request = try? FrameHeader.decodeRequest(UnsafeRawBufferPointer(start: header, count: FrameHeader.size)) else {
@@ -156,14 +157,14 @@ final class TCPServerConnection: Sendable {
                 if let export {
                     // `export` holds the region, so it stays mapped even if unexported meanwhile.
                     let target = export.region.baseAddress + export.offset + Int(offset)
-                    guard case .success = SocketIO.readFully(funnel, fd, target, length) else { return }
+                    guard case .success = SocketIO.readFully(served.funnel, fd, target, length) else { return }
                 } else {
                     // The payload follows a refused write too; it is at most
                     // `FrameHeader.maximumLength` and costs only the peer's bandwidth.
-                    guard case .success = SocketIO.discard(funnel, fd, length) else { return }
+                    guard case .success = SocketIO.discard(served.funnel, fd, length) else { return }
                 }
                 FrameHeader(kind: .writeDone, status: status, tag: tag).store(to: header)
-                guard case .success = SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
+                guard case .success = SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
                                                           payload: nil) else { return }
             case .read(let key, let tag, let offset, let length):
                 let (status, export) = check(key: key, offset: offset, length: length, need: .read)
@@ -172,20 +173,20 @@ final class TCPServerConnection: Sendable {
                     UnsafeRawBufferPointer(start: $0.region.baseAddress + $0.offset + Int(offset), count: length)
                 }
                 let sent = withExtendedLifetime(export) {
-                    SocketIO.writeFrame(funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: payload)
+                    SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: payload)
                 }
                 guard case .success = sent else { return }
             case .notify(let value):
                 // Frames are handled in order, so every write sent before this one has landed.
                 // A peer that floods notifications nobody takes is dropped, not buffered without end.
-                guard notifications.push(RemoteNotification(peer: peer, value: value)) else { return }
+                guard served.notifications.push(RemoteNotification(peer: peer, value: value)) else { return }
             }
         }
     }
 
     /// The key, permission and bounds check every descriptor passes before a byte moves.
     private func check(key: UInt32, offset: UInt64, length: Int, need: RemoteAccess) -> (FrameHeader.Status, LocalExport?) {
-        guard let e = exports.lookup(key: key) else { return (.unknownKey, nil) }
+        guard let e = served.exports.lookup(key: key) else { return (.unknownKey, nil) }
         return e.admits(offset: offset, length: length, need: need)
     }
 }

@@ -7,6 +7,7 @@ import MemWallCore
 /// ``capabilities`` say `hardware` — the hardware being the CPU. The copy runs
 /// on the posting thread inside ``post(_:)``; the request is complete when
 /// `post` returns. Local regions must be registered; targets need not be.
+/// `prepare` is the host-memory one of ``HostMemoryTransport``.
 public final class MemoryCopyTransport: HostMemoryTransport {
     /// `"memcpy"`, memory targets, hardware (plain CPU copy between host memory regions).
     public let capabilities = TransportCapabilities(name: "memcpy", targets: [.memory], implementation: .hardware)
@@ -16,21 +17,11 @@ public final class MemoryCopyTransport: HostMemoryTransport {
     public let identity = TransportIdentity()
     /// Registered local regions (bookkeeping: a CPU copy pins nothing).
     public let registrations = HostRegistrations(transportName: "memcpy")
-    private var regions: RegionTable<Void> { registrations.table }
     private let closed = ClosedFlag()
 
     /// Creates the transport.
     public init(costEstimator: PathCostEstimator = PathCostEstimator()) {
         self.costEstimator = costEstimator
-    }
-
-
-
-    /// Checks bounds, target kinds and registration.
-    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
-        try validateDescriptors(descriptors)
-        try regions.requireRegistered(descriptors)
-        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
     }
 
     /// Copies every descriptor now, in order, and returns the finished request.

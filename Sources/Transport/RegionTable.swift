@@ -206,4 +206,16 @@ extension HostMemoryTransport {
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
         try registrations.table.deregister(region)
     }
+
+    /// The `prepare` of a CPU copy between host memory regions: bounds, target
+    /// kinds and registration, and nothing more — a copy has no alignment rule
+    /// and needs no plan. A transport with more to check (a storage transport's
+    /// alignment and file resolution) implements its own `prepare`.
+    /// - Throws: `invalidArgument`/`unsupported` for a bad descriptor; `notFound`
+    ///   for a local region that is not registered.
+    public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
+        try validateDescriptors(descriptors)
+        try registrations.table.requireRegistered(descriptors)
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self)
+    }
 }
