@@ -255,6 +255,12 @@ enum HwlocReader {
             }
             return v
         }
+        // An XML node without os_index gets hwloc's "unknown" index (2^32-1); MemWall keys
+        // nodes by OS index, so such a node would show as P#4294967295 (found by fuzzing).
+        guard Int(obj.pointee.os_index) < Topology.maximumObjectIndex else {
+            throw MemWallError(.malformedInput,
+                "NUMA node L#\(obj.pointee.logical_index) has OS index \(obj.pointee.os_index) (none given, or out of range); each node needs an os_index below \(Topology.maximumObjectIndex)")
+        }
         var caches: [MemorySideCache] = []
         var parent = obj.pointee.parent
         while let p = parent, p.pointee.type == HWLOC_OBJ_MEMCACHE {
