@@ -134,6 +134,7 @@ enum HwlocReader {
                                        function: "hwloc_topology_set_synthetic", errno: .current)
                 }
             }
+            if case .xml(let path) = source { try loadsWithoutCrashing(handle.raw, path: path) }
             if hwloc_topology_load(handle.raw) == -1 {
                 let err = Errno.current
                 throw MemWallError(source.kind == "xml" ? .malformedInput : .systemCall,
@@ -143,6 +144,50 @@ enum HwlocReader {
             return try extract(handle.raw)
         }
     }
+
+    /// Runs hwloc's import of a file once in a child process first. hwloc 2.9's XML
+    /// importer dereferences NULL on some malformed files (fuzzing found two kinds;
+    /// `lstopo -i` crashes on them too), and a file must never end this process. The
+    /// import is deterministic, so a child that finishes (loaded or refused) means
+    /// the real load here finishes the same way.
+    /// - Throws: `malformedInput` naming the file and the signal when the child died.
+    private static func loadsWithoutCrashing(_ topology: hwloc_topology_t, path: String) throws(MemWallError) {
+        guard let fork = forkFunction else { return }
+        let child = fork()
+        if child == 0 {
+            // The child only calls C: a copy of the configured topology is loaded and dropped.
+            // Quietly: hwloc's complaints come once, from the parent's load; a crash is
+            // reported by the parent, not by a backtrace or a core file here.
+            let null = open("/dev/null", O_WRONLY)
+            if null >= 0 { _ = dup2(null, 2) }
+            var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+            _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
+            for s in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT] { _ = signal(s, SIG_DFL) }
+            _exit(hwloc_topology_load(topology) == 0 ? 0 : 2)
+        }
+        guard child > 0 else {
+            throw .system("fork", .current, "cannot start the process that checks '\(path)' before hwloc imports it")
+        }
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 {
+            guard Errno.current == .interrupted else {
+                throw .system("waitpid", .current, "lost the process that checks '\(path)'")
+            }
+        }
+        let signal = status & 0x7F
+        let exitCode = (status >> 8) & 0xFF
+        guard signal == 0, exitCode == 0 || exitCode == 2 else {
+            let how = signal != 0 ? "signal \(signal)" : "exit status \(exitCode)"
+            throw MemWallError(.malformedInput,
+                "hwloc crashed (\(how)) importing '\(path)': it is not a valid hwloc XML topology (re-export it with lstopo --of xml)")
+        }
+    }
+
+    /// `fork(2)`, which Swift's Glibc module marks unavailable (a Swift child of a
+    /// threaded process must not run Swift code); ``loadsWithoutCrashing`` calls only C in the child.
+    private static let forkFunction: (@convention(c) () -> pid_t)? = {
+        dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fork").map { unsafeBitCast($0, to: (@convention(c) () -> pid_t).self) }
+    }()
 
     // MARK: - Copying out of the C tree
 
@@ -209,6 +254,12 @@ enum HwlocReader {
                     "NUMA node P#\(obj.pointee.os_index) has \(what) \(value) bytes; expected a byte count from 0 to \(Int.max)")
             }
             return v
+        }
+        // An XML node without os_index gets hwloc's "unknown" index (2^32-1); MemWall keys
+        // nodes by OS index, so such a node would show as P#4294967295 (found by fuzzing).
+        guard Int(obj.pointee.os_index) < Topology.maximumObjectIndex else {
+            throw MemWallError(.malformedInput,
+                "NUMA node L#\(obj.pointee.logical_index) has OS index \(obj.pointee.os_index) (none given, or out of range); each node needs an os_index below \(Topology.maximumObjectIndex)")
         }
         var caches: [MemorySideCache] = []
         var parent = obj.pointee.parent

@@ -67,6 +67,22 @@ import Testing
         #expect(e.message.contains("has cpuset but no complete_cpuset"), "\(e.message)")
     }
 
+    @Test("a file on which hwloc's importer itself crashes is an error, not the end of this process (found by fuzzing)")
+    func hwlocCrashIsContained() throws {
+        let path = TestData.repositoryRoot.appendingPathComponent("Fuzz/corpus/FuzzTopologyXML/regression-hwloc-crash-mangled-sets.xml").path
+        let e = try #require(loadError(.xml(path: path)))
+        #expect(e.code == .malformedInput)
+        #expect(e.message.contains("hwloc crashed (signal 11)"), "\(e.message)")
+    }
+
+    @Test("a NUMA node without os_index is refused instead of shown as P#4294967295 (found by fuzzing)")
+    func nodeWithoutIndex() throws {
+        let path = try labXML("no-index") { $0.replacingOccurrences(of: "type=\"NUMANode\" os_index=\"1\"", with: "type=\"NUMANode\"") }
+        let e = try #require(loadError(.xml(path: path)))
+        #expect(e.code == .malformedInput)
+        #expect(e.message.contains("has OS index 4294967295"), "\(e.message)")
+    }
+
     @Test("many objects with wide CPU sets are refused by the bitmap budget")
     func bitmapBudget() throws {
         // 40,000 PUs, each with an index near the bound: well under the file-size limit.
