@@ -22,7 +22,9 @@ public func fuzzTrace(_ data: UnsafePointer<UInt8>, _ count: Int) -> CInt {
                                       policy: .lru, blockSize: blockTokens) else { return 0 }
     for r in trace.requests {
         guard let a = try? index.admit(r.blockIDs) else { continue }
-        index.release(a.blocks)
+        do { try index.release(a.blocks) } catch {
+            preconditionFailure("the first release of an admission was refused: \(error.message)")
+        }
         if let broken = index.invariantViolation() {
             preconditionFailure("accepted trace breaks the block index: \(broken)")
         }
