@@ -193,6 +193,12 @@ enum HwlocReader {
 
     private static func extract(_ topology: hwloc_topology_t) throws(MemWallError) -> HwlocFacts {
         var facts = HwlocFacts(version: version)
+        // hwloc accepts an XML file that puts one of these types at two depths; its
+        // per-type counts are then -1 and its per-type walks empty (found by fuzzing).
+        for (type, name) in [(HWLOC_OBJ_PACKAGE, "packages"), (HWLOC_OBJ_CORE, "cores"), (HWLOC_OBJ_PU, "processing units")]
+        where hwloc_get_nbobjs_by_type(topology, type) < 0 {
+            throw MemWallError(.malformedInput, "the topology puts \(name) at more than one depth of the tree; each must form one level")
+        }
         facts.coreCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE))
         facts.processingUnitCount = Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU))
 
@@ -204,7 +210,8 @@ enum HwlocReader {
             let osIndex = p.pointee.os_index == UInt32.max ? logical : Int(p.pointee.os_index)
             facts.packages.append(Package(
                 index: osIndex, cpus: cpuSet(p.pointee.cpuset),
-                cores: coresPerPackage[logical], processingUnits: unitsPerPackage[logical]))
+                cores: logical < coresPerPackage.count ? coresPerPackage[logical] : 0,
+                processingUnits: logical < unitsPerPackage.count ? unitsPerPackage[logical] : 0))
             package = hwloc_get_next_obj_by_type(topology, HWLOC_OBJ_PACKAGE, p)
         }
 
@@ -234,12 +241,13 @@ enum HwlocReader {
     /// package (128 packages × 512 cores and PUs on the 64-node snapshot). In hwloc's tree an
     /// object's cpuset lies inside a package's exactly when the package is its ancestor.
     private static func countPerPackage(_ topology: hwloc_topology_t, _ type: hwloc_obj_type_t) -> [Int] {
-        var counts = [Int](repeating: 0, count: Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PACKAGE)))
+        var counts = [Int](repeating: 0, count: max(0, Int(hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PACKAGE))))
         var object = hwloc_get_next_obj_by_type(topology, type, nil)
         while let o = object {
             if let cpuset = o.pointee.cpuset, hwloc_bitmap_iszero(cpuset) == 0,
                let package = hwloc_get_ancestor_obj_by_type(topology, HWLOC_OBJ_PACKAGE, o) {
-                counts[Int(package.pointee.logical_index)] += 1
+                let i = Int(package.pointee.logical_index)
+                if i < counts.count { counts[i] += 1 }
             }
             object = hwloc_get_next_obj_by_type(topology, type, o)
         }

@@ -75,6 +75,14 @@ import Testing
         #expect(e.message.contains("hwloc crashed (signal 11)"), "\(e.message)")
     }
 
+    @Test("packages at two depths of the tree are refused: hwloc's count for the type is then -1 (found by fuzzing)")
+    func packagesAtTwoDepths() throws {
+        let path = TestData.repositoryRoot.appendingPathComponent("Fuzz/corpus/FuzzTopologyXML/regression-packages-at-two-depths.xml").path
+        let e = try #require(loadError(.xml(path: path)))
+        #expect(e.code == .malformedInput)
+        #expect(e.message.contains("more than one depth"), "\(e.message)")
+    }
+
     @Test("a NUMA node without os_index is refused instead of shown as P#4294967295 (found by fuzzing)")
     func nodeWithoutIndex() throws {
         let path = try labXML("no-index") { $0.replacingOccurrences(of: "type=\"NUMANode\" os_index=\"1\"", with: "type=\"NUMANode\"") }
