@@ -20,6 +20,18 @@ import Testing
         return url.path
     }
 
+    /// Loads the XML at `path` and expects a `malformedInput` error whose message names `needle`.
+    private func expectMalformed(_ path: String, saying needle: String) throws {
+        let e = try #require(loadError(.xml(path: path)))
+        #expect(e.code == .malformedInput)
+        #expect(e.message.contains(needle), "\(e.message)")
+    }
+
+    /// A committed fuzzing regression input.
+    private func regression(_ name: String) -> String {
+        TestData.repositoryRoot.appendingPathComponent("Fuzz/corpus/FuzzTopologyXML/\(name)").path
+    }
+
     private func loadError(_ source: TopologySource) -> MemWallError? {
         do {
             _ = try Topology.load(source)
@@ -42,9 +54,7 @@ import Testing
     @Test("two NUMA nodes with one os_index are an error naming the index, not merged")
     func duplicateNodeIndex() throws {
         let path = try labXML("dup-node") { $0.replacingOccurrences(of: "type=\"NUMANode\" os_index=\"1\"", with: "type=\"NUMANode\" os_index=\"0\"") }
-        let e = try #require(loadError(.xml(path: path)))
-        #expect(e.code == .malformedInput)
-        #expect(e.message.contains("two NUMA nodes have os_index 0"), "\(e.message)")
+        try expectMalformed(path, saying: "two NUMA nodes have os_index 0")
     }
 
     @Test("an os_index of 2^32-1 on every object is refused before hwloc sizes bitmaps by it")
@@ -62,33 +72,23 @@ import Testing
             guard let r = text.range(of: "complete_cpuset=") else { return text }
             return text.replacingCharacters(in: r, with: "mcpolete_cpuset=")
         }
-        let e = try #require(loadError(.xml(path: path)))
-        #expect(e.code == .malformedInput)
-        #expect(e.message.contains("has cpuset but no complete_cpuset"), "\(e.message)")
+        try expectMalformed(path, saying: "has cpuset but no complete_cpuset")
     }
 
     @Test("a file on which hwloc's importer itself crashes is an error, not the end of this process (found by fuzzing)")
     func hwlocCrashIsContained() throws {
-        let path = TestData.repositoryRoot.appendingPathComponent("Fuzz/corpus/FuzzTopologyXML/regression-hwloc-crash-mangled-sets.xml").path
-        let e = try #require(loadError(.xml(path: path)))
-        #expect(e.code == .malformedInput)
-        #expect(e.message.contains("hwloc crashed (signal 11)"), "\(e.message)")
+        try expectMalformed(regression("regression-hwloc-crash-mangled-sets.xml"), saying: "hwloc crashed (signal 11)")
     }
 
     @Test("packages at two depths of the tree are refused: hwloc's count for the type is then -1 (found by fuzzing)")
     func packagesAtTwoDepths() throws {
-        let path = TestData.repositoryRoot.appendingPathComponent("Fuzz/corpus/FuzzTopologyXML/regression-packages-at-two-depths.xml").path
-        let e = try #require(loadError(.xml(path: path)))
-        #expect(e.code == .malformedInput)
-        #expect(e.message.contains("more than one depth"), "\(e.message)")
+        try expectMalformed(regression("regression-packages-at-two-depths.xml"), saying: "more than one depth")
     }
 
     @Test("a NUMA node without os_index is refused instead of shown as P#4294967295 (found by fuzzing)")
     func nodeWithoutIndex() throws {
         let path = try labXML("no-index") { $0.replacingOccurrences(of: "type=\"NUMANode\" os_index=\"1\"", with: "type=\"NUMANode\"") }
-        let e = try #require(loadError(.xml(path: path)))
-        #expect(e.code == .malformedInput)
-        #expect(e.message.contains("has OS index 4294967295"), "\(e.message)")
+        try expectMalformed(path, saying: "has OS index 4294967295")
     }
 
     @Test("many objects with wide CPU sets are refused by the bitmap budget")
