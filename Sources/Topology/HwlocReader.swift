@@ -151,6 +151,10 @@ enum HwlocReader {
     /// import is deterministic, so a child that finishes (loaded or refused) means
     /// the real load here finishes the same way.
     /// - Throws: `malformedInput` naming the file and the signal when the child died.
+    /// How long the checking child may spend in hwloc's import (a 64 MiB file,
+    /// the largest the pre-scan lets through, imports in about a second here).
+    static let importSeconds = 60
+
     private static func loadsWithoutCrashing(_ topology: hwloc_topology_t, path: String) throws(MemWallError) {
         guard let fork = forkFunction else { return }
         let child = fork()
@@ -162,7 +166,10 @@ enum HwlocReader {
             if null >= 0 { _ = dup2(null, 2) }
             var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
             _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
-            for s in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT] { _ = signal(s, SIG_DFL) }
+            for s in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM] { _ = signal(s, SIG_DFL) }
+            // The wait below has no end of its own: an import that does not finish
+            // (an importer loop the pre-scan's size bounds did not foresee) ends here.
+            _ = alarm(UInt32(importSeconds))
             _exit(hwloc_topology_load(topology) == 0 ? 0 : 2)
         }
         guard child > 0 else {
@@ -176,6 +183,10 @@ enum HwlocReader {
         }
         let signal = status & 0x7F
         let exitCode = (status >> 8) & 0xFF
+        if signal == SIGALRM {
+            throw MemWallError(.malformedInput,
+                "hwloc did not finish importing '\(path)' within \(importSeconds) s; it is not a topology MemWall reads")
+        }
         guard signal == 0, exitCode == 0 || exitCode == 2 else {
             let how = signal != 0 ? "signal \(signal)" : "exit status \(exitCode)"
             throw MemWallError(.malformedInput,
