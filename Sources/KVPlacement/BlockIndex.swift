@@ -1197,8 +1197,9 @@ extension BlockIndexCore {
     /// Plans writing the caller's buffers as the blocks `keys` (a chain whose first block's
     /// parent is `parent`): blocks not cached are stored first (making room as admission
     /// does), reserved blocks without bytes are filled, blocks cached with bytes are skipped.
-    /// - Returns: One verdict per key, and the blocks this call created; they stay
-    ///   referenced until ``releaseCreated(_:)`` (after the plan holds them).
+    /// - Returns: One verdict per key, and the blocks this call referenced (those it
+    ///   created, and those of the chain it met); they stay referenced until
+    ///   ``releaseCreated(_:)`` (after the plan holds the ones it moves).
     mutating func planStore(_ keys: [BlockKey], after parent: BlockKey?) -> (verdicts: [BlockVerdict], created: [Int32]) {
         clock &+= 1
         var verdicts: [BlockVerdict] = []
@@ -1207,9 +1208,18 @@ extension BlockIndexCore {
         if parentSlot >= 0 && entries[Int(parentSlot)].flags & Entry.live == 0 { parentSlot = -1 }
         request = RequestView(blocks: keys.count, hitBlocks: 0, tailTokens: blockSize)
         defer { request = RequestView() }
+        // Every block of the chain met so far stays referenced while the rest is placed:
+        // making room for a child must not demote its parent below it.
+        func hold(_ s: Int32) {
+            entries[Int(s)].refCount += 1
+            refreshCandidacy(s)
+            created.append(s)
+        }
+        if parentSlot >= 0 { hold(parentSlot) }
         for (i, k) in keys.enumerated() {
             var s = table.find(k.rawValue)
             if s >= 0 {
+                hold(s)
                 let flags = entries[Int(s)].flags
                 if flags & Entry.moving != 0 {
                     verdicts.append(flags & Entry.empty != 0 ? .busy(ledger!.movingBy[s] ?? 0) : .alreadyStored)

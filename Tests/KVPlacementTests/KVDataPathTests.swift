@@ -268,4 +268,24 @@ private func chain(_ n: Int, seed: UInt64) -> [BlockKey] {
         let s = cache.statistics
         #expect(s.demotions > 0)
     }
+
+    @Test func storingAChildNeverDemotesItsParentBelowIt() throws {
+        // Found by the concurrent test: placing b made room in DRAM by demoting its
+        // parent a, which was cached already and so not referenced by the store.
+        let tiers = dramFar(1, 4)
+        let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: hostRegistry(), storagePath: "")
+        let cache = try KVCache(tiers: tiers, blockSize: 16, store: built.store)
+        let buffers = try Buffers(cache: cache, count: 2)
+        let keys = chain(2, seed: 9)
+        try cache.store([keys[0]], from: buffers.slots(0..<1)).wait().check()
+        #expect(cache.tier(of: keys[0]) == 0)
+        try cache.store(keys, from: buffers.slots(0..<2)).wait().check()
+        #expect(cache.tier(of: keys[0]) == 0 && cache.tier(of: keys[1]) == 1)
+        #expect(cache.invariantViolation() == nil)
+        // The same with the parent named by `after`.
+        let next = BlockKey.chained(parent: keys[1], tokens: [1])
+        try cache.store([next], from: buffers.slots(0..<1), after: keys[1]).wait().check()
+        #expect(cache.tier(of: next) == 1)
+        #expect(cache.invariantViolation() == nil)
+    }
 }
