@@ -132,3 +132,7 @@ package.targets += [
 if let cli = package.targets.first(where: { $0.name == "memwall" }) {
     cli.dependencies.append("HostCapabilities")
 }
+package.targets += [
+    // Builds C programs against include/memwall.h and the built libmemwall, and runs them.
+    .testTarget(name: "CABITests", dependencies: ["KVPlacement"], swiftSettings: swiftSettings),
+]
