@@ -284,10 +284,13 @@ int mw_kv_event_fd(mw_kv *kv, int *fd_out);
 int mw_kv_stats_json(mw_kv *kv, char **json_out);
 
 /* Takes the KV events queued since the last call, as a JSON array in the shape vLLM publishes
- * KV events: {"type":"BlockStored","block_hashes":[...],"parent_block_hash":...,
- * "block_size":TOKENS,"medium":"dram"}, {"type":"BlockRemoved","block_hashes":[...],
- * "medium":"nvme"}, and {"type":"BlockMoved",...,"from":"dram","to":"far"}. Keys are unsigned
- * 64-bit integers. Free with mw_free_string. */
+ * KV events: {"type":"BlockStored","block_hashes":[KEY],"parent_block_hash":KEY or null,
+ * "token_ids":null,"block_size":TOKENS,"lora_id":null,"medium":"dram"} and
+ * {"type":"BlockRemoved","block_hashes":[KEY],"medium":"nvme"}; "medium" is the tier's name.
+ * A block moved between tiers gives a BlockStored in the new tier followed by a BlockRemoved
+ * from the old one (so a consumer never sees it absent). Keys are unsigned 64-bit integers.
+ * When more than "event_queue" events wait, the oldest are dropped (counted in the stats as
+ * eventsDropped). Free with mw_free_string. */
 int mw_kv_events_json(mw_kv *kv, char **json_out);
 
 #ifdef __cplusplus

@@ -17,7 +17,7 @@ from . import _native
 from .buffers import as_block_array, block_pointers
 from .errors import Error, InvalidArgumentError, MisuseError, error_for
 from .keys import KeysLike, as_keys
-from .regions import Region
+from .regions import Region, region_of
 
 _WRITE_POLICIES = {"write-back": 0, "write-through": 1}
 _LOAD_WAIT, _LOAD_BEST_EFFORT, _LOAD_TIMEOUT = 0, 1, 2
@@ -200,8 +200,11 @@ class KVCache:
         with self._lock:
             if self._handle is None:
                 raise MisuseError("the KVCache was closed already; a cache is closed exactly once")
-            _native.check(_native.lib.mw_kv_close(self._handle))
+            kv = self._handle
+            _native.check(_native.lib.mw_kv_close(kv))
             self._handle = None
+            for region in list(self._regions) + list(self._adopted.values()):
+                region._registered_with.discard(kv)
             self._adopted.clear()
 
     @property
@@ -235,11 +238,13 @@ class KVCache:
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks <= 0:
             raise InvalidArgumentError(f"blocks must be a positive int, not {blocks!r}")
         region = Region.allocate(blocks * self.block_bytes, node)
+        kv = self._h()
         try:
-            _native.check(_native.lib.mw_kv_register(self._h(), region.handle))
+            _native.check(_native.lib.mw_kv_register(kv, region.handle))
         except BaseException:
             region.close()
             raise
+        region._registered_with.add(kv)
         self._regions.add(region)
         return region.array((blocks, self.block_bytes))
 
@@ -248,22 +253,29 @@ class KVCache:
         can be stored and loaded; the cache keeps it alive until :meth:`deregister` or close.
         For an nvme tier its blocks must be 4096-byte aligned (O_DIRECT)."""
         region = Region.adopt(buffer)
+        kv = self._h()
         try:
-            _native.check(_native.lib.mw_kv_register(self._h(), region.handle))
+            _native.check(_native.lib.mw_kv_register(kv, region.handle))
         except BaseException:
             region.close()
             raise
+        region._registered_with.add(kv)
         self._adopted[region.address] = region
 
     def deregister(self, buffer: np.ndarray) -> None:
-        """Takes back :meth:`register`; raises NotFoundError for an array never registered."""
+        """Takes back :meth:`register`, or the registration of an array from :meth:`allocate`
+        (its memory stays valid). Raises NotFoundError for an array this cache does not have."""
+        kv = self._h()
         address = buffer.ctypes.data if isinstance(buffer, np.ndarray) else None
-        region = self._adopted.get(address) if address is not None else None
-        if region is None:
-            raise error_for(-4, "this array was not registered with KVCache.register")
-        _native.check(_native.lib.mw_kv_deregister(self._h(), region.handle))
-        del self._adopted[address]
-        region.close()
+        adopted = self._adopted.get(address) if address is not None else None
+        region = adopted if adopted is not None else region_of(buffer)
+        if region is None or kv not in region._registered_with:
+            raise error_for(-4, "this array is not registered with this cache (KVCache.register or allocate)")
+        _native.check(_native.lib.mw_kv_deregister(kv, region.handle))
+        region._registered_with.discard(kv)
+        if adopted is not None:
+            del self._adopted[address]
+            region.close()
 
     # -- the data path ----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +29,9 @@ class Region:
         self._handle: Optional[int] = handle
         self._owner = owner            # adopted memory: the object whose buffer it is
         self._lock = threading.Lock()
+        #: mw_kv handles this region is registered with (KVCache keeps it up to date), so that a
+        #: region dropped by the garbage collector is deregistered before its handle is closed.
+        self._registered_with: Set[int] = set()
         pointer, size = ctypes.c_void_p(), ctypes.c_size_t()
         _native.check(_native.lib.mw_region_ptr(handle, ctypes.byref(pointer), ctypes.byref(size)))
         self.address: int = pointer.value or 0
@@ -114,11 +117,30 @@ class Region:
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
-        if handle is not None:
-            # Still registered with an open cache: the cache's close deregisters, and the
-            # handle goes with the process (never a crash, never memory freed under a cache).
-            _native.lib.mw_region_close(handle)
+        if handle is None:
+            return
+        # Nothing refers to the memory any more: take it back from the caches that still have
+        # it (a closed cache answers misuse, which is fine), then free the handle. A transfer in
+        # flight holds its buffers, so it cannot be the one that got here.
+        for kv in list(getattr(self, "_registered_with", ())):
+            _native.lib.mw_kv_deregister(kv, handle)
+        _native.lib.mw_region_close(handle)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.nbytes} bytes at {self.address:#x}"
         return f"<memwall.Region {state}>"
+
+
+def region_of(array: Any) -> Optional[Region]:
+    """The Region whose memory a view made by :meth:`Region.array` (or a slice of it) shows."""
+    base = array
+    for _ in range(64):   # numpy base chains are short; the bound keeps a cycle from looping
+        region = getattr(base, "_memwall_region", None)
+        if region is not None:
+            return region
+        base = getattr(base, "base", None)
+        if base is None:
+            return None
+        if isinstance(base, memoryview):
+            base = base.obj
+    return None
