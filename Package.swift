@@ -121,9 +121,6 @@ package.targets += [
     .target(name: "MemWallC",
             dependencies: ["CMemWallABI", "HostCapabilities", "KVPlacement", "Topology", "Transport",
                            "NUMATransport", "URingTransport", "MemWallCore"],
-            // The mw_kv_* functions wrap KVPlacement's runtime API (issue 12), which lands on
-            // branch kvpath; until it is merged here their one file stays out of the build.
-            exclude: ["KVCacheABI.swift"],
             swiftSettings: swiftSettings + [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux]))],
             linkerSettings: [
                 .unsafeFlags(["-static-stdlib",

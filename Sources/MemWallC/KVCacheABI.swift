@@ -144,7 +144,7 @@ final class KVEntry: Sendable {
     private let tierNames: [String]
     private let backings: Mutex<[TierBacking]?>
     private let registry = Mutex(Registry())
-    private let events: Mutex<EventQueue>
+    private let events: EventBuffer
     private let subscription: KVSubscription
 
     struct Registered {
@@ -160,27 +160,43 @@ final class KVEntry: Sendable {
         var regions: [Registered] = []
     }
 
-    struct EventQueue {
-        var capacity: Int
-        var events: [KVEvent] = []
-        var head = 0
-        var dropped = 0
+    /// The events not yet taken by `mw_kv_events_json`: at most `capacity`, the oldest dropped
+    /// (and counted) first, so a caller that never asks costs bounded memory.
+    final class EventBuffer: Sendable {
+        private struct Queue {
+            var capacity: Int
+            var events: [KVEvent] = []
+            var head = 0
+            var dropped = 0
+        }
+        private let queue: Mutex<Queue>
 
-        mutating func append(_ event: KVEvent) {
-            guard capacity > 0 else { dropped += 1; return }
-            if events.count - head >= capacity {
-                head += 1
-                dropped += 1
+        init(capacity: Int) { queue = Mutex(Queue(capacity: capacity)) }
+
+        func append(_ event: KVEvent) {
+            queue.withLock { q in
+                guard q.capacity > 0 else { q.dropped += 1; return }
+                if q.events.count - q.head >= q.capacity {
+                    q.head += 1
+                    q.dropped += 1
+                }
+                q.events.append(event)
+                // Compact once the skipped prefix is as long as what is kept.
+                if q.head >= q.capacity {
+                    q.events.removeFirst(q.head)
+                    q.head = 0
+                }
             }
-            events.append(event)
-            // Compact once the consumed prefix is as large as what is kept.
-            if head >= capacity { events.removeFirst(head); head = 0 }
         }
 
-        mutating func drain() -> [KVEvent] {
-            defer { events.removeAll(keepingCapacity: false); head = 0 }
-            return Array(events[head...])
+        func drain() -> [KVEvent] {
+            queue.withLock { q in
+                defer { q.events.removeAll(); q.head = 0 }
+                return Array(q.events[q.head...])
+            }
         }
+
+        var dropped: Int { queue.withLock { $0.dropped } }
     }
 
     private static let nextID = Atomic<UInt64>(1)
@@ -217,9 +233,9 @@ final class KVEntry: Sendable {
             farMemory: far)
         backings = Mutex(built.backings)
         cache = try KVCache(tiers: c.tiers, policy: c.policy, blockSize: c.blockTokens, store: built.store)
-        let queue = Mutex(EventQueue(capacity: c.eventQueue))
-        events = queue
-        subscription = cache.subscribe { event in queue.withLock { $0.append(event) } }
+        let buffer = EventBuffer(capacity: c.eventQueue)
+        events = buffer
+        subscription = cache.subscribe { event in buffer.append(event) }
     }
 
     /// Registers `entry`'s region with the cache; the region's lock is held by the caller
@@ -304,12 +320,11 @@ final class KVEntry: Sendable {
         backings.withLock { $0 = nil }
     }
 
-    /// Events since the last call, in the shape vLLM publishes them.
-    func drainEvents() -> (events: [KVEvent], dropped: Int) {
-        events.withLock { q in (q.drain(), q.dropped) }
-    }
+    /// Events since the last call.
+    func drainEvents() -> [KVEvent] { events.drain() }
 
-    var eventsDropped: Int { events.withLock { $0.dropped } }
+    /// Events dropped because the queue was full.
+    var eventsDropped: Int { events.dropped }
 
     func tierName(_ tier: Int) -> String {
         tierNames.indices.contains(tier) ? tierNames[tier] : "tier\(tier)"
@@ -336,15 +351,6 @@ private func blockKeys(_ keys: UnsafePointer<UInt64>?, _ count: Int) throws(MemW
     guard n > 0 else { return [] }
     let p = try ABI.required(keys, "keys")
     return UnsafeBufferPointer(start: p, count: n).map(BlockKey.init(rawValue:))
-}
-
-/// `first failure's message (and how many more)` as an error naming the block.
-private func firstFailure(_ result: KVTransferResult) -> MemWallError? {
-    guard let first = result.failed.first else { return nil }
-    var e = first.error
-    e.message = "block \(first.index) (\(first.key)): \(e.message)"
-        + (result.failed.count > 1 ? " (and \(result.failed.count - 1) more failed block(s))" : "")
-    return e
 }
 
 private func loadPolicy(_ policy: Int32, _ timeout: UInt64) throws(MemWallError) -> KVLoadPolicy {
@@ -394,7 +400,7 @@ public func mw_kv_open(_ configJSON: UnsafePointer<CChar>?, _ kvOut: UnsafeMutab
         let out = try ABI.required(kvOut, "kv_out")
         let text = try ABI.string(configJSON, "config_json", limit: KVConfiguration.maximumBytes)
         let entry = try KVEntry(configuration: try KVConfiguration.parse(text))
-        do {
+        do throws(MemWallError) {
             out.pointee = try KVHandles.caches.insert(entry)
         } catch {
             entry.close()
@@ -460,8 +466,7 @@ public func mw_kv_store(_ kv: OpaquePointer?, _ keys: UnsafePointer<UInt64>?, _ 
                         _ blocks: UnsafePointer<UnsafeMutableRawPointer?>?, _ parent: UnsafePointer<UInt64>?,
                         _ writePolicy: Int32) -> Int32 {
     ABI.run("mw_kv_store") { () throws(MemWallError) in
-        let result = try startStore(kv, keys, keyCount, blocks, parent, writePolicy).wait()
-        if let failure = firstFailure(result) { throw failure }
+        try startStore(kv, keys, keyCount, blocks, parent, writePolicy).wait().check()
     }
 }
 
@@ -470,8 +475,7 @@ public func mw_kv_load(_ kv: OpaquePointer?, _ keys: UnsafePointer<UInt64>?, _ k
                        _ blocks: UnsafePointer<UnsafeMutableRawPointer?>?, _ loadPolicy: Int32,
                        _ timeoutNs: UInt64) -> Int32 {
     ABI.run("mw_kv_load") { () throws(MemWallError) in
-        let result = try startLoad(kv, keys, keyCount, blocks, loadPolicy, timeoutNs).wait()
-        if let failure = firstFailure(result) { throw failure }
+        try startLoad(kv, keys, keyCount, blocks, loadPolicy, timeoutNs).wait().check()
     }
 }
 
@@ -651,7 +655,7 @@ public func mw_kv_events_json(_ kv: OpaquePointer?, _ jsonOut: UnsafeMutablePoin
     ABI.run("mw_kv_events_json") { () throws(MemWallError) in
         let out = try ABI.required(jsonOut, "json_out")
         let entry = try KVHandles.caches.object(kv)
-        let (events, _) = entry.drainEvents()
+        let events = entry.drainEvents()
         var items: [JSONValue] = []
         items.reserveCapacity(events.count)
         func stored(_ key: BlockKey, _ parent: BlockKey?, _ tier: Int) -> JSONValue {
