@@ -564,7 +564,7 @@ public func mw_transfer_failure(_ transfer: OpaquePointer?, _ i: Int,
         out.pointee.index = f.index
         out.pointee.key = f.key.rawValue
         out.pointee.status = ABI.status(of: f.error.code)
-        copyMessage(f.error.description, into: &out.pointee.message)
+        copyMessage("block \(f.key) (#\(f.index) of \(r.blocks)): \(f.error.description)", into: &out.pointee.message)
     }
 }
 

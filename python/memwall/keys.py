@@ -79,21 +79,28 @@ def chain_keys(token_ids: Union[Iterable[int], np.ndarray], block_tokens: int = 
 
 
 def as_keys(keys: KeysLike, what: str = "keys") -> np.ndarray:
-    """`keys` as a contiguous uint64 array (no copy when it already is one)."""
-    if isinstance(keys, np.ndarray) and keys.dtype == np.uint64 and keys.ndim == 1 and keys.flags.c_contiguous:
-        return keys
+    """`keys` as a contiguous uint64 array (no copy when it already is one).
+
+    Raises:
+        InvalidArgumentError: not one-dimensional, not integers, or outside 0 ... 2**64-1.
+    """
+    if isinstance(keys, np.ndarray):
+        if keys.dtype == np.uint64 and keys.ndim == 1 and keys.flags.c_contiguous:
+            return keys
+        if keys.ndim != 1:
+            raise InvalidArgumentError(f"{what} must be one-dimensional, not of shape {keys.shape}")
+        if keys.size and not np.issubdtype(keys.dtype, np.integer):
+            raise InvalidArgumentError(f"{what} must be integers, not {keys.dtype}")
+        if keys.size and np.issubdtype(keys.dtype, np.signedinteger) and keys.min() < 0:
+            raise InvalidArgumentError(f"{what} must lie in 0 ... 2**64-1, not {int(keys.min())}")
+        return np.ascontiguousarray(keys, dtype=np.uint64)
     try:
-        array = np.asarray(keys)
-    except (TypeError, ValueError) as e:
-        raise InvalidArgumentError(f"{what} must be a sequence of unsigned 64-bit ints: {e}") from None
-    if array.ndim != 1:
-        raise InvalidArgumentError(f"{what} must be one-dimensional, not of shape {array.shape}")
-    if array.size == 0:
-        return np.empty(0, dtype=np.uint64)
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != object:
-        raise InvalidArgumentError(f"{what} must be integers, not {array.dtype}")
-    try:
-        return np.ascontiguousarray(array, dtype=np.uint64) if array.dtype != object \
-            else np.array([int(k) for k in array], dtype=np.uint64)
-    except (OverflowError, ValueError, TypeError) as e:
-        raise InvalidArgumentError(f"{what} must lie in 0 ... 2**64-1: {e}") from None
+        items = list(keys)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a sequence of ints, not {type(keys).__name__}") from None
+    for k in items:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise InvalidArgumentError(f"{what} must be ints in 0 ... 2**64-1, not {type(k).__name__} {k!r}")
+        if not 0 <= int(k) < 1 << 64:
+            raise InvalidArgumentError(f"{what} must lie in 0 ... 2**64-1, not {int(k)}")
+    return np.fromiter((int(k) for k in items), dtype=np.uint64, count=len(items))
