@@ -9,17 +9,18 @@ import Testing
 @Suite struct CProgramTests {
     @Test("the C program (Tests/c/abi_test.c) passes every check against the built library")
     func cProgramPasses() throws {
-        let outcome = try CBuild.programOutcome("abi_test")
-        #expect(outcome.status == 0, "abi_test failed:\n\(outcome.output)")
-        let summary = outcome.output.split(separator: "\n").last { $0.hasSuffix(" failed") }
-        #expect(summary?.hasSuffix("passed, 0 failed") == true, "no clean summary line:\n\(outcome.output)")
-        #expect(!outcome.output.contains("not ok"), "\(outcome.output)")
+        try expectPasses("abi_test")
     }
 
     @Test("the KV program (Tests/c/kv_test.c) stores, demotes to NVMe, loads back and is refused cleanly")
     func kvProgramPasses() throws {
-        let outcome = try CBuild.programOutcome("kv_test")
-        #expect(outcome.status == 0, "kv_test failed:\n\(outcome.output)")
+        try expectPasses("kv_test")
+    }
+
+    /// Tests/c/NAME.c exited 0 after a clean "N passed, 0 failed" and no "not ok" line.
+    private func expectPasses(_ name: String) throws {
+        let outcome = try CBuild.programOutcome(name)
+        #expect(outcome.status == 0, "\(name) failed:\n\(outcome.output)")
         let summary = outcome.output.split(separator: "\n").last { $0.hasSuffix(" failed") }
         #expect(summary?.hasSuffix("passed, 0 failed") == true, "no clean summary line:\n\(outcome.output)")
         #expect(!outcome.output.contains("not ok"), "\(outcome.output)")

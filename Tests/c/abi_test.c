@@ -1,34 +1,13 @@
 /* The C ABI as a C program uses it: built by the tests against include/memwall.h and the
  * built libmemwall, then run. Each check prints "ok N - what" or "not ok N - what: why"; the
  * exit status is the number of failed checks (0: all passed). Usage: abi_test SCRATCH_DIR */
-#include "memwall.h"
+#include "check.h"
 
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int checks, failures;
-
-static void check(int ok, const char *what, const char *why) {
-    checks++;
-    if (ok) {
-        printf("ok %d - %s\n", checks, what);
-    } else {
-        failures++;
-        printf("not ok %d - %s: %s\n", checks, what, why ? why : "");
-    }
-}
-
-/* A call expected to fail with `status` and a message mentioning `needle`. */
-static void check_fails(int rc, int status, const char *needle, const char *what) {
-    char why[600];
-    const char *message = mw_last_error();
-    snprintf(why, sizeof why, "status %d (%s), expected %d (%s); message \"%s\"", rc, mw_status_name(rc),
-             status, mw_status_name(status), message);
-    check(rc == status && strstr(message, needle) != NULL, what, why);
-}
 
 /* One of several threads: allocates and closes regions, and fails a call with a message of its
  * own; returns 0 when every call did what it should and its last error is still its own. */
@@ -181,6 +160,5 @@ int main(int argc, char **argv) {
     if (rc == MW_OK && count == 3)
         printf("chain 42: %016" PRIx64 " %016" PRIx64 " %016" PRIx64 "\n", keys[0], keys[1], keys[2]);
 
-    printf("%d passed, %d failed\n", checks - failures, failures);
-    return failures;
+    return finish();
 }

@@ -2,7 +2,7 @@
  * store, look up, load back (also from the NVMe tier after demotion), asynchronous transfers
  * with the eventfd, stats and events, and the misuse a C caller can commit. Prints
  * "ok N - what" / "not ok N - what: why"; exit status = failed checks. Usage: kv_test SCRATCH_DIR */
-#include "memwall.h"
+#include "check.h"
 
 #include <inttypes.h>
 #include <poll.h>
@@ -10,26 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int checks, failures;
-
-static void check(int ok, const char *what, const char *why) {
-    checks++;
-    if (ok) {
-        printf("ok %d - %s\n", checks, what);
-    } else {
-        failures++;
-        printf("not ok %d - %s: %s\n", checks, what, why ? why : "");
-    }
-}
-
-static void check_fails(int rc, int status, const char *needle, const char *what) {
-    char why[700];
-    const char *message = mw_last_error();
-    snprintf(why, sizeof why, "status %d (%s), expected %d (%s); message \"%s\"", rc, mw_status_name(rc), status,
-             mw_status_name(status), message);
-    check(rc == status && strstr(message, needle) != NULL, what, why);
-}
 
 enum { BLOCK = 65536, BLOCKS = 24 };
 
@@ -55,8 +35,7 @@ int main(int argc, char **argv) {
     int rc = mw_kv_open(config, &kv);
     check(rc == MW_OK && kv != NULL, "mw_kv_open with DRAM, far memory and NVMe tiers", mw_last_error());
     if (rc != MW_OK) {
-        printf("%d passed, %d failed\n", checks - failures, failures);
-        return failures;
+        return finish();
     }
     size_t block_bytes = 0;
     check(mw_kv_block_bytes(kv, &block_bytes) == MW_OK && block_bytes == BLOCK, "mw_kv_block_bytes", mw_last_error());
@@ -199,6 +178,5 @@ int main(int argc, char **argv) {
     check(mw_region_close(region) == MW_OK, "after the cache closed, the region closes", mw_last_error());
     close(-1);
 
-    printf("%d passed, %d failed\n", checks - failures, failures);
-    return failures;
+    return finish();
 }

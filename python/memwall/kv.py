@@ -237,14 +237,7 @@ class KVCache:
         load into. It stays valid after the cache closes; its memory is freed with it."""
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks <= 0:
             raise InvalidArgumentError(f"blocks must be a positive int, not {blocks!r}")
-        region = Region.allocate(blocks * self.block_bytes, node)
-        kv = self._h()
-        try:
-            _native.check(_native.lib.mw_kv_register(kv, region.handle))
-        except BaseException:
-            region.close()
-            raise
-        region._registered_with.add(kv)
+        region = self._register(Region.allocate(blocks * self.block_bytes, node))
         self._regions.add(region)
         return region.array((blocks, self.block_bytes))
 
@@ -252,15 +245,19 @@ class KVCache:
         """Registers the caller's own writable, C-contiguous array (no copy) so blocks inside it
         can be stored and loaded; the cache keeps it alive until :meth:`deregister` or close.
         For an nvme tier its blocks must be 4096-byte aligned (O_DIRECT)."""
-        region = Region.adopt(buffer)
-        kv = self._h()
+        region = self._register(Region.adopt(buffer))
+        self._adopted[region.address] = region
+
+    def _register(self, region: Region) -> Region:
+        """Registers a new region with this cache (closing it again when that fails)."""
         try:
+            kv = self._h()
             _native.check(_native.lib.mw_kv_register(kv, region.handle))
         except BaseException:
             region.close()
             raise
         region._registered_with.add(kv)
-        self._adopted[region.address] = region
+        return region
 
     def deregister(self, buffer: np.ndarray) -> None:
         """Takes back :meth:`register`, or the registration of an array from :meth:`allocate`
