@@ -22,6 +22,8 @@
  *     library; free each exactly once with mw_free_string() (a second free is MW_E_MISUSE).
  *     Strings given to the library are NUL-terminated UTF-8 and are copied; the caller keeps them.
  *   - Sizes are size_t; a size that does not fit the library's limits is MW_E_INVALID_ARGUMENT.
+ *   - Arrays of keys are read during the call only (copied); block buffers are the caller's
+ *     memory, used in place (zero copies) until the operation is done.
  */
 #ifndef MEMWALL_H
 #define MEMWALL_H
