@@ -8,7 +8,9 @@ SHELL := /bin/bash
 SWIFT ?= swift
 MEMWALL = .build/debug/memwall
 
-demo: deps build
+demo:
+	@MEMWALL_SKIP_LLAMA=1 scripts/install-deps build
+	$(SWIFT) build
 	@echo "== memwall capabilities"
 	@$(MEMWALL) capabilities
 	@echo
@@ -17,6 +19,9 @@ demo: deps build
 	@echo
 	@echo "== memwall kv replay (shipped trace: first 2,000 requests of Mooncake's conversation trace)"
 	@$(MEMWALL) kv replay traces/conversation-head-2000.jsonl --tiers dram:500,far:1500,nvme:8000 --policy lru,lfuda
+	@echo
+	@echo "== python: memwall.KVCache over libmemwall (store, demote to NVMe, load back verified)"
+	@scripts/test-python --stage-only >/dev/null && .build/venv/bin/python scripts/demo.py
 
 test:
 	@scripts/test-all
