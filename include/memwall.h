@@ -229,7 +229,7 @@ int mw_kv_store(mw_kv *kv, const uint64_t *keys, size_t key_count, void *const *
 /* Loads `key_count` blocks into blocks[i] (registered, as for store). A key not cached fails its
  * block with MW_E_NOT_FOUND, a checksum mismatch with MW_E_CORRUPTED naming the block; the
  * first failure is returned (other blocks are still loaded). `timeout_ns` is used with
- * MW_LOAD_TIMEOUT only. */
+ * MW_LOAD_TIMEOUT only (2^62 or more: no limit). */
 int mw_kv_load(mw_kv *kv, const uint64_t *keys, size_t key_count, void *const *blocks,
                int load_policy, uint64_t timeout_ns);
 
@@ -247,7 +247,8 @@ int mw_kv_prefetch(mw_kv *kv, const uint64_t *keys, size_t key_count, mw_transfe
 int mw_transfer_poll(mw_transfer *transfer);
 
 /* Waits until the transfer is done: MW_OK, or MW_E_TIMED_OUT after `timeout_ns` (a negative
- * timeout waits without limit). The transfer's own outcome is read with mw_transfer_result. */
+ * timeout, or 2^62 or more, waits without limit; 0 only looks). The transfer's own outcome
+ * is read with mw_transfer_result. */
 int mw_transfer_wait(mw_transfer *transfer, int64_t timeout_ns);
 
 /* What a finished transfer did. */

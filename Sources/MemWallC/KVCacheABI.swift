@@ -337,6 +337,9 @@ enum KVHandles {
     static let transfers = HandleTable<TransferEntry>(tag: 0x54, kind: "mw_transfer")
     /// Most keys in one call (the largest cache holds 2^26 blocks; one call moves far fewer).
     static let maximumKeys = 1 << 22
+    /// Timeouts at or above this (2^62 ns) wait without limit: adding them to the monotonic
+    /// clock would wrap around, turning "very long" into "already expired".
+    static let noLimit: UInt64 = 1 << 62
 }
 
 /// A transfer handle's object.
@@ -357,7 +360,8 @@ private func loadPolicy(_ policy: Int32, _ timeout: UInt64) throws(MemWallError)
     switch policy {
     case MW_LOAD_WAIT: return .wait
     case MW_LOAD_BEST_EFFORT: return .bestEffort
-    case MW_LOAD_TIMEOUT: return .timeout(nanoseconds: timeout)
+    // Beyond 2^62 ns (146 years) a deadline would wrap the monotonic clock: that is "no limit".
+    case MW_LOAD_TIMEOUT: return timeout >= KVHandles.noLimit ? .wait : .timeout(nanoseconds: timeout)
     default: throw .invalid("load_policy", policy, expected: "MW_LOAD_WAIT (0), MW_LOAD_BEST_EFFORT (1) or MW_LOAD_TIMEOUT (2)")
     }
 }
@@ -525,7 +529,7 @@ public func mw_transfer_poll(_ transfer: OpaquePointer?) -> Int32 {
 public func mw_transfer_wait(_ transfer: OpaquePointer?, _ timeoutNs: Int64) -> Int32 {
     ABI.run("mw_transfer_wait") { () throws(MemWallError) in
         let t = try KVHandles.transfers.object(transfer).transfer
-        if timeoutNs < 0 {
+        if timeoutNs < 0 || UInt64(timeoutNs) >= KVHandles.noLimit {
             _ = t.wait()
         } else if t.wait(timeoutNanoseconds: UInt64(timeoutNs)) == nil {
             throw MemWallError(.timedOut, "the transfer is still in flight after \(timeoutNs) ns; wait again or poll")

@@ -97,7 +97,8 @@ int main(int argc, char **argv) {
     uint64_t counter = 0;
     if (ready == 1) (void)!read(fd, &counter, sizeof counter);
     check(ready == 1 && counter >= 1, "the eventfd becomes readable when the transfer finishes", "poll timed out");
-    check(mw_transfer_wait(t, -1) == MW_OK && mw_transfer_poll(t) == 1, "mw_transfer_wait / poll", mw_last_error());
+    check(mw_transfer_wait(t, INT64_MAX) == MW_OK && mw_transfer_poll(t) == 1,
+          "mw_transfer_wait with the largest timeout waits (no wrap-around) / poll", mw_last_error());
     mw_transfer_summary summary;
     rc = mw_transfer_result(t, &summary);
     check(rc == MW_OK && summary.blocks == 4 && summary.failed == 0 && summary.bytes == 4ull * BLOCK,
