@@ -210,7 +210,7 @@ int mw_kv_lookup(mw_kv *kv, const uint64_t *keys, size_t key_count,
 
 /* Write policies of mw_kv_store. */
 #define MW_WRITE_BACK 0      /* fastest tier with room; slower tiers only on eviction */
-#define MW_WRITE_THROUGH 1   /* also copied to the next tier now */
+#define MW_WRITE_THROUGH 1   /* also copied to the last (slowest) tier before the store is done */
 
 /* Load policies of mw_kv_load: what to do with blocks another operation is still moving. */
 #define MW_LOAD_WAIT 0          /* wait for them */

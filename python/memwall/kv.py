@@ -308,7 +308,8 @@ class KVCache:
               write_through: bool = False) -> None:
         """Stores block i's bytes from ``buffers[i]`` under ``keys[i]`` (keys chained: keys[i]'s
         parent is keys[i-1], keys[0]'s is `parent`). Keys already cached are skipped. Returns when
-        the bytes are in the cache; raises the first failed block's error."""
+        the bytes are in the cache (with write_through, also in the last, slowest tier); raises the
+        first failed block's error."""
         self.store_async(keys, buffers, parent=parent, write_through=write_through).raise_for_failure()
 
     def store_async(self, keys: KeysLike, buffers: Any, *, parent: Optional[int] = None,
