@@ -312,3 +312,15 @@ def test_prefetch_returns_a_transfer(kv: memwall.KVCache) -> None:
     kv.store(keys, buf)
     t = kv.prefetch(keys[:2])
     assert t.wait() and t.failed_blocks == []
+
+
+def test_write_through_also_writes_the_last_tier(scratch: Path) -> None:
+    keys = keys_for(4, b"write-through")
+    with memwall.KVCache(tiers="dram:8,nvme:16", block_bytes=BLOCK, scratch_dir=str(scratch)) as back, \
+            memwall.KVCache(tiers="dram:8,nvme:16", block_bytes=BLOCK, scratch_dir=str(scratch)) as through:
+        back.store(keys, back.allocate(4))
+        through.store(keys, through.allocate(4), write_through=True)
+        assert back.tiers(keys) == through.tiers(keys) == [0, 0, 0, 0]
+        to_nvme = lambda kv: sum(v for k, v in kv.stats()["bytesMovedByPath"].items() if k.endswith("-> nvme"))
+        assert to_nvme(back) == 0, "write-back leaves the NVMe tier alone while DRAM has room"
+        assert to_nvme(through) == 4 * BLOCK, "write-through put a copy of every block on NVMe"
