@@ -98,3 +98,41 @@ let package = Package(
                     swiftSettings: swiftSettings),
     ]
 )
+
+// MARK: - The C ABI (issue 13): libmemwall for C, C++, Python and Rust runtimes
+//
+// Kept apart from the list above so the Swift layers stay untouched. The product is named
+// MemWallC, not memwall: a library product sharing the executable's name makes SwiftPM drop
+// the executable. The file is installed (and carried in the Python wheel) as libmemwall.so;
+// its SONAME says so. The Swift runtime and Foundation are linked in statically
+// (-static-stdlib), so the library needs no Swift toolchain where it runs, and a version
+// script exports the mw_* functions of include/memwall.h and nothing else.
+package.products += [
+    .library(name: "MemWallC", type: .dynamic, targets: ["MemWallC"]),
+]
+package.targets += [
+    // What every report shared by the CLI and the C ABI needs (capabilities, stable JSON).
+    .target(name: "HostCapabilities",
+            dependencies: ["MemWallCore", "Topology", "Transport", "NUMATransport", "URingTransport",
+                           "RDMATransport", "CHwloc"],
+            swiftSettings: swiftSettings),
+    // include/memwall.h (through a module map) and the thread-local last-error buffer.
+    .target(name: "CMemWallABI", path: "Modules/CMemWallABI", exclude: ["exports.map"]),
+    .target(name: "MemWallC",
+            dependencies: ["CMemWallABI", "HostCapabilities", "KVPlacement", "Topology", "Transport",
+                           "NUMATransport", "URingTransport", "MemWallCore"],
+            swiftSettings: swiftSettings + [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux]))],
+            linkerSettings: [
+                .unsafeFlags(["-static-stdlib",
+                              "-Xlinker", "-soname=libmemwall.so.1",
+                              "-Xlinker", "--version-script=\(Context.packageDirectory)/Modules/CMemWallABI/exports.map"],
+                             .when(platforms: [.linux])),
+            ]),
+]
+if let cli = package.targets.first(where: { $0.name == "memwall" }) {
+    cli.dependencies.append("HostCapabilities")
+}
+package.targets += [
+    // Builds C programs against include/memwall.h and the built libmemwall, and runs them.
+    .testTarget(name: "CABITests", dependencies: ["KVPlacement"], swiftSettings: swiftSettings),
+]

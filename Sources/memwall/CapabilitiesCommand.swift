@@ -3,6 +3,7 @@ import ArgumentParser
 import Glibc
 #endif
 import FoundationEssentials
+import HostCapabilities
 import MemWallCore
 import NUMATransport
 import RDMATransport
@@ -25,17 +26,13 @@ struct CapabilitiesCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        // A directory that cannot hold a file is bad input, not an O_DIRECT
-        // finding: create (and at once remove) a private scratch file first, so
-        // the error names the real cause (ENOENT, EACCES, EROFS).
-        do throws(MemWallError) {
-            _ = try StorageTarget.scratch(in: dir, prefix: ".memwall-capabilities", byteCount: 0)
-        } catch {
-            var e = error
-            e.message = "--dir: cannot create a file in '\(dir)': " + e.message
+        let report: CapabilitiesReport
+        do {
+            report = try CapabilitiesReport.probe(directory: dir)
+        } catch var e as MemWallError {
+            e.message = "--dir: " + e.message
             throw e
         }
-        let report = try CapabilitiesReport.probe(directory: dir)
         if json {
             try Output.printJSON(report)
         } else {
@@ -44,69 +41,8 @@ struct CapabilitiesCommand: AsyncParsableCommand {
     }
 }
 
-/// The probe's findings, in the shape `--json` prints.
-struct CapabilitiesReport: Codable {
-    /// How a path will be served.
-    struct Decision: Codable {
-        /// "hardware" or "emulation".
-        var mode: String
-        /// What will be used, and why.
-        var detail: String
-    }
-
-    /// Schema identifier; bumped only on incompatible changes.
-    var schema = "memwall.capabilities/1"
-    var kernel: String
-    var numa: NUMAProbe
-    var ioURing: URingProbe
-    var directIO: DirectIOProbe
-    var rdma: RDMAProbe
-    var hwloc: HwlocProbe
-    /// What MemWall will use for each kind of data movement.
-    var decisions: [String: Decision]
-
-    static func probe(directory: String) throws -> CapabilitiesReport {
-        let numa = NUMAProbe.probe()
-        let uring = URingProbe.probe()
-        let dio = try DirectIOProbe.probe(directory: directory)
-        let rdma = RDMAProbe.probe()
-        let hwloc = HwlocProbe.probe()
-        var uts = utsname()
-        uname(&uts)
-        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-
-        var d: [String: Decision] = [:]
-        if numa.available && numa.nodes.count > 1 && numa.pageMigrationUsable {
-            let far = numa.cpulessNodes
-            d["memory"] = Decision(mode: "hardware", detail: far.isEmpty
-                ? "libnuma across \(numa.nodes.count) nodes (no CPU-less node: no CXL-style far memory)"
-                : "libnuma; far memory on CPU-less node(s) \(far.map(String.init).joined(separator: ","))")
-        } else {
-            let why = !numa.available ? "NUMA unavailable"
-                : numa.nodes.count <= 1 ? "one NUMA node" : "page migration refused (\(numa.pageMigrationError ?? "?"))"
-            d["memory"] = Decision(mode: "emulation", detail: "far-memory pool emulated in DRAM (\(why))")
-        }
-        if uring.setupWorks && uring.missingOpcodes.filter({ ["READ", "WRITE"].contains($0) }).isEmpty {
-            let fixed = uring.registeredBuffersWork ? "registered buffers" : "unregistered buffers (\(uring.registeredBuffersError ?? ""))"
-            d["storage"] = Decision(mode: "hardware",
-                detail: "io_uring with \(fixed), " + (dio.works ? "O_DIRECT in \(dio.directory)" : "page cache in \(dio.directory) (O_DIRECT refused)"))
-        } else {
-            d["storage"] = Decision(mode: "emulation",
-                detail: "pread/pwrite thread pool (\(uring.setupError ?? "io_uring lacks READ/WRITE"))")
-        }
-        if rdma.hasActivePort && rdma.connectionManagerWorks {
-            let names = rdma.devices.filter { $0.ports.contains(where: \.isActive) }.map(\.name)
-            d["remote"] = Decision(mode: "hardware", detail: "RDMA verbs on \(names.joined(separator: ", "))")
-        } else {
-            let why = rdma.devices.isEmpty ? "no RDMA device" : "no active RDMA port"
-            d["remote"] = Decision(mode: "emulation", detail: "TCP with RDMA semantics (\(why))")
-        }
-        d["topology"] = hwloc.hasFirmwareFigures
-            ? Decision(mode: "hardware", detail: "hwloc \(hwloc.version) with firmware (HMAT) latency/bandwidth")
-            : Decision(mode: "hardware", detail: "hwloc \(hwloc.version); no firmware latency/bandwidth (HMAT absent): figures stay missing")
-        return CapabilitiesReport(kernel: kernel, numa: numa, ioURing: uring, directIO: dio, rdma: rdma, hwloc: hwloc, decisions: d)
-    }
-
+extension CapabilitiesReport {
+    /// The terminal view of the report.
     var text: String {
         var out: [String] = ["MemWall capabilities (kernel \(kernel))", ""]
         func row(_ name: String, _ status: String, _ detail: String) {

@@ -4,6 +4,7 @@ import CMemWallShim
 import Glibc
 #endif
 import FoundationEssentials
+import HostCapabilities
 import MemWallCore
 
 /// Standard output for every command, checked: output that cannot be
@@ -13,9 +14,7 @@ enum Output {
     /// Stable JSON: sorted keys, pretty, slashes unescaped. Non-finite numbers
     /// cannot be encoded; commands reject them when they parse their options.
     static func json(_ value: some Encodable) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        try StableJSON.text(value)
     }
 
     /// Prints `value` as ``json(_:)`` followed by a newline.

@@ -3,24 +3,26 @@ import Topology
 
 /// hwloc's version and whether firmware (ACPI HMAT) gave latency/bandwidth
 /// figures, read from the same Topology model `memwall topo` shows.
-struct HwlocProbe: Codable, Hashable {
+public struct HwlocProbe: Sendable, Codable, Hashable {
     /// Library version string of the hwloc MemWall was built against.
-    var version: String
+    public var version: String
     /// Live topology loaded.
-    var loads: Bool
+    public var loads: Bool
     /// Why it did not.
-    var error: String?
+    public var error: String?
     /// NUMA nodes hwloc sees.
-    var numaNodes: Int
+    public var numaNodes: Int
     /// Nodes for which a latency figure exists (zero figures are not figures).
-    var nodesWithLatency: Int
+    public var nodesWithLatency: Int
     /// Nodes for which a bandwidth figure exists.
-    var nodesWithBandwidth: Int
+    public var nodesWithBandwidth: Int
 
     /// True when firmware gave at least one usable figure.
-    var hasFirmwareFigures: Bool { nodesWithLatency > 0 || nodesWithBandwidth > 0 }
+    public var hasFirmwareFigures: Bool { nodesWithLatency > 0 || nodesWithBandwidth > 0 }
 
-    static func probe() -> HwlocProbe {
+    /// Loads the live topology once and counts the nodes with firmware figures; a topology
+    /// that cannot load is reported (``loads`` false, ``error``), not thrown.
+    public static func probe() -> HwlocProbe {
         let version = HWLOC_VERSION
         let topology: Topology
         do {
