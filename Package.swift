@@ -131,7 +131,21 @@ package.targets += [
 ]
 if let cli = package.targets.first(where: { $0.name == "memwall" }) {
     cli.dependencies.append("HostCapabilities")
+    cli.dependencies.append("KVPool")
 }
+// MARK: - The host-wide KV pool (issue 14): one shared segment, attached by every process
+
+package.products += [
+    .library(name: "KVPool", targets: ["KVPool"]),
+]
+package.targets += [
+    .target(name: "KVPool",
+            dependencies: ["KVPlacement", "NUMATransport", "Transport", "MemWallCore", "CMemWallShim"],
+            swiftSettings: swiftSettings),
+    .testTarget(name: "KVPoolTests",
+                dependencies: ["KVPool", "KVPlacement", "NUMATransport", "Transport", "MemWallCore", "CMemWallShim"],
+                swiftSettings: swiftSettings),
+]
 package.targets += [
     // Builds C programs against include/memwall.h and the built libmemwall, and runs them.
     .testTarget(name: "CABITests", dependencies: ["KVPlacement"], swiftSettings: swiftSettings),

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/fs.h>
 
@@ -59,3 +60,32 @@ int memwall_eventfd(void) {
 int memwall_eventfd_signal(int fd) {
     return eventfd_write(fd, 1);
 }
+
+int memwall_pool_mutex_init(void *lock) {
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (rc != 0) return rc;
+    if ((rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) == 0 &&
+        (rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) == 0) {
+        rc = pthread_mutex_init((pthread_mutex_t *)lock, &a);
+    }
+    pthread_mutexattr_destroy(&a);
+    return rc;
+}
+
+int memwall_pool_mutex_lock(void *lock, int64_t timeout_ns) {
+    /* Robust mutexes time out against CLOCK_REALTIME only. */
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    int64_t ns = (int64_t)t.tv_nsec + (timeout_ns < 0 ? 0 : timeout_ns);
+    t.tv_sec += ns / 1000000000;
+    t.tv_nsec = ns % 1000000000;
+    return pthread_mutex_timedlock((pthread_mutex_t *)lock, &t);
+}
+
+int memwall_pool_mutex_consistent(void *lock) { return pthread_mutex_consistent((pthread_mutex_t *)lock); }
+
+int memwall_pool_mutex_unlock(void *lock) { return pthread_mutex_unlock((pthread_mutex_t *)lock); }
+
+size_t memwall_pool_mutex_size(void) { return sizeof(pthread_mutex_t); }
+_Static_assert(sizeof(pthread_mutex_t) <= sizeof(((memwall_pool_header *)0)->lock), "the pool lock fits its header field");

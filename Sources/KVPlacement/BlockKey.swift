@@ -43,7 +43,7 @@ public struct BlockKey: RawRepresentable, Hashable, Sendable, Comparable, Custom
 
     /// A 64-bit finaliser (the SplitMix64 constants): every input bit affects every output bit.
     @inline(__always)
-    static func mix(_ value: UInt64) -> UInt64 {
+    package static func mix(_ value: UInt64) -> UInt64 {
         var x = value
         x = (x ^ (x >> 30)) &* 0xBF58_476D_1CE4_E5B9
         x = (x ^ (x >> 27)) &* 0x94D0_49BB_1331_11EB

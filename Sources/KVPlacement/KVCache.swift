@@ -539,6 +539,12 @@ public struct KVLookup: Sendable, Hashable {
     public var count: Int
     /// The tier of each of those blocks, fastest = 0.
     public var tiers: [Int]
+
+    /// `count` leading blocks found, in `tiers`.
+    public init(count: Int, tiers: [Int]) {
+        self.count = count
+        self.tiers = tiers
+    }
 }
 
 /// Identifies one event subscription.

@@ -35,6 +35,13 @@ public struct KVBlockFailure: Sendable, CustomStringConvertible {
     /// (a store no tier could take), or the transport's error.
     public var error: MemWallError
 
+    /// A failure of the block at `index` (other stores of KV blocks, such as the host-wide pool, report in this shape too).
+    public init(index: Int, key: BlockKey, error: MemWallError) {
+        self.index = index
+        self.key = key
+        self.error = error
+    }
+
     /// "block <key> (#i): message".
     public var description: String { "block \(key) (#\(index)): \(error.message)" }
 }
@@ -49,6 +56,13 @@ public struct KVTransferResult: Sendable {
     public var bytes: Int
     /// True when every block completed.
     public var succeeded: Bool { failed.isEmpty }
+
+    /// The outcome of an operation on `blocks` keys.
+    public init(blocks: Int, failed: [KVBlockFailure], bytes: Int) {
+        self.blocks = blocks
+        self.failed = failed
+        self.bytes = bytes
+    }
 
     /// Throws the first failure, naming its block (for callers that want all or nothing).
     public func check() throws(MemWallError) {

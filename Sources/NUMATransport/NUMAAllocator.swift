@@ -208,6 +208,32 @@ public final class NUMAAllocator: Sendable {
         }
     }
 
+    /// Places a fresh mapping someone else made (a shared segment that several
+    /// processes map, see `KVPool`) on `nodeID`: a strict binding of its range,
+    /// then every page faulted in, so the pages are on the node when this returns
+    /// (verify with ``pageLocations(of:)``). For a shared file mapping (tmpfs)
+    /// the binding is the file's own policy, so it holds for every process that
+    /// maps the file. `nil` or the emulated node only faults the pages in.
+    /// The mapping must be new: on a kernel without `MADV_POPULATE_WRITE` its
+    /// pages are touched by writing a zero byte.
+    /// - Throws: `notFound` for an unknown node, `noMemoryOnNode`, `systemCall` from `mbind`/`madvise`.
+    public func place(_ region: MemoryRegion, on nodeID: Int?) throws(MemWallError) {
+        guard let nodeID else {
+            try populate(region.baseAddress, region.byteCount, -1)
+            return
+        }
+        let node = try node(nodeID)
+        if !node.isEmulated && kernelNUMA {
+            guard region.byteCount <= node.freeBytes else {
+                throw MemWallError(.noMemoryOnNode,
+                    "node \(nodeID) has \(ByteCount(node.freeBytes)) free of \(ByteCount(node.totalBytes)); cannot place \(ByteCount(region.byteCount)) there")
+            }
+            try bind(region.baseAddress, region.byteCount, to: nodeID, move: false)
+        }
+        try populate(region.baseAddress, region.byteCount, nodeID)
+        region.updatePlacement(node.placement)
+    }
+
     /// Sets a strict single-node policy on a range; with `move`, migrates pages already there.
     func bind(_ p: UnsafeMutableRawPointer, _ length: Int, to nodeID: Int, move: Bool) throws(MemWallError) {
         let bitsPerWord = UInt.bitWidth

@@ -48,18 +48,19 @@ public struct FileIdentity: Hashable, Sendable {
 /// (when their owner lets go, at exit, and on SIGINT/SIGTERM/SIGHUP, see
 /// `CMemWallCleanup.h`); existing ones are opened only with consent; every
 /// one is `flock`ed while used, and a conflicting lock names its holder.
-enum BackingFile {
+/// Package-visible so the KV pool's shared segments follow the same rules.
+package enum BackingFile {
     /// A file descriptor, whether this run created the file, and its removal slot.
-    struct Opened {
-        var fd: Int32
-        var created: Bool
-        var cleanupSlot: Int32?
+    package struct Opened {
+        package var fd: Int32
+        package var created: Bool
+        package var cleanupSlot: Int32?
     }
 
     /// Opens `path`: creates it when absent and `create` is true; otherwise
     /// opens it as `existing` allows. The result is locked.
-    static func open(_ path: String, create: Bool, existing: ExistingFileUse, waitForLock: Bool,
-                     funnel: SyscallFunnel) throws(MemWallError) -> Opened {
+    package static func open(_ path: String, create: Bool, existing: ExistingFileUse, waitForLock: Bool,
+                             funnel: SyscallFunnel) throws(MemWallError) -> Opened {
         var st = stat()
         if lstat(path, &st) == 0 || Errno.current != .noEntry {
             return try openExisting(path, existing, waitForLock: waitForLock, funnel: funnel)
@@ -150,8 +151,54 @@ enum BackingFile {
         return Opened(fd: fd, created: false, cleanupSlot: nil)
     }
 
+    /// Opens an existing file that processes share (a KV pool segment), for
+    /// reading and writing, without following a link, and locks it: shared
+    /// (several processes attach at once) or, with `exclusive`, alone (its
+    /// creator while it initializes, `destroy`). The file must be a regular
+    /// file owned by this user: a name in a world-writable directory such as
+    /// /dev/shm could have been planted by someone else.
+    /// - Throws: `notFound`; `invalidArgument` for a link, a non-regular file
+    ///   or another user's file; `busy` naming the holder of a conflicting lock.
+    package static func openShared(_ path: String, exclusive: Bool, funnel: SyscallFunnel) throws(MemWallError) -> Opened {
+        let fd: Int32
+        switch funnel.open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC) {
+        case .success(let f): fd = f
+        case .failure(let e):
+            if e == .noEntry { throw MemWallError(.notFound, "'\(path)' does not exist", function: "open", errno: e) }
+            if e.rawValue == ELOOP {
+                throw MemWallError(.invalidArgument, "'\(path)' is a symbolic link; a shared segment is never reached through one", function: "open", errno: e)
+            }
+            throw .system("open", e, "cannot open '\(path)' for reading and writing")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw .system("fstat", e, "cannot inspect '\(path)'")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG, st.st_uid == geteuid() else {
+            close(fd)
+            throw MemWallError(.invalidArgument,
+                "'\(path)' is not a regular file owned by this user (uid \(geteuid())); it was not made by memwall for you, so it is left alone")
+        }
+        do throws(MemWallError) {
+            try lock(fd, exclusive: exclusive, path: path)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return Opened(fd: fd, created: false, cleanupSlot: nil)
+    }
+
+    /// Keeps a file this run created after the run ends (a segment other
+    /// processes attach to later): it is no longer removed at exit or on a signal.
+    package static func keep(_ opened: inout Opened) {
+        if let slot = opened.cleanupSlot { memwall_cleanup_forget(slot) }
+        opened.cleanupSlot = nil
+    }
+
     /// Removes a file this run created (if its name is still ours) and closes it.
-    static func release(_ opened: Opened) {
+    package static func release(_ opened: Opened) {
         // Removed while still open and locked, so no other run can take the name meanwhile.
         if let slot = opened.cleanupSlot { _ = memwall_cleanup_remove(slot) }
         close(opened.fd)
@@ -174,7 +221,7 @@ enum BackingFile {
     ///
     /// With `wait`, the caller queues for the file instead (the lab's test
     /// suites, which share one device and must not write it at the same time).
-    static func lock(_ fd: Int32, exclusive: Bool, path: String, wait: Bool = false) throws(MemWallError) {
+    package static func lock(_ fd: Int32, exclusive: Bool, path: String, wait: Bool = false) throws(MemWallError) {
         let deadline = MonotonicClock.nanoseconds() + lockPatience
         while flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB)) != 0 {
             let e = Errno.current

@@ -17,6 +17,7 @@ struct MemWall: AsyncParsableCommand {
             TopoCommand.self,
             BenchCommand.self,
             KVCommand.self,
+            PoolCommand.self,
             RDMAServeCommand.self,
         ]
     )

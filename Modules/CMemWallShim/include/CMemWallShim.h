@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "CMemWallCleanup.h"
+#include "CMemWallPool.h"
 
 /* open(2) flag O_DIRECT (bypass the page cache). */
 int memwall_o_direct(void);

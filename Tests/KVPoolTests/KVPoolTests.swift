@@ -1,0 +1,5 @@
+import KVPlacement
+@testable import KVPool
+import MemWallCore
+import Testing
+import Transport
