@@ -113,9 +113,9 @@ extension PoolTables {
             }
             let id = identity(p)
             let alive = id.liveness == .alive
-            references += held
+            references &+= held
             if !alive {
-                referencesOfDead += held
+                referencesOfDead &+= held
                 reservationsOfDead += reservationsBy[p]
             }
             let e = process(p)

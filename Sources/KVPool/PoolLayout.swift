@@ -114,8 +114,8 @@ struct PoolLayout: Sendable, Hashable {
         var copy = h
         let sum = withUnsafeBytes(of: &copy) { b in memwall_checksum(b.baseAddress, Int(offsetOfLayoutChecksum)) }
         guard sum == h.layout_checksum else { throw bad("its layout checksum does not match (the header was overwritten)") }
+        guard h.block_bytes <= 1 << 30, h.block_bytes > 0, h.block_bytes % 4096 == 0 else { throw bad("block size \(h.block_bytes)") }
         let block = Int(h.block_bytes)
-        guard h.block_bytes <= 1 << 30, block > 0, block % 4096 == 0 else { throw bad("block size \(h.block_bytes)") }
         let slots = Int(h.slot_count), processes = Int(h.process_slots), buckets = Int(h.bucket_count)
         guard (1...maximumSlots).contains(slots) else { throw bad("slot count \(slots)") }
         guard (1...maximumProcesses).contains(processes) else { throw bad("process slot count \(processes)") }

@@ -124,8 +124,15 @@ final class PoolSegment: Sendable {
         MemoryPlacement(node: node, isEmulated: emulated, label: emulated ? "KV pool, far memory (emulated)" : "KV pool")
     }
 
+    /// Maps the file through a second open file description (`/proc/self/fd/N`):
+    /// a mapping keeps the description it was made from alive, and an `flock`
+    /// lasts as long as its description, so mapping through the locked one
+    /// would keep the lock until the mapping goes — a detached process would
+    /// still look attached to `destroy`.
     private static func map(_ fd: Int32, bytes: Int, path: String, placement: MemoryPlacement) throws(MemWallError) -> MemoryRegion {
-        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        let second = Glibc.open("/proc/self/fd/\(fd)", O_RDWR | O_CLOEXEC)
+        defer { if second >= 0 { close(second) } }
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, second >= 0 ? second : fd, 0)
         guard let p, p != MAP_FAILED else { throw .system("mmap", .current, "cannot map pool segment '\(path)' (\(ByteCount(bytes)))") }
         return MemoryRegion(adopting: p, byteCount: bytes, placement: placement) { ptr, len in munmap(ptr, len) }
     }

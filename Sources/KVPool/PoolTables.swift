@@ -248,7 +248,7 @@ final class PoolTables: Sendable {
         let head = memwall_pool_header_free_head(header)
         slot(s).pointee.next_free = head.pointee
         head.pointee = UInt32(s)
-        memwall_pool_header_free_count(header).pointee += 1
+        memwall_pool_header_free_count(header).pointee &+= 1
     }
 
     private func rebuildFreeStack() {
