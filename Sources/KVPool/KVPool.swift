@@ -72,6 +72,14 @@ public final class KVPool: Sendable {
         try PoolSegment.path(forName: name, directory: directory)
     }
 
+    /// The segment size that holds exactly `blocks` blocks of `blockBytes` for
+    /// `processes` attached processes (the `bytes` to give ``create(name:bytes:blockBytes:node:processes:allocator:)``).
+    /// Arguments out of range give the size for the nearest valid ones; `create` checks them.
+    public static func segmentBytes(blocks: Int, blockBytes: Int, processes: Int = 32) -> Int {
+        PoolLayout(blockBytes: min(max(blockBytes, 4096), 1 << 30), slotCount: min(max(blocks, 1), PoolLayout.maximumSlots),
+                   processSlots: min(max(processes, 1), PoolLayout.maximumProcesses)).usedBytes
+    }
+
     // MARK: Create, attach, destroy
 
     /// Creates pool `name` and attaches this process to it.

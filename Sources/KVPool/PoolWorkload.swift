@@ -37,7 +37,7 @@ package struct PoolWorkload {
     let ownBlocks: Int
     let views: Bool
     private var rng: SplitMix64
-    private let buffers: MemoryRegion
+    private var buffers: MemoryRegion
     private let expected: MemoryRegion
 
     package init(pool: KVPool, seed: UInt64, documents: Int, documentBlocks: Int, ownBlocks: Int, views: Bool) throws(MemWallError) {
@@ -68,10 +68,22 @@ package struct PoolWorkload {
         return (0..<documentBlocks).map { PoolWorkload.documentKey(d, $0) } + (0..<ownBlocks).map { PoolWorkload.ownKey(seed: seed, r, $0) }
     }
 
-    /// Looks up, loads and checks the cached prefix, stores the rest.
+    /// The keys of every shared document (what `bench pool` looks up).
+    package static func documentKeys(documents: Int, documentBlocks: Int) -> [[BlockKey]] {
+        (0..<documents).map { d in (0..<documentBlocks).map { documentKey(d, $0) } }
+    }
+
+    /// Runs request `r` of this worker (a document, then its own blocks).
     package mutating func request(_ r: Int, into report: inout Report) throws(MemWallError) {
-        let keys = keys(r)
+        try request(keys: keys(r), into: &report)
+    }
+
+    /// Looks up `keys` (a prefix chain), loads and checks the cached prefix, stores the rest.
+    package mutating func request(keys: [BlockKey], into report: inout Report) throws(MemWallError) {
         let bytes = pool.blockBytes
+        if buffers.byteCount < keys.count * bytes {
+            buffers = try MemoryRegion.allocate(byteCount: keys.count * bytes)
+        }
         let slots = (0..<keys.count).map { KVBuffer(region: buffers, offset: $0 * bytes) }
         let hit = try pool.lookup(keys).count
         report.requests += 1
@@ -103,6 +115,45 @@ package struct PoolWorkload {
         let stored = try pool.store(Array(keys[hit...]), from: Array(slots[hit...]), after: hit > 0 ? keys[hit - 1] : nil)
         report.stored += stored.bytes / bytes
         report.storeFailures += stored.failed.count
+    }
+
+    /// What a lookup-only loop measured.
+    package struct LookupReport: Codable, Sendable {
+        /// Block lookups (keys looked up).
+        package var lookups = 0
+        /// Wall time of the loop.
+        package var seconds = 0.0
+        /// CPU time this process spent in it (the machine may have fewer cores than processes).
+        package var cpuSeconds = 0.0
+        package var lookupsPerSecond = 0.0
+        package var lookupsPerCPUSecond = 0.0
+    }
+
+    /// Looks up whole documents, one after another in a random order, until `deadline` (monotonic ns).
+    package mutating func lookups(until deadline: UInt64) throws(MemWallError) -> LookupReport {
+        let chains = PoolWorkload.documentKeys(documents: documents, documentBlocks: documentBlocks)
+        var report = LookupReport()
+        let cpu0 = PoolWorkload.cpuSeconds()
+        let t0 = MonotonicClock.nanoseconds()
+        var now = t0
+        while now < deadline {
+            for _ in 0..<64 {
+                report.lookups += try pool.lookup(chains[Int(rng.next() % UInt64(chains.count))]).count
+            }
+            now = MonotonicClock.nanoseconds()
+        }
+        report.seconds = Double(now - t0) / 1e9
+        report.cpuSeconds = PoolWorkload.cpuSeconds() - cpu0
+        report.lookupsPerSecond = Double(report.lookups) / max(report.seconds, 1e-9)
+        report.lookupsPerCPUSecond = Double(report.lookups) / max(report.cpuSeconds, 1e-9)
+        return report
+    }
+
+    /// User + system CPU time of this process.
+    static func cpuSeconds() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
     }
 
     private func check(_ key: BlockKey, _ region: MemoryRegion, offset: Int) -> Bool {

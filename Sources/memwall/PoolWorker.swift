@@ -51,12 +51,33 @@ struct PoolWorkerCommand: ParsableCommand {
     @Flag(name: .long, help: "Run until standard input reaches its end (then report), within --requests and --seconds.")
     var untilStdinCloses = false
 
+    @Option(name: .long, help: "requests (default), lookups (look documents up until --seconds pass: bench pool), or trace (replay part of --trace).")
+    var mode: String = "requests"
+
+    @Option(name: .long, help: "Mooncake trace whose requests number part, part + parts, … this worker replays (trace mode).")
+    var trace: String?
+
+    @Option(name: .long, help: "Which share of the trace's requests to replay (0-based).")
+    var part: Int = 0
+
+    @Option(name: .long, help: "Shares the trace is split into.")
+    var parts: Int = 1
+
+    @Option(name: .long, help: "Start the measured loop at this CLOCK_MONOTONIC time (ns), so workers start together.")
+    var startAt: UInt64?
+
     func validate() throws {
         try OptionCheck.inRange("--requests", requests, 1 ... 100_000_000)
         try OptionCheck.inRange("--documents", documents, 1 ... 1 << 20)
         try OptionCheck.inRange("--document-blocks", documentBlocks, 1 ... 4096)
         try OptionCheck.inRange("--own-blocks", ownBlocks, 0 ... 4096)
         if let seconds { try OptionCheck.finite("--seconds", seconds, above: 0, atMost: 3600, unit: "seconds") }
+        guard ["requests", "lookups", "trace"].contains(mode) else {
+            throw ValidationError("invalid --mode '\(mode)': expected requests, lookups or trace")
+        }
+        if mode == "trace" && trace == nil { throw ValidationError("--mode trace needs --trace FILE") }
+        try OptionCheck.inRange("--parts", parts, 1 ... 1024)
+        try OptionCheck.inRange("--part", part, 0 ... parts - 1)
         if let stopAt, KVPoolTestPoint(rawValue: stopAt) == nil {
             throw ValidationError("invalid --stop-at '\(stopAt)': expected one of \(KVPoolTestPoint.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -70,8 +91,25 @@ struct PoolWorkerCommand: ParsableCommand {
         _ = memwall_flush_standard_output()
         var workload = try PoolWorkload(pool: pool, seed: seed, documents: documents, documentBlocks: documentBlocks,
                                     ownBlocks: ownBlocks, views: views)
+        let requestList = try trace.map { path throws(MemWallError) in
+            let all = try MooncakeTrace.load(path: path).requests
+            return stride(from: part, to: all.count, by: parts).map { all[$0].blockIDs }
+        }
+        if let startAt { while MonotonicClock.nanoseconds() < startAt { usleep(200) } }
         let deadline = seconds.map { MonotonicClock.nanoseconds() &+ UInt64($0 * 1e9) }
+        if mode == "lookups" {
+            try Output.printJSON(try workload.lookups(until: deadline ?? MonotonicClock.nanoseconds() &+ 1_000_000_000))
+            return
+        }
         var report = PoolWorkload.Report()
+        if let requestList {
+            for keys in requestList.prefix(requests) {
+                if let deadline, MonotonicClock.nanoseconds() >= deadline { break }
+                try workload.request(keys: keys, into: &report)
+            }
+            try Output.printJSON(report)
+            return
+        }
         for r in 0..<requests {
             if let deadline, MonotonicClock.nanoseconds() >= deadline { break }
             if untilStdinCloses && PoolWorkerCommand.standardInputEnded() { break }
