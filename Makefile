@@ -48,6 +48,7 @@ bench: deps lab-deps
 	scripts/bench-local.sh --lab
 	scripts/bench-topo.sh
 	scripts/bench-kv.sh
+	scripts/bench-pool.sh
 	scripts/bench-rdma.sh host | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: host"
 	scripts/bench-rdma.sh lab | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: lab"
 

@@ -133,6 +133,9 @@ if let cli = package.targets.first(where: { $0.name == "memwall" }) {
     cli.dependencies.append("HostCapabilities")
     cli.dependencies.append("KVPool")
 }
+if let abi = package.targets.first(where: { $0.name == "MemWallC" }) {
+    abi.dependencies.append("KVPool")
+}
 // MARK: - The host-wide KV pool (issue 14): one shared segment, attached by every process
 
 package.products += [

@@ -296,6 +296,80 @@ int mw_kv_stats_json(mw_kv *kv, char **json_out);
  * eventsDropped). Free with mw_free_string. */
 int mw_kv_events_json(mw_kv *kv, char **json_out);
 
+/* ---------------------------------------------------------------------------------------------
+ * The host-wide KV pool: one copy of each block for every process of the host (docs/kv-pool.md)
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct mw_pool mw_pool;
+typedef struct mw_pool_view mw_pool_view;
+
+/* Creates pool `name` (a shared segment /dev/shm/memwall-pool-NAME, or in $MEMWALL_POOL_DIR) of
+ * `bytes` in all, holding as many blocks of `block_bytes` (a multiple of 4096, <= 1 GiB) as fit,
+ * and attaches this process. `node` >= 0 binds the pages to that NUMA node (MW_NODE_FAR: the
+ * CPU-less node, else the emulated far node; MW_NODE_ANY: not bound). `processes` is how many
+ * processes may be attached at once (1 ... 254; 0: 32). An existing name is MW_E_ALREADY_EXISTS
+ * (nothing is overwritten); a name that is not 1-64 letters, digits, '.', '_', '-' is
+ * MW_E_INVALID_ARGUMENT. */
+int mw_pool_create(const char *name, size_t bytes, size_t block_bytes, int node, uint32_t processes,
+                   mw_pool **pool_out);
+
+/* Attaches this process to pool `name`; first reclaims what processes that died held. A segment
+ * that fails its checks is MW_E_CORRUPTED; no such pool is MW_E_NOT_FOUND. */
+int mw_pool_attach(const char *name, mw_pool **pool_out);
+
+/* Detaches and frees the handle. Views still open keep the process attached until closed. */
+int mw_pool_close(mw_pool *pool);
+
+/* Removes pool `name`: refused with MW_E_BUSY while processes are attached unless `force` is 1
+ * (they then keep the unnamed segment until they detach). A file that is not a memwall pool is
+ * MW_E_INVALID_ARGUMENT and left alone. */
+int mw_pool_destroy(const char *name, int force);
+
+/* Bytes per block and blocks the pool holds. Either output may be NULL. */
+int mw_pool_geometry(mw_pool *pool, size_t *block_bytes_out, size_t *capacity_blocks_out);
+
+/* How many leading keys are in the pool (*hit_count_out). Takes no lock and no reference: a
+ * block found may be evicted before it is loaded (its load then fails with MW_E_NOT_FOUND). */
+int mw_pool_lookup(mw_pool *pool, const uint64_t *keys, size_t key_count, size_t *hit_count_out);
+
+/* Stores `key_count` blocks, block i from the block_bytes at blocks[i] (the caller's memory; each
+ * range is checked to be mapped). keys[i]'s parent is keys[i-1], keys[0]'s is *parent (NULL: it
+ * starts a chain). One copy in, checksummed on the way, then published: readers never see a
+ * half-written block. Keys already in the pool (or being written by another live process) are
+ * skipped. *stored_out (may be NULL) receives the blocks written. A block no slot could take
+ * (everything referenced, being written, or the parent of a cached block) makes the call return
+ * MW_E_OUT_OF_BOUNDS naming it. */
+int mw_pool_store(mw_pool *pool, const uint64_t *keys, size_t key_count, void *const *blocks,
+                  const uint64_t *parent, size_t *stored_out);
+
+/* Copies `key_count` blocks into blocks[i] (one pass that copies and checks each block's
+ * checksum). Every block is tried; *loaded_out (may be NULL) receives how many arrived intact;
+ * the first failure is returned: MW_E_NOT_FOUND (not in the pool), MW_E_CORRUPTED (checksum
+ * mismatch), MW_E_BUSY (its slot kept changing). */
+int mw_pool_load(mw_pool *pool, const uint64_t *keys, size_t key_count, void *const *blocks,
+                 size_t *loaded_out);
+
+/* The block `key` in place, without a copy: *view_out is a handle whose bytes (mw_pool_view_bytes)
+ * stay valid, and the block stays in the pool, until mw_pool_view_close. MW_E_NOT_FOUND when the
+ * block is not in the pool. */
+int mw_pool_view(mw_pool *pool, uint64_t key, mw_pool_view **view_out);
+
+/* The view's bytes (read-only: a published block never changes) and their length. Either output
+ * may be NULL. */
+int mw_pool_view_bytes(mw_pool_view *view, const void **pointer_out, size_t *bytes_out);
+
+/* Recomputes the checksum of the view's bytes in place: MW_OK when they match the checksum the
+ * block was published with, MW_E_CORRUPTED otherwise. */
+int mw_pool_view_verify(mw_pool_view *view);
+
+/* Releases the view (its bytes must not be used afterwards). */
+int mw_pool_view_close(mw_pool_view *view);
+
+/* The pool's state as `memwall pool stat NAME --json` prints it (schema "memwall.pool/1"),
+ * read without attaching; `pages` 1 also asks the kernel where every page is. Free with
+ * mw_free_string. */
+int mw_pool_stat_json(const char *name, int pages, char **json_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -76,6 +76,7 @@ final class PoolSegment: Sendable {
         try checkRoom(path: path, bytes: segmentBytes)
         var opened = try BackingFile.open(path, create: true, existing: .refuse, waitForLock: false, funnel: .system)
         do throws(MemWallError) {
+            if node != nil { try checkBindable(opened.fd, path: path) }
             try CCall.minusOne(ftruncate(opened.fd, off_t(segmentBytes)), "ftruncate", "cannot size '\(path)' to \(ByteCount(segmentBytes))")
             let region = try map(opened.fd, bytes: segmentBytes, path: path,
                                  placement: placement.map { nodePlacement($0.id, emulated: $0.isEmulated) } ?? .anyNode)
@@ -117,6 +118,18 @@ final class PoolSegment: Sendable {
         let free = Int(st.f_bavail) &* Int(st.f_frsize)
         guard free >= bytes else {
             throw MemWallError(.noMemoryOnNode, "'\(dir)' has \(ByteCount(free)) free; a pool of \(ByteCount(bytes)) does not fit (choose a smaller --size)")
+        }
+    }
+
+    /// Only shared memory (tmpfs) pages follow a mapping's NUMA policy; a file
+    /// on another filesystem would be placed by the page cache, not the binding.
+    private static func checkBindable(_ fd: Int32, path: String) throws(MemWallError) {
+        var magic: Int64 = 0
+        try CCall.minusOne(memwall_filesystem_magic(fd, &magic), "fstatfs", "cannot inspect the filesystem of '\(path)'")
+        let tmpfs: Int64 = 0x0102_1994, hugetlbfs: Int64 = 0x9584_58F6
+        guard magic == tmpfs || magic == hugetlbfs else {
+            throw MemWallError(.unsupported,
+                "'\(directory(of: path))' is not a tmpfs (filesystem magic \(String(magic, radix: 16))): its pages would not follow a NUMA binding; set MEMWALL_POOL_DIR to a tmpfs directory such as /dev/shm")
         }
     }
 

@@ -349,7 +349,7 @@ final class TransferEntry: Sendable {
 }
 
 /// The keys of a call as BlockKeys (one copy; a BlockKey is a UInt64).
-private func blockKeys(_ keys: UnsafePointer<UInt64>?, _ count: Int) throws(MemWallError) -> [BlockKey] {
+func blockKeys(_ keys: UnsafePointer<UInt64>?, _ count: Int) throws(MemWallError) -> [BlockKey] {
     let n = try ABI.count(count, "key_count", 0...KVHandles.maximumKeys)
     guard n > 0 else { return [] }
     let p = try ABI.required(keys, "keys")

@@ -63,7 +63,7 @@ struct BenchPoolCommand: ParsableCommand {
         progress.update(1, "lookups: \(BenchOutput.fixed(lookups.perProcess.map(\.lookupsPerSecond).reduce(0, +) / Double(processes) / 1e6)) M/s per process")
         let bytes = try ByteCount.parse(blockBytes).rawValue
         let blocks = max(1, try ByteCount.parse(span).rawValue / bytes)
-        let (copy, read) = try measureCopyAndRead(blockBytes: bytes, blocks: blocks)
+        let (copy, read, pages) = try measureCopyAndRead(blockBytes: bytes, blocks: blocks)
         progress.update(3, "copy-load \(BenchOutput.fixed(copy.ratio))x memcpy, in-place read \(BenchOutput.fixed(read.ratio))x memory")
         var traceReport: PoolTraceReport?
         if let trace {
@@ -71,7 +71,7 @@ struct BenchPoolCommand: ParsableCommand {
             progress.update(4, "trace done")
         }
         let report = PoolBenchReport(processes: processes, seconds: seconds, node: node, lookups: lookups, copyLoad: copy,
-                                     inPlaceRead: read, trace: traceReport)
+                                     inPlaceRead: read, poolPages: pages, trace: traceReport)
         if output.json { try Output.printJSON(report) } else { printText(report) }
     }
 
@@ -99,7 +99,7 @@ struct BenchPoolCommand: ParsableCommand {
 
     // MARK: Copy-load and in-place reads
 
-    private func measureCopyAndRead(blockBytes bytes: Int, blocks: Int) throws -> (PoolRatio, PoolRatio) {
+    private func measureCopyAndRead(blockBytes bytes: Int, blocks: Int) throws -> (PoolRatio, PoolRatio, PoolRatio) {
         let name = "bench-copy-\(getpid())"
         let pool = try KVPool.create(name: name, bytes: KVPool.segmentBytes(blocks: blocks, blockBytes: bytes, processes: 4), blockBytes: bytes, node: node, processes: 4)
         defer { pool.close(); try? KVPool.destroy(name: name, force: true) }
@@ -112,7 +112,7 @@ struct BenchPoolCommand: ParsableCommand {
         let batch = 64
 
         // load() against memcpy of the same source bytes into the same buffers.
-        let load = measure { () throws(MemWallError) in
+        let load = { () throws(MemWallError) -> Int in
             var i = 0
             while i < blocks {
                 let n = min(batch, blocks - i)
@@ -125,13 +125,14 @@ struct BenchPoolCommand: ParsableCommand {
         final class Held { let view: KVPoolView; init(_ v: consuming KVPoolView) { view = v } }
         let held = try keys.map { k throws(MemWallError) in Held(try pool.view(k)) }
         let sources = held.map { $0.view.bytes.baseAddress }
-        let memcpyRate = measure { () throws(MemWallError) in
+        let copy = { () throws(MemWallError) -> Int in
             for i in 0..<blocks { if let s = sources[i] { memcpy(destination.baseAddress + i * bytes, s, bytes) } }
             return blocks * bytes
         }
+        let copyRates = try measure(load, against: copy)
         // Reading in place — view, one pass over the bytes, close — against the same pass over private memory.
         var sink: UInt64 = 0
-        let inPlace = measure { () throws(MemWallError) in
+        let inPlace = { () throws(MemWallError) -> Int in
             for k in keys {
                 let v = try pool.view(k)
                 sink ^= memwall_checksum(v.bytes.baseAddress, v.bytes.count)
@@ -139,30 +140,46 @@ struct BenchPoolCommand: ParsableCommand {
             }
             return blocks * bytes
         }
-        let privateRate = measure { () throws(MemWallError) in
+        let privatePass = { () throws(MemWallError) -> Int in
             for i in 0..<blocks { sink ^= memwall_checksum(destination.baseAddress + i * bytes, bytes) }
             return blocks * bytes
         }
+        let readRates = try measure(inPlace, against: privatePass)
+        // The pool's pages read with every view already held: what is left is the memory itself.
+        let heldPass = { () throws(MemWallError) -> Int in
+            for s in sources { if let s { sink ^= memwall_checksum(s, bytes) } }
+            return blocks * bytes
+        }
+        let pageRates = try measure(heldPass, against: privatePass)
         _ = held.count
         if sink == 0x5EED { print("") }   // keeps the reads from being optimised away
         return (PoolRatio(what: "load() of \(ByteCount(bytes)) blocks into private buffers (copy + checksum check)", bytes: blocks * bytes,
-                          gigabytesPerSecond: try load.get(), referenceName: "one-thread memcpy of the same bytes", referenceGigabytesPerSecond: try memcpyRate.get()),
+                          gigabytesPerSecond: copyRates.0, referenceName: "one-thread memcpy of the same bytes", referenceGigabytesPerSecond: copyRates.1),
                 PoolRatio(what: "reading \(ByteCount(bytes)) blocks in place through views (checksum pass)", bytes: blocks * bytes,
-                          gigabytesPerSecond: try inPlace.get(), referenceName: "the same pass over private memory of the same size", referenceGigabytesPerSecond: try privateRate.get()))
+                          gigabytesPerSecond: readRates.0, referenceName: "the same pass over private memory of the same size", referenceGigabytesPerSecond: readRates.1),
+                PoolRatio(what: "the same pass over the pool's pages with every view held (no reference taken per block)", bytes: blocks * bytes,
+                          gigabytesPerSecond: pageRates.0, referenceName: "the same pass over private memory of the same size", referenceGigabytesPerSecond: pageRates.1))
     }
 
-    /// Median GB/s of repeated rounds of `body` (which returns the bytes it moved) over `seconds`.
-    private func measure(_ body: () throws(MemWallError) -> Int) -> Result<Double, MemWallError> {
-        var rates: [Double] = []
+    /// Median GB/s of `body` and of `reference`, run in alternating rounds (each returns the
+    /// bytes it moved) for `seconds`, so both see the same machine (it is shared and noisy).
+    private func measure(_ body: () throws(MemWallError) -> Int, against reference: () throws(MemWallError) -> Int) throws(MemWallError) -> (Double, Double) {
+        var a: [Double] = [], b: [Double] = []
+        func rate(_ f: () throws(MemWallError) -> Int) throws(MemWallError) -> Double {
+            let t0 = MonotonicClock.nanoseconds()
+            let n = try f()
+            return Double(n) / Double(max(1, MonotonicClock.nanoseconds() - t0))
+        }
+        _ = try body()   // warm: page tables, caches
+        _ = try reference()
         let end = MonotonicClock.nanoseconds() &+ UInt64(seconds * 1e9)
         repeat {
-            let t0 = MonotonicClock.nanoseconds()
-            let n: Int
-            do throws(MemWallError) { n = try body() } catch { return .failure(error) }
-            rates.append(Double(n) / Double(max(1, MonotonicClock.nanoseconds() - t0)))
-        } while MonotonicClock.nanoseconds() < end || rates.count < 3
-        rates.sort()
-        return .success(rates[rates.count / 2])
+            a.append(try rate(body))
+            b.append(try rate(reference))
+        } while MonotonicClock.nanoseconds() < end || a.count < 3
+        a.sort()
+        b.sort()
+        return (a[a.count / 2], b[b.count / 2])
     }
 
     // MARK: Trace: one shared pool against private pools
@@ -211,7 +228,7 @@ struct BenchPoolCommand: ParsableCommand {
         print("lookups (chains of \(l.chainLength) over \(l.blocks) blocks, no lock):")
         print("  one process alone      \(BenchOutput.fixed(l.alone.lookupsPerSecond / 1e6)) M/s (\(BenchOutput.fixed(l.alone.lookupsPerCPUSecond / 1e6)) M per CPU-second)")
         print("  \(r.processes) processes at once   \(each) M/s each; \(BenchOutput.fixed(perCPU / 1e6)) M per CPU-second each")
-        for x in [r.copyLoad, r.inPlaceRead] {
+        for x in [r.copyLoad, r.inPlaceRead, r.poolPages] {
             print("\(x.what), \(ByteCount(x.bytes)):")
             print("  \(BenchOutput.fixed(x.gigabytesPerSecond)) GB/s vs \(BenchOutput.fixed(x.referenceGigabytesPerSecond)) GB/s for \(x.referenceName): \(BenchOutput.fixed(x.ratio))x")
         }
@@ -286,6 +303,7 @@ struct PoolBenchReport: Codable, Sendable {
     var lookups: PoolLookupReport
     var copyLoad: PoolRatio
     var inPlaceRead: PoolRatio
+    var poolPages: PoolRatio
     var trace: PoolTraceReport?
 }
 

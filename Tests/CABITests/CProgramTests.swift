@@ -17,6 +17,11 @@ import Testing
         try expectPasses("kv_test")
     }
 
+    @Test("the pool program (Tests/c/pool_test.c) shares blocks between two attachments, reads in place and is refused cleanly")
+    func poolProgramPasses() throws {
+        try expectPasses("pool_test")
+    }
+
     /// Tests/c/NAME.c exited 0 after a clean "N passed, 0 failed" and no "not ok" line.
     private func expectPasses(_ name: String) throws {
         let outcome = try CBuild.programOutcome(name)

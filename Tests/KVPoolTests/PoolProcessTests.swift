@@ -136,13 +136,25 @@ struct WorkerReport: Decodable {
 struct PoolProcessTests {
     static var canRun: Bool { MemWallProcess.executable != nil }
 
-    /// Four processes store and load overlapping prefixes at once; every block
-    /// read is checked; each distinct block is written once and held once.
     @Test func fourProcessesShareOneCopyOfEachBlock() throws {
         guard Self.canRun else { print("skip: the memwall executable is not built next to the tests"); return }
+        try PoolProcessChecks.fourProcesses(node: nil)
+    }
+
+    @Test func killedProcessesAreReclaimedAndNothingHalfWrittenIsServed() throws {
+        guard Self.canRun else { print("skip: the memwall executable is not built next to the tests"); return }
+        try PoolProcessChecks.crashes(runs: 100, node: nil)
+    }
+}
+
+/// The multi-process checks, run on the host and, with the pool on CPU-less node 1, in the lab.
+enum PoolProcessChecks {
+    /// Four processes store and load overlapping prefixes at once; every block
+    /// read is checked; each distinct block is written once and held once.
+    static func fourProcesses(node: Int?) throws {
         let documents = 4, documentBlocks = 8, ownBlocks = 2, requests = 60, workers = 4
         let distinct = documents * documentBlocks + workers * requests * ownBlocks
-        let s = try ScratchPool("four", blocks: distinct + 64, blockBytes: 16384)
+        let s = try ScratchPool("four", blocks: distinct + 64, blockBytes: 16384, node: node)
         let procs = try (1...workers).map { seed in
             try MemWallProcess(["pool", "worker", s.name, "--seed", "\(seed)", "--requests", "\(requests)",
                                 "--documents", "\(documents)", "--document-blocks", "\(documentBlocks)",
@@ -167,15 +179,14 @@ struct PoolProcessTests {
         #expect(st.counters["corrupt"] == 0)
     }
 
-    /// 100 processes killed with SIGKILL — at a random moment, or stopped first
+    /// `runs` processes killed with SIGKILL — at a random moment, or stopped first
     /// at a chosen point (holding the lock, half-way through writing a block,
     /// holding a view) — while another process keeps reading and writing.
     /// After each kill the next attach reclaims everything the dead process
     /// held; `pool stat` then shows no dead process, no reference or
     /// reservation of one, and consistent tables; no read anywhere is corrupt.
-    @Test func killedProcessesAreReclaimedAndNothingHalfWrittenIsServed() throws {
-        guard Self.canRun else { print("skip: the memwall executable is not built next to the tests"); return }
-        let s = try ScratchPool("crash", blocks: 96, blockBytes: 16384)
+    static func crashes(runs: Int, node: Int?) throws {
+        let s = try ScratchPool("crash", blocks: 96, blockBytes: 16384, node: node)
         let shape = ["--documents", "6", "--document-blocks", "8"]
         let survivor = try MemWallProcess(["pool", "worker", s.name, "--seed", "999", "--requests", "100000000", "--seconds", "600",
                                            "--own-blocks", "2", "--views", "--until-stdin-closes"] + shape)
@@ -184,7 +195,7 @@ struct PoolProcessTests {
         let points: [KVPoolTestPoint] = [.lockHeld, .writing, .beforeView, .viewHeld]
         var stoppedAt: [KVPoolTestPoint: Int] = [:]
         var before = try KVPool.status(name: s.name, pages: false)
-        for run in 0..<100 {
+        for run in 0..<runs {
             let point: KVPoolTestPoint? = run % 3 == 0 ? points[(run / 3) % points.count] : nil
             let writer = point.map { $0 == .lockHeld || $0 == .writing } ?? (rng.next() % 2 == 0)
             var args = ["pool", "worker", s.name, "--seed", "\(run + 1)", "--requests", "100000000", "--seconds", "60"] + shape
@@ -233,7 +244,7 @@ struct PoolProcessTests {
         let verifier = try KVPool.attach(name: s.name)
         defer { verifier.close() }
         var keys = (0..<6).flatMap { d in (0..<8).map { PoolWorkload.documentKey(d, $0) } }
-        keys += (1...100).flatMap { seed in (0..<1000).flatMap { r in (0..<4).map { PoolWorkload.ownKey(seed: UInt64(seed), r, $0) } } }
+        keys += (1...runs).flatMap { seed in (0..<1000).flatMap { r in (0..<4).map { PoolWorkload.ownKey(seed: UInt64(seed), r, $0) } } }
             .filter { (try? verifier.lookup([$0]).count) == 1 }
         let b = try Blocks(count: 1, blockBytes: s.pool.blockBytes)
         var checked = 0
@@ -244,7 +255,7 @@ struct PoolProcessTests {
         #expect(checked > 0)
         let final = try MemWallProcess.stat(s.name)
         #expect(final.reserved == 0 && final.references == 0 && final.processesDead == 0 && final.problems.isEmpty)
-        #expect(final.reclaimedProcesses == 100)
+        #expect(final.reclaimedProcesses == runs)
         #expect(final.counters["corrupt"] == 0)
     }
 }

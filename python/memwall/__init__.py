@@ -20,12 +20,13 @@ from .errors import (AlreadyExistsError, BusyError, CancelledError, CorruptedErr
                      RemoteAccessError, ShortTransferError, SystemCallError, TimedOutError, UnsupportedError)
 from .keys import chain_keys, extra_key
 from .kv import BlockFailure, KVCache, Transfer
+from .pool import Pool, PoolView
 from .regions import Region
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KVCache", "Transfer", "BlockFailure", "Region", "chain_keys", "extra_key", "capabilities", "topology",
+    "KVCache", "Transfer", "BlockFailure", "Pool", "PoolView", "Region", "chain_keys", "extra_key", "capabilities", "topology",
     "abi_version", "library_version", "library_path", "Error", "SystemCallError", "InvalidArgumentError",
     "MalformedInputError", "NotFoundError", "AlreadyExistsError", "BusyError", "OutOfBoundsError",
     "MisalignedError", "UnsupportedError", "HardwareRequiredError", "TimedOutError", "CancelledError",

@@ -111,6 +111,19 @@ _signatures: Any = {
     "mw_kv_event_fd": ([_P, ctypes.POINTER(ctypes.c_int)], ctypes.c_int),
     "mw_kv_stats_json": ([_P, _PP], ctypes.c_int),
     "mw_kv_events_json": ([_P, _PP], ctypes.c_int),
+    "mw_pool_create": ([ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_uint32, _PP], ctypes.c_int),
+    "mw_pool_attach": ([ctypes.c_char_p, _PP], ctypes.c_int),
+    "mw_pool_close": ([_P], ctypes.c_int),
+    "mw_pool_destroy": ([ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
+    "mw_pool_geometry": ([_P, c_size_p, c_size_p], ctypes.c_int),
+    "mw_pool_lookup": ([_P, _P, ctypes.c_size_t, c_size_p], ctypes.c_int),
+    "mw_pool_store": ([_P, _P, ctypes.c_size_t, _P, _P, c_size_p], ctypes.c_int),
+    "mw_pool_load": ([_P, _P, ctypes.c_size_t, _P, c_size_p], ctypes.c_int),
+    "mw_pool_view": ([_P, ctypes.c_uint64, _PP], ctypes.c_int),
+    "mw_pool_view_bytes": ([_P, _PP, c_size_p], ctypes.c_int),
+    "mw_pool_view_verify": ([_P], ctypes.c_int),
+    "mw_pool_view_close": ([_P], ctypes.c_int),
+    "mw_pool_stat_json": ([ctypes.c_char_p, ctypes.c_int, _PP], ctypes.c_int),
 }
 
 #: Functions of memwall.h the loaded library does not export (a build without the KV cache).
