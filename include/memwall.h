@@ -352,7 +352,7 @@ int mw_pool_load(mw_pool *pool, const uint64_t *keys, size_t key_count, void *co
 /* The block `key` in place, without a copy: *view_out is a handle whose bytes (mw_pool_view_bytes)
  * stay valid, and the block stays in the pool, until mw_pool_view_close. MW_E_NOT_FOUND when the
  * block is not in the pool. */
-int mw_pool_view(mw_pool *pool, uint64_t key, mw_pool_view **view_out);
+int mw_pool_view_open(mw_pool *pool, uint64_t key, mw_pool_view **view_out);
 
 /* The view's bytes (read-only: a published block never changes) and their length. Either output
  * may be NULL. */

@@ -468,8 +468,10 @@ public final class KVPool: Sendable {
 /// A published block read in place: ``bytes`` point into the shared segment
 /// and stay valid — the block cannot be evicted — until the view is closed
 /// (``close()``, or the end of its lifetime: it is `~Copyable`, so exactly one
-/// owner releases it exactly once).
-public struct KVPoolView: ~Copyable {
+/// owner releases it exactly once). It may be handed to another thread or task
+/// (`@unchecked`: ownership is unique, the bytes are an immutable pointer into the
+/// mapping the pool keeps alive, and releasing is one atomic on this process's row).
+public struct KVPoolView: ~Copyable, @unchecked Sendable {
     /// The block.
     public let key: BlockKey
     /// Its bytes, in the pool's pages (read-only: a published block never changes).

@@ -175,8 +175,8 @@ public func mw_pool_load(_ pool: OpaquePointer?, _ keys: UnsafePointer<UInt64>?,
 }
 
 @c @implementation
-public func mw_pool_view(_ pool: OpaquePointer?, _ key: UInt64, _ viewOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
-    ABI.run("mw_pool_view") { () throws(MemWallError) in
+public func mw_pool_view_open(_ pool: OpaquePointer?, _ key: UInt64, _ viewOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    ABI.run("mw_pool_view_open") { () throws(MemWallError) in
         let out = try ABI.required(viewOut, "view_out")
         let p = try PoolHandles.pools.object(pool).pool
         let entry = PoolViewEntry(try p.view(BlockKey(rawValue: key)))

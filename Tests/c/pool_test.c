@@ -56,7 +56,7 @@ int main(void) {
     mw_pool_view *view = NULL;
     const void *bytes = NULL;
     size_t length = 0;
-    check(mw_pool_view(other, keys[2], &view) == MW_OK, "mw_pool_view", mw_last_error());
+    check(mw_pool_view_open(other, keys[2], &view) == MW_OK, "mw_pool_view_open", mw_last_error());
     check(mw_pool_view_bytes(view, &bytes, &length) == MW_OK && length == BLOCK && same(bytes, 2),
           "the view is the block in place", mw_last_error());
     check(mw_pool_view_verify(view) == MW_OK, "mw_pool_view_verify", mw_last_error());
@@ -68,7 +68,7 @@ int main(void) {
     check_fails(mw_pool_view_close(view), MW_E_MISUSE, "mw_pool_view", "a view is closed once");
 
     uint64_t absent = 42;
-    check_fails(mw_pool_view(pool, absent, &view), MW_E_NOT_FOUND, "not in KV pool", "a view of an absent block is NOT_FOUND");
+    check_fails(mw_pool_view_open(pool, absent, &view), MW_E_NOT_FOUND, "not in KV pool", "a view of an absent block is NOT_FOUND");
     check_fails(mw_pool_load(pool, &absent, 1, blocks, &loaded), MW_E_NOT_FOUND, "not in KV pool", "a load of an absent block is NOT_FOUND");
     void *bad[1] = { (void *)(uintptr_t)4096 };
     check_fails(mw_pool_store(pool, keys, 1, bad, NULL, NULL), MW_E_OUT_OF_BOUNDS, "mapped", "an unmapped block pointer is refused");

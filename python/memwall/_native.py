@@ -119,7 +119,7 @@ _signatures: Any = {
     "mw_pool_lookup": ([_P, _P, ctypes.c_size_t, c_size_p], ctypes.c_int),
     "mw_pool_store": ([_P, _P, ctypes.c_size_t, _P, _P, c_size_p], ctypes.c_int),
     "mw_pool_load": ([_P, _P, ctypes.c_size_t, _P, c_size_p], ctypes.c_int),
-    "mw_pool_view": ([_P, ctypes.c_uint64, _PP], ctypes.c_int),
+    "mw_pool_view_open": ([_P, ctypes.c_uint64, _PP], ctypes.c_int),
     "mw_pool_view_bytes": ([_P, _PP, c_size_p], ctypes.c_int),
     "mw_pool_view_verify": ([_P], ctypes.c_int),
     "mw_pool_view_close": ([_P], ctypes.c_int),

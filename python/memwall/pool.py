@@ -222,7 +222,7 @@ class Pool:
         if not 0 <= int(key) < 1 << 64:
             raise InvalidArgumentError(f"key {key} is outside 0 ... 2**64-1")
         handle = ctypes.c_void_p()
-        _native.check(_native.lib.mw_pool_view(self._h(), ctypes.c_uint64(int(key)), ctypes.byref(handle)))
+        _native.check(_native.lib.mw_pool_view_open(self._h(), ctypes.c_uint64(int(key)), ctypes.byref(handle)))
         assert handle.value is not None
         return PoolView(handle.value, int(key))
 
