@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CMemWallABI
-import FoundationEssentials
+import HostCapabilities
 import KVPlacement
 import KVPool
 import MemWallCore
@@ -223,12 +223,10 @@ public func mw_pool_stat_json(_ name: UnsafePointer<CChar>?, _ pages: Int32,
         let out = try ABI.required(jsonOut, "json_out")
         guard pages == 0 || pages == 1 else { throw .invalid("pages", pages, expected: "0 or 1") }
         let status = try KVPool.status(name: try ABI.string(name, "name", limit: 64), pages: pages == 1)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data: Data
-        do { data = try encoder.encode(status) } catch {
+        let text: String
+        do { text = try StableJSON.text(status) } catch {
             throw MemWallError(.internalFailure, "could not encode the pool's status as JSON: \(error)")
         }
-        try ReturnedStrings.hand(String(decoding: data, as: UTF8.self), to: out)
+        try ReturnedStrings.hand(text, to: out)
     }
 }

@@ -61,7 +61,7 @@ int main(void) {
           "the view is the block in place", mw_last_error());
     check(mw_pool_view_verify(view) == MW_OK, "mw_pool_view_verify", mw_last_error());
     char *json = NULL;
-    check(mw_pool_stat_json(name, 0, &json) == MW_OK && json && strstr(json, "\"references\":1") && strstr(json, "\"blocks\":8"),
+    check(mw_pool_stat_json(name, 0, &json) == MW_OK && json && strstr(json, "\"references\" : 1") && strstr(json, "\"blocks\" : 8"),
           "mw_pool_stat_json counts the view's reference", json ? json : mw_last_error());
     mw_free_string(json);
     check(mw_pool_view_close(view) == MW_OK, "mw_pool_view_close", mw_last_error());
