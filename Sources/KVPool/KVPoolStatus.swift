@@ -15,6 +15,7 @@ public struct KVPoolStatus: Sendable, Codable, Hashable {
     public struct Process: Sendable, Codable, Hashable {
         /// Entry number (the owner field of reservations).
         public var index: Int
+        /// The process id it recorded when it attached.
         public var pid: Int32
         /// Attach counter value when it attached.
         public var epoch: UInt64
@@ -28,9 +29,13 @@ public struct KVPoolStatus: Sendable, Codable, Hashable {
 
     /// "memwall.pool/1".
     public var schema = "memwall.pool/1"
+    /// The pool's name.
     public var name: String
+    /// Its segment file.
     public var path: String
+    /// Bytes of the segment (tables and blocks).
     public var segmentBytes: Int
+    /// Bytes per block.
     public var blockBytes: Int
     /// Block slots.
     public var slots: Int
@@ -46,19 +51,25 @@ public struct KVPoolStatus: Sendable, Codable, Hashable {
     public var bytesFree: Int
     /// Process slots.
     public var processSlots: Int
-    /// Entries of processes running now / no longer running (reclaimed by the next attach).
+    /// Entries of processes running now.
     public var processesAlive: Int
+    /// Entries of processes no longer running (reclaimed by the next attach).
     public var processesDead: Int
+    /// Every entry in use.
     public var processes: [Process]
-    /// References held, in all, and by processes that no longer run.
+    /// References held, in all.
     public var references: Int
+    /// References held by processes that no longer run.
     public var referencesOfDead: Int
     /// Reservations of processes that no longer run.
     public var reservationsOfDead: Int
-    /// Reclaimed so far (processes, references, half-written reservations) and lock-owner repairs.
+    /// Processes reclaimed so far (dead while attached).
     public var reclaimedProcesses: Int
+    /// References reclaimed so far.
     public var reclaimedReferences: Int
+    /// Half-written reservations reclaimed so far (freed, never served).
     public var reclaimedReservations: Int
+    /// Times a process found the lock's owner dead and rebuilt the tables.
     public var repairs: Int
     /// Counters summed over every process that used the pool (`lookups`, `hits`, `stores`,
     /// `duplicates` (stores skipped: already there), `loads`, `views`, `evictions`, `corrupt`).
