@@ -169,7 +169,10 @@ typedef struct mw_transfer mw_transfer;
 
 /* Opens a cache. `config_json` is one JSON object; keys (any other key is refused):
  *   "tiers"        string, required: "dram:BLOCKS[,far:BLOCKS][,nvme:BLOCKS]" fastest first,
- *                  DRAM first, at most 4 tiers (e.g. "dram:256,far:1024,nvme:8192")
+ *                  DRAM first, at most 4 tiers (e.g. "dram:256,far:1024,nvme:8192"); one tier
+ *                  may be "pool:NAME", the host-wide KV pool NAME (mw_pool_create), attached for
+ *                  this cache: blocks no faster tier holds are read from it, every stored block
+ *                  is written to it too (e.g. "dram:256,pool:agents,nvme:8192")
  *   "block_bytes"  integer, required: bytes per block, a positive multiple of 4096, <= 1 GiB
  *   "nvme_path"    string: file or block device of the nvme tier; created when absent (and
  *                  removed at close); an existing one is used only with "allow_write": true.

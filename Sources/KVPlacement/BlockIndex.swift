@@ -1233,6 +1233,17 @@ extension BlockIndexCore {
         return tiersOf
     }
 
+    /// The tier of each key whose bytes are stored here (nil: not cached, never stored, or lost).
+    func storedTiers(_ keys: some Collection<BlockKey>) -> [Int?] {
+        keys.map { k -> Int? in
+            let s = table.find(k.rawValue)
+            guard s >= 0 else { return nil }
+            let e = entries[Int(s)]
+            if ledger != nil && e.flags & (Entry.empty | Entry.lost) != 0 { return nil }
+            return Int(e.tier)
+        }
+    }
+
     /// Plans reading each cached block of `keys` into the caller's buffer at the same position.
     /// - Parameter touching: Count the read as a use of the block (eviction order), as a runtime's load is.
     /// - Parameter positions: The position of each key in the operation (its buffer, its per-block error).

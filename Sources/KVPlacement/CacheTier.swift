@@ -10,6 +10,9 @@ public enum TierKind: String, Sendable, Hashable, CaseIterable, Codable, CustomS
     case nvme
     /// A peer's registered memory, through RDMA or its TCP emulation.
     case remote
+    /// The host-wide KV pool every process shares (`KVPool`): a ``SharedKVTier`` the cache
+    /// consults and writes through to, outside its own index (its capacity is the pool's).
+    case pool
 
     /// The raw value.
     public var description: String { rawValue }
@@ -31,17 +34,26 @@ public struct TierSpec: Sendable, Hashable, CustomStringConvertible {
         self.capacityBlocks = capacityBlocks
     }
 
-    /// `"dram:5000"`.
-    public var description: String { "\(name):\(capacityBlocks)" }
+    /// `"dram:5000"`, `"pool:NAME"`.
+    public var description: String { kind == .pool ? "pool:\(name)" : "\(name):\(capacityBlocks)" }
 
-    /// Parses `KIND:BLOCKS` (`dram:5000`, `far:15000`, `nvme:100000`, `remote:2000`).
+    /// Parses `KIND:BLOCKS` (`dram:5000`, `far:15000`, `nvme:100000`, `remote:2000`), or
+    /// `pool:NAME` for the host-wide KV pool named NAME (its capacity is the pool's: 0 here).
     /// - Throws: `invalidArgument` naming the text and the accepted forms.
     public static func parse(_ text: String) throws(MemWallError) -> TierSpec {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false).map { String($0).trimmingWhitespace() }
+        if parts.count == 2, parts[0].lowercased() == "pool" {
+            let name = parts[1]
+            let ok = !name.isEmpty && name.utf8.count <= 64 && !name.hasPrefix(".") && name.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
+            }
+            guard ok else { throw .invalid("pool tier", text, expected: "pool:NAME with NAME 1 to 64 letters, digits, '.', '_' or '-'") }
+            return TierSpec(name: name, kind: .pool, capacityBlocks: 0)
+        }
         let kinds: [String: TierKind] = ["dram": .dram, "far": .farMemory, "far-memory": .farMemory,
                                          "cxl": .farMemory, "nvme": .nvme, "remote": .remote]
         guard parts.count == 2, let kind = kinds[parts[0].lowercased()] else {
-            throw .invalid("tier", text, expected: "KIND:BLOCKS with KIND one of dram, far, nvme, remote (e.g. dram:5000)")
+            throw .invalid("tier", text, expected: "KIND:BLOCKS with KIND one of dram, far, nvme, remote (e.g. dram:5000), or pool:NAME")
         }
         guard let n = Int(parts[1]), n > 0 else {
             throw .invalid("capacity of tier '\(parts[0])'", parts[1], expected: "a positive number of blocks")
@@ -50,8 +62,22 @@ public struct TierSpec: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Checks a tier list: 1…``maximumCount`` tiers, positive capacities, DRAM first.
+    /// - Parameter allowingShared: Accept one ``TierKind/pool`` tier after the first (a
+    ///   ``KVCache`` given the pool keeps it out of its index); without it a pool tier is refused.
     /// - Throws: `invalidArgument` naming the offending tier.
-    public static func validate(_ tiers: [TierSpec]) throws(MemWallError) {
+    public static func validate(_ tiers: [TierSpec], allowingShared: Bool = false) throws(MemWallError) {
+        let pools = tiers.enumerated().filter { $0.element.kind == .pool }
+        if !pools.isEmpty {
+            guard allowingShared else {
+                throw .invalid("tier", pools[0].element.description,
+                               expected: "no pool tier here: the host-wide pool is a runtime tier of a KV cache (KVCache, mw_kv_open), not one this command models")
+            }
+            guard pools.count == 1, pools[0].offset > 0 else {
+                throw .invalid("pool tier", pools[0].element.description, expected: "one pool tier, after the dram tier")
+            }
+            try validate(tiers.filter { $0.kind != .pool })
+            return
+        }
         guard !tiers.isEmpty, tiers.count <= maximumCount else {
             throw .invalid("tier count", tiers.count, expected: "1 to \(maximumCount) tiers")
         }

@@ -55,19 +55,50 @@ public final class KVCache: Sendable {
     public let policyName: String
     /// Bytes per block payload, or `nil` for a metadata-only cache.
     public var blockBytes: Int? { store?.blockBytes }
+    /// The host-wide pool this cache shares blocks through (a `pool:NAME` tier), if any.
+    /// Not one of ``tiers`` (the index's own); in ``KVLookup/tiers`` it counts at ``sharedPosition``.
+    public let shared: (any SharedKVTier)?
+    /// The pool's place in the tier list the cache was made with (0 is DRAM): the tier number
+    /// ``lookup(_:)`` reports for blocks read from it; the index's tiers after it count one higher.
+    public let sharedPosition: Int?
+    private let sharedCounts = SharedTierCounters()
 
     /// Creates a cache.
     /// - Parameters:
+    ///   - tiers: Fastest first, DRAM first; at most one `pool:NAME` tier (``TierKind/pool``), the
+    ///     host-wide pool, which needs `shared` and a byte store. The store's tiers are the others.
     ///   - store: Holds and moves the blocks' bytes; `nil` keeps metadata only.
-    /// - Throws: `invalidArgument` for bad tiers or block size; `outOfBounds` when a store's tier is too small.
+    ///   - shared: The attached pool (`KVPool.attach(name:)`) of the `pool:NAME` tier. Lookups
+    ///     and loads read a block from it when no faster tier of this cache holds it; stores
+    ///     write every block into it as well, so the other processes attached to it find it.
+    /// - Throws: `invalidArgument` for bad tiers or block size, or a pool tier without its pool
+    ///   (or of another name or block size); `outOfBounds` when a store's tier is too small.
     public convenience init(tiers: [TierSpec], policy: EvictionPolicyName = .lfuda, blockSize: Int = 16,
-                            store: TierStore? = nil) throws(MemWallError) {
-        let index = try BlockIndex(tiers: tiers, policy: policy, blockSize: blockSize)
-        try self.init(index: index, store: store)
+                            store: TierStore? = nil, shared: (any SharedKVTier)? = nil) throws(MemWallError) {
+        try TierSpec.validate(tiers, allowingShared: true)
+        let position = tiers.firstIndex { $0.kind == .pool }
+        if let position {
+            guard let shared else {
+                throw MemWallError(.invalidArgument, "tier \(tiers[position]) needs its pool attached: pass KVPool.attach(name: \"\(tiers[position].name)\") as shared")
+            }
+            guard shared.name == tiers[position].name else {
+                throw .invalid("shared pool", shared.name, expected: "the pool the tier list names (\(tiers[position]))")
+            }
+            guard let store else {
+                throw MemWallError(.invalidArgument, "tier \(tiers[position]) holds bytes: the cache needs a TierStore")
+            }
+            guard store.blockBytes == shared.blockBytes else {
+                throw .invalid("block size of pool '\(shared.name)'", shared.blockBytes, expected: "the cache's \(store.blockBytes) bytes")
+            }
+        } else if shared != nil {
+            throw MemWallError(.invalidArgument, "a shared pool needs its place in the tier list: add pool:\(shared?.name ?? "NAME") after dram")
+        }
+        let index = try BlockIndex(tiers: tiers.filter { $0.kind != .pool }, policy: policy, blockSize: blockSize)
+        try self.init(index: index, store: store, shared: position.map { (shared, $0) })
     }
 
     /// A cache over an index built with any policy instance (the offline oracle in replays).
-    init(index: sending BlockIndex, store: TierStore?) throws(MemWallError) {
+    init(index: sending BlockIndex, store: TierStore?, shared: ((any SharedKVTier)?, Int)? = nil) throws(MemWallError) {
         if let store {
             index.core.ledger = PayloadLedger(slots: try store.slotCounts(for: index.tiers))
         }
@@ -75,6 +106,8 @@ public final class KVCache: Sendable {
         blockSize = index.blockSize
         policyName = index.policyName
         self.store = store
+        self.shared = shared?.0
+        sharedPosition = shared?.0 == nil ? nil : shared?.1
         state = Mutex(State(index: index))
     }
 
@@ -252,7 +285,48 @@ public final class KVCache: Sendable {
     /// transfer in flight. Without a byte store, every cached block counts.
     public func lookup(_ keys: [BlockKey]) -> KVLookup {
         let tiersOf = state.withLock { $0.index.core.storedPrefix(keys) }
-        return KVLookup(count: tiersOf.count, tiers: tiersOf)
+        guard let shared, let pos = sharedPosition else { return KVLookup(count: tiersOf.count, tiers: tiersOf) }
+        // Numbered as the tier list the cache was made with: the pool at `pos`, the index's slower tiers after it.
+        var tiers = tiersOf.map { $0 < pos ? $0 : $0 + 1 }
+        // A block this process holds only in a tier slower than the pool is read from the pool when it is there.
+        for i in tiers.indices where tiers[i] > pos && (try? shared.lookup([keys[i]]).count) == 1 { tiers[i] = pos }
+        if tiers.count < keys.count, let more = try? shared.lookup(Array(keys[tiers.count...])).count, more > 0 {
+            tiers += Array(repeating: pos, count: more)
+        }
+        let inPool = tiers.reduce(0) { $0 + ($1 == pos ? 1 : 0) }
+        if inPool > 0 { sharedCounts.hits.wrappingAdd(inPool, ordering: .relaxed) }
+        return KVLookup(count: tiers.count, tiers: tiers)
+    }
+
+    /// What the cache did with its shared pool (zero without one).
+    public var sharedStatistics: SharedTierStatistics {
+        SharedTierStatistics(lookupHits: sharedCounts.hits.load(ordering: .relaxed),
+                             blocksLoaded: sharedCounts.loaded.load(ordering: .relaxed),
+                             blocksStored: sharedCounts.stored.load(ordering: .relaxed))
+    }
+
+    /// Reads from the shared pool the blocks of `keys` no faster tier of this cache holds.
+    /// - Returns: Positions read (done), positions that failed for good (not held locally
+    ///   either), and the bytes moved; everything else is for the cache's own tiers.
+    private func loadShared(_ keys: [BlockKey], _ buffers: [KVBuffer]) -> (done: Set<Int>, failed: [KVBlockFailure], bytes: Int) {
+        guard let shared, let pos = sharedPosition else { return ([], [], 0) }
+        let local = state.withLock { $0.index.core.storedTiers(keys) }
+        // Index tier t sits at list position t (< pos) or t + 1: slower than the pool when t >= pos.
+        let candidates = keys.indices.filter { local[$0].map { $0 >= pos } ?? true }
+        guard !candidates.isEmpty else { return ([], [], 0) }
+        let result = withExtendedLifetime(buffers) {
+            try? shared.load(candidates.map { keys[$0] }, into: candidates.map { buffers[$0].region.baseAddress + buffers[$0].offset })
+        }
+        guard let result else { return ([], [], 0) }
+        var done = Set(candidates)
+        var failed: [KVBlockFailure] = []
+        for f in result.failed {
+            let i = candidates[f.index]
+            done.remove(i)
+            if local[i] == nil { failed.append(KVBlockFailure(index: i, key: keys[i], error: f.error)) }
+        }
+        sharedCounts.loaded.wrappingAdd(done.count, ordering: .relaxed)
+        return (done, failed, result.bytes)
     }
 
     /// Lets ``load(_:into:policy:)`` and ``store(_:from:after:policy:)`` use
@@ -335,9 +409,12 @@ public final class KVCache: Sendable {
         default: nil
         }
         return submit { [self] in
-            var failed: [KVBlockFailure] = []
-            var bytes = 0
-            var todo = Array(keys.indices)
+            // Blocks only the shared pool has (or has faster than this cache) come from it; the rest from the cache's tiers.
+            let pooled = self.loadShared(keys, buffers)
+            var failed: [KVBlockFailure] = pooled.failed
+            var bytes = pooled.bytes
+            let settled = pooled.done.union(pooled.failed.map(\.index))
+            var todo = keys.indices.filter { !settled.contains($0) }
             while !todo.isEmpty {
                 let subset = todo.map { keys[$0] }
                 let (verdicts, plan) = (try? self.planned { s in
@@ -443,6 +520,18 @@ public final class KVCache: Sendable {
                     }
                 }
             }
+            if let shared = self.shared {
+                // Every block into the host-wide pool too (those there already are skipped): one copy
+                // for every process attached to it. A block the pool took is cached even when this
+                // cache's own tiers could not take it.
+                let sources = buffers.map { UnsafeRawPointer($0.region.baseAddress + $0.offset) }
+                if let r = withExtendedLifetime(buffers, { try? shared.store(keys, from: sources, after: parent) }) {
+                    let refused = Set(r.failed.map(\.index))
+                    failed.removeAll { $0.error.code == .outOfBounds && !refused.contains($0.index) }
+                    bytes += r.bytes
+                    self.sharedCounts.stored.wrappingAdd(r.bytes / store.blockBytes, ordering: .relaxed)
+                }
+            }
             failed.sort { $0.index < $1.index }
             return KVTransferResult(blocks: keys.count, failed: failed, bytes: bytes)
         }
@@ -531,6 +620,23 @@ public final class KVCache: Sendable {
         }
         if empty { hasSubscribers.store(false, ordering: .relaxed) }
     }
+}
+
+/// What a cache did with its shared pool (``KVCache/sharedStatistics``).
+public struct SharedTierStatistics: Sendable, Hashable {
+    /// Blocks lookups found in the pool (and in no faster tier of the cache).
+    public var lookupHits: Int
+    /// Blocks loads read from the pool.
+    public var blocksLoaded: Int
+    /// Blocks stores wrote into the pool (blocks already there are not counted).
+    public var blocksStored: Int
+}
+
+/// Counters behind ``SharedTierStatistics``.
+final class SharedTierCounters: Sendable {
+    let hits = Atomic<Int>(0)
+    let loaded = Atomic<Int>(0)
+    let stored = Atomic<Int>(0)
 }
 
 /// ``KVCache/lookup(_:)``'s answer.

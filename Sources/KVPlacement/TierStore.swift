@@ -294,6 +294,9 @@ public final class TierStore: Sendable {
             case .remote:
                 throw MemWallError(.unsupported,
                     "tier '\(t.name)' (remote) needs a connected peer; build its TierBacking from a RemoteSegment the RDMA/TCP transport resolved")
+            case .pool:
+                throw MemWallError(.unsupported,
+                    "tier pool:\(t.name) is the host-wide KV pool: it is attached (KVPool.attach) and given to KVCache, not built here")
             }
         }
         let store = try TierStore(blockBytes: blockBytes, dramBlocks: tiers[0].capacityBlocks, lowerTiers: backings)

@@ -283,8 +283,9 @@ public final class KVPool: Sendable {
         }
     }
 
-    /// ``load(_:into:)`` into raw destinations of ``blockBytes`` each (the C ABI's path).
-    package func load(_ keys: [BlockKey], into destinations: [UnsafeMutableRawPointer]) throws(MemWallError) -> KVTransferResult {
+    /// ``load(_:into:)`` into raw destinations of ``blockBytes`` each (the C ABI's path, and a
+    /// ``KVCache``'s when the pool is its shared tier); each must hold ``blockBytes`` writable bytes.
+    public func load(_ keys: [BlockKey], into destinations: [UnsafeMutableRawPointer]) throws(MemWallError) -> KVTransferResult {
         guard keys.count == destinations.count else {
             throw MemWallError(.invalidArgument, "load got \(keys.count) keys and \(destinations.count) buffers; give one buffer per key")
         }
@@ -364,8 +365,9 @@ public final class KVPool: Sendable {
         }
     }
 
-    /// ``store(_:from:after:)`` from raw sources of ``blockBytes`` each (the C ABI's path).
-    package func store(_ keys: [BlockKey], from sources: [UnsafeRawPointer], after parent: BlockKey?) throws(MemWallError) -> KVTransferResult {
+    /// ``store(_:from:after:)`` from raw sources of ``blockBytes`` each (the C ABI's path, and a
+    /// ``KVCache``'s when the pool is its shared tier); each must hold ``blockBytes`` readable bytes.
+    public func store(_ keys: [BlockKey], from sources: [UnsafeRawPointer], after parent: BlockKey?) throws(MemWallError) -> KVTransferResult {
         guard keys.count == sources.count else {
             throw MemWallError(.invalidArgument, "store got \(keys.count) keys and \(sources.count) buffers; give one buffer per key")
         }
@@ -464,6 +466,10 @@ public final class KVPool: Sendable {
         return try tables.withLock { () throws(MemWallError) in try tables.snapshot(name: name, pages: pages) }
     }
 }
+
+/// The pool as a ``KVCache`` tier (`pool:NAME` in its tier list): lookups, loads and stores
+/// as above, on the pool every attached process shares.
+extension KVPool: SharedKVTier {}
 
 /// A published block read in place: ``bytes`` point into the shared segment
 /// and stay valid — the block cannot be evicted — until the view is closed

@@ -5,6 +5,7 @@ import CMemWallABI
 import FoundationEssentials
 import HostCapabilities
 import KVPlacement
+import KVPool
 import MemWallCore
 import NUMATransport
 import Synchronization
@@ -97,7 +98,7 @@ struct KVConfiguration: Sendable {
         for part in tierText.split(separator: ",", omittingEmptySubsequences: false) {
             specs.append(try TierSpec.parse(String(part)))
         }
-        try TierSpec.validate(specs)
+        try TierSpec.validate(specs, allowingShared: true)
         guard let blockBytes = try integer("block_bytes", 4096...(1 << 30)) else {
             throw MemWallError(.invalidArgument, "config \"block_bytes\" is missing: give the bytes per block, a multiple of 4096")
         }
@@ -139,6 +140,8 @@ struct KVConfiguration: Sendable {
 final class KVEntry: Sendable {
     let id: UInt64
     let cache: KVCache
+    /// The host-wide pool of a `pool:NAME` tier, attached for this cache.
+    let pool: KVPool?
     let blockBytes: Int
     let blockTokens: Int
     private let tierNames: [String]
@@ -205,7 +208,8 @@ final class KVEntry: Sendable {
         id = KVEntry.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         blockBytes = c.blockBytes
         blockTokens = c.blockTokens
-        tierNames = c.tiers.map(\.name)
+        let own = c.tiers.filter { $0.kind != .pool }
+        tierNames = own.map(\.name)
         let numa = NUMATransport()
         let allocator = numa.allocator
         var farNode: Int?
@@ -223,7 +227,7 @@ final class KVEntry: Sendable {
             { bytes in try allocator.allocate(byteCount: bytes, on: node) }
         }
         let existing: ExistingFileUse = c.allowWrite ? .write : .refuse
-        let built = try TierStore.build(tiers: c.tiers, blockBytes: c.blockBytes, registry: registry,
+        let built = try TierStore.build(tiers: own, blockBytes: c.blockBytes, registry: registry,
             storage: { _, bytes throws(MemWallError) in
                 if let path = c.nvmePath {
                     return try StorageTarget(path: path, createWithSize: bytes, existing: existing)
@@ -232,7 +236,14 @@ final class KVEntry: Sendable {
             },
             farMemory: far)
         backings = Mutex(built.backings)
-        cache = try KVCache(tiers: c.tiers, policy: c.policy, blockSize: c.blockTokens, store: built.store)
+        // A pool:NAME tier: this process attaches to the host-wide pool (detached again at close).
+        pool = try c.tiers.first { $0.kind == .pool }.map { t throws(MemWallError) in try KVPool.attach(name: t.name) }
+        do throws(MemWallError) {
+            cache = try KVCache(tiers: c.tiers, policy: c.policy, blockSize: c.blockTokens, store: built.store, shared: pool)
+        } catch {
+            pool?.close()
+            throw error
+        }
         let buffer = EventBuffer(capacity: c.eventQueue)
         events = buffer
         subscription = cache.subscribe { event in buffer.append(event) }
@@ -317,6 +328,7 @@ final class KVEntry: Sendable {
         }
         cache.unsubscribe(subscription)
         cache.close()
+        pool?.close()
         backings.withLock { $0 = nil }
     }
 
@@ -628,6 +640,16 @@ private struct KVStatsDocument: Encodable {
     var copiesOnWrite: Int
     var bytesMovedByPath: [String: Int]
     var eventsDropped: Int
+    /// The host-wide pool of a `pool:NAME` tier: what this cache found in, read from and wrote to it.
+    var shared: Shared?
+
+    struct Shared: Encodable {
+        var pool: String
+        var position: Int
+        var lookupHits: Int
+        var blocksLoaded: Int
+        var blocksStored: Int
+    }
 }
 
 @c @implementation
@@ -645,7 +667,13 @@ public func mw_kv_stats_json(_ kv: OpaquePointer?, _ jsonOut: UnsafeMutablePoint
                                        lookups: s.lookups, hits: s.hits, misses: s.misses, hitRate: s.hitRate,
                                        stores: s.stores, promotions: s.promotions, demotions: s.demotions,
                                        drops: s.drops, uncached: s.uncached, copiesOnWrite: s.copiesOnWrite,
-                                       bytesMovedByPath: entry.cache.bytesMovedByPath, eventsDropped: entry.eventsDropped)
+                                       bytesMovedByPath: entry.cache.bytesMovedByPath, eventsDropped: entry.eventsDropped,
+                                       shared: entry.cache.shared.map { p in
+                                           let st = entry.cache.sharedStatistics
+                                           return KVStatsDocument.Shared(pool: p.name, position: entry.cache.sharedPosition ?? 0,
+                                                                         lookupHits: st.lookupHits, blocksLoaded: st.blocksLoaded,
+                                                                         blocksStored: st.blocksStored)
+                                       })
         let text: String
         do { text = try StableJSON.text(document) } catch {
             throw MemWallError(.internalFailure, "cannot encode the KV statistics: \(error)")

@@ -27,6 +27,11 @@ struct Blocks {
         self.blockBytes = blockBytes
     }
 
+    init(region: MemoryRegion, blockBytes: Int) {
+        self.region = region
+        self.blockBytes = blockBytes
+    }
+
     func buffers(_ n: Int, from first: Int = 0) -> [KVBuffer] {
         (first..<(first + n)).map { KVBuffer(region: region, offset: $0 * blockBytes) }
     }
@@ -207,5 +212,65 @@ struct KVPoolTests {
         let expectedNode = far.isEmulated ? allocator.realNodes[0] : far.id
         #expect(st.pagesPerNode.keys.sorted() == [String(expectedNode)], "every page of the segment is on node \(expectedNode): \(st.pagesPerNode)")
         #expect(st.pagesPerNode[String(expectedNode)] == s.pool.tables.segment.region.byteCount / PageSize.bytes)
+    }
+}
+
+/// The pool as a tier of `KVCache` (`dram:N,pool:NAME[,nvme:N]`): what one cache stores,
+/// another — another process in real use — finds and loads from the pool.
+@Suite("KVPool as a KVCache tier")
+struct PoolTierTests {
+    private func cache(_ pool: String, dram: Int, blockBytes: Int) throws -> (KVCache, KVPool, MemoryRegion) {
+        let shared = try KVPool.attach(name: pool)
+        let c = try KVCache(tiers: [TierSpec(name: "dram", kind: .dram, capacityBlocks: dram), try TierSpec.parse("pool:\(pool)")],
+                            policy: .lru, store: try TierStore(blockBytes: blockBytes, dramBlocks: dram, lowerTiers: []), shared: shared)
+        let region = try MemoryRegion.allocate(byteCount: 16 * blockBytes)
+        try c.register(region)
+        return (c, shared, region)
+    }
+
+    @Test func whatOneCacheStoresAnotherLoadsFromThePool() throws {
+        let s = try ScratchPool("tier", blocks: 64)
+        let bytes = s.pool.blockBytes
+        let (a, pa, ra) = try cache(s.name, dram: 4, blockBytes: bytes)
+        let (b, pb, rb) = try cache(s.name, dram: 4, blockBytes: bytes)
+        defer { a.close(); b.close(); pa.close(); pb.close() }
+        #expect(a.sharedPosition == 1 && a.tiers.map(\.kind) == [.dram], "the pool is not one of the index's tiers")
+        let keys = chain(60, 8)
+        let src = Blocks(region: ra, blockBytes: bytes)
+        src.fill(keys)
+        let stored = try a.store(keys, from: src.buffers(8)).wait()
+        #expect(stored.succeeded)
+        #expect(a.sharedStatistics.blocksStored == 8, "every block went into the pool too")
+        // A's DRAM holds 4 (and 4 spare slots); its lookups find the rest in the pool, at tier 1.
+        let mine = a.lookup(keys)
+        #expect(mine.count == 8 && mine.tiers.allSatisfy { $0 == 0 || $0 == 1 })
+        // B never stored anything: every block is a pool hit for it.
+        let theirs = b.lookup(keys)
+        #expect(theirs.count == 8 && theirs.tiers == Array(repeating: 1, count: 8))
+        let dst = Blocks(region: rb, blockBytes: bytes)
+        dst.clear()
+        let loaded = try b.load(keys, into: dst.buffers(8)).wait()
+        #expect(loaded.succeeded && loaded.bytes == 8 * bytes)
+        #expect(keys.indices.allSatisfy { dst.holds(keys[$0], at: $0) })
+        #expect(b.sharedStatistics.blocksLoaded == 8)
+        #expect(try s.pool.status().blocks == 8, "one copy in the pool, whoever stored it")
+        // A block in neither place fails on its own.
+        let missing = try b.load(chain(61, 1), into: dst.buffers(1)).wait()
+        #expect(missing.failed.first?.error.code == .notFound)
+    }
+
+    @Test func aPoolTierIsCheckedWhereItIsGiven() throws {
+        let s = try ScratchPool("tiercheck", blocks: 8)
+        let tiers = [TierSpec(name: "dram", kind: .dram, capacityBlocks: 4), try TierSpec.parse("pool:\(s.name)")]
+        let store = try TierStore(blockBytes: s.pool.blockBytes, dramBlocks: 4, lowerTiers: [])
+        #expect(throws: MemWallError.self) { _ = try KVCache(tiers: tiers, store: store) }                  // no pool given
+        #expect(throws: MemWallError.self) { _ = try KVCache(tiers: tiers, shared: s.pool) }                // no byte store
+        #expect(throws: MemWallError.self) { _ = try KVCache(tiers: [tiers[0]], store: store, shared: s.pool) }   // no place for it
+        #expect(throws: MemWallError.self) { _ = try KVCache(tiers: [tiers[1], tiers[0]], store: store, shared: s.pool) }  // not after dram
+        #expect(throws: MemWallError.self) { try TierSpec.validate(tiers) }                               // a command that models one process
+        #expect(throws: MemWallError.self) { _ = try TierSpec.parse("pool:../x") }
+        #expect(try TierSpec.parse("pool:\(s.name)").description == "pool:\(s.name)")
+        let odd = try TierStore(blockBytes: 2 * s.pool.blockBytes, dramBlocks: 4, lowerTiers: [])
+        #expect(throws: MemWallError.self) { _ = try KVCache(tiers: tiers, store: odd, shared: s.pool) }   // block sizes differ
     }
 }

@@ -110,3 +110,32 @@ def test_another_process_sees_the_blocks_and_its_death_is_reclaimed(pool: memwal
     stat = memwall.Pool.stat(pool.name)
     assert stat["processesDead"] == 0 and stat["references"] == 0 and stat["reclaimedReferences"] == 1
     assert stat["problems"] == []
+
+
+def test_a_kv_cache_with_a_pool_tier_shares_with_another_process(pool: memwall.Pool, tmp_path) -> None:
+    scratch = "/var/tmp" if os.path.isdir("/var/tmp") else str(tmp_path)
+    tiers = f"dram:4,pool:{pool.name},nvme:64"
+    with memwall.KVCache(tiers=tiers, block_bytes=BLOCK, scratch_dir=scratch, policy="lru") as kv:
+        buf = kv.allocate(8)
+        data = blocks(8, 21)
+        buf[:] = data
+        keys = np.arange(7000, 7008, dtype=np.uint64)
+        kv.store(keys, buf)
+        assert kv.stats()["shared"]["blocksStored"] == 8
+        assert kv.tiers(keys)[:4] == [0, 0, 0, 0], "this process reads its own DRAM first"
+    # Another process, with a cache of its own, finds all eight in the pool (tier 1) and loads them.
+    child = textwrap.dedent(f"""
+        import numpy as np, memwall
+        with memwall.KVCache(tiers={tiers!r}, block_bytes={BLOCK}, scratch_dir={scratch!r}) as kv:
+            keys = np.arange(7000, 7008, dtype=np.uint64)
+            assert kv.lookup(keys) == 8
+            assert kv.tiers(keys) == [1] * 8, kv.tiers(keys)
+            out = kv.allocate(8)
+            kv.load(keys, out)
+            print(int(out.astype(np.uint64).sum()), kv.stats()["shared"]["blocksLoaded"])
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    total, loaded = out.stdout.split()
+    assert int(total) == int(data.astype(np.uint64).sum()) and int(loaded) == 8
+    assert memwall.Pool.stat(pool.name)["blocks"] == 8
