@@ -66,6 +66,9 @@ struct PoolWorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Start the measured loop at this CLOCK_MONOTONIC time (ns), so workers start together.")
     var startAt: UInt64?
 
+    @Option(name: .long, help: "Microseconds to wait between requests (a worker that also computes; leaves CPU to others).")
+    var pauseUs: Int = 0
+
     func validate() throws {
         try OptionCheck.inRange("--requests", requests, 1 ... 100_000_000)
         try OptionCheck.inRange("--documents", documents, 1 ... 1 << 20)
@@ -77,6 +80,7 @@ struct PoolWorkerCommand: ParsableCommand {
         }
         if mode == "trace" && trace == nil { throw ValidationError("--mode trace needs --trace FILE") }
         try OptionCheck.inRange("--parts", parts, 1 ... 1024)
+        try OptionCheck.inRange("--pause-us", pauseUs, 0 ... 1_000_000)
         try OptionCheck.inRange("--part", part, 0 ... parts - 1)
         if let stopAt, KVPoolTestPoint(rawValue: stopAt) == nil {
             throw ValidationError("invalid --stop-at '\(stopAt)': expected one of \(KVPoolTestPoint.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -114,6 +118,7 @@ struct PoolWorkerCommand: ParsableCommand {
             if let deadline, MonotonicClock.nanoseconds() >= deadline { break }
             if untilStdinCloses && PoolWorkerCommand.standardInputEnded() { break }
             try workload.request(r, into: &report)
+            if pauseUs > 0 { usleep(UInt32(pauseUs)) }
         }
         try Output.printJSON(report)
     }

@@ -189,7 +189,7 @@ enum PoolProcessChecks {
         let s = try ScratchPool("crash", blocks: 96, blockBytes: 16384, node: node)
         let shape = ["--documents", "6", "--document-blocks", "8"]
         let survivor = try MemWallProcess(["pool", "worker", s.name, "--seed", "999", "--requests", "100000000", "--seconds", "600",
-                                           "--own-blocks", "2", "--views", "--until-stdin-closes"] + shape)
+                                           "--own-blocks", "2", "--views", "--until-stdin-closes", "--pause-us", "300"] + shape)
         #expect(survivor.waitAttached())
         var rng = SplitMix64(seed: 0xC0A5)
         let points: [KVPoolTestPoint] = [.lockHeld, .writing, .beforeView, .viewHeld]
