@@ -59,6 +59,8 @@ public final class KVPool: Sendable {
     public var placement: MemoryPlacement { tables.segment.region.placement }
     /// The NUMA node the pool's pages were bound to when it was created, if any.
     public var node: Int? { tables.segment.node }
+    /// The device-DAX device the pool lives on, if it is on one.
+    public var device: String? { tables.segment.device }
 
     /// Directory of pool segments: `$MEMWALL_POOL_DIR`, else `/dev/shm` (a tmpfs every process of the host sees).
     public static var directory: String {
@@ -102,6 +104,30 @@ public final class KVPool: Sendable {
         do throws(MemWallError) {
             segment = try PoolSegment.create(path: path, segmentBytes: bytes, blockBytes: blockBytes,
                                              processSlots: processes, node: node, allocator: allocator)
+        } catch where error.code == .alreadyExists {
+            throw MemWallError(.alreadyExists, "KV pool '\(name)' exists already (\(path)); attach to it, or destroy it first (memwall pool destroy \(name))")
+        }
+        return try KVPool(name: name, segment: segment, pause: nil)
+    }
+
+    /// Creates pool `name` on a device-DAX device (`/dev/daxN.M`, e.g. a CXL memory region)
+    /// and attaches this process to it. The segment is the device itself, mapped directly;
+    /// a name file under ``directory`` points to it, so processes attach by name as usual.
+    /// - Parameters:
+    ///   - bytes: Use at most this much of the device (nil: all of it).
+    ///   - allowWrite: The user's consent to overwrite the device: whatever it held is destroyed.
+    /// - Throws: `alreadyExists` without `allowWrite`, or when the name is taken; `invalidArgument`
+    ///   for a path that is not a DAX device; `busy` when another process holds the device.
+    public static func create(name: String, device: String, bytes: Int? = nil, blockBytes: Int, processes: Int = 32,
+                              allowWrite: Bool) throws(MemWallError) -> KVPool {
+        let path = try path(ofPool: name)
+        guard allowWrite else {
+            throw MemWallError(.alreadyExists,
+                "\(device) exists and a pool on it destroys what it holds; pass --allow-write to let this run overwrite it")
+        }
+        let segment: PoolSegment
+        do throws(MemWallError) {
+            segment = try PoolDevice.create(path: path, device: device, bytes: bytes, blockBytes: blockBytes, processSlots: processes)
         } catch where error.code == .alreadyExists {
             throw MemWallError(.alreadyExists, "KV pool '\(name)' exists already (\(path)); attach to it, or destroy it first (memwall pool destroy \(name))")
         }

@@ -78,7 +78,9 @@ public struct KVPoolStatus: Sendable, Codable, Hashable {
     public var node: Int?
     /// True when that node is the emulated far-memory pool of a one-node host.
     public var nodeEmulated: Bool
-    /// Resident pages of the segment per node, from `move_pages` (empty when not asked).
+    /// The device-DAX device the pool lives on (nil: a tmpfs segment).
+    public var device: String?
+    /// Resident pages of the segment per node, from `move_pages` (empty when not asked, and on a DAX device).
     public var pagesPerNode: [String: Int]
     /// Broken invariants (leaked slots or references, table mismatches); empty when consistent.
     public var problems: [String]
@@ -150,7 +152,7 @@ extension PoolTables {
             problems.append("the free stack has \(stacked) slots (counted \(memwall_pool_header_free_count(header).pointee)), \(freeCount) are free")
         }
         var perNode: [String: Int] = [:]
-        if pages {
+        if pages && segment.device == nil {
             // move_pages reports only pages mapped in this process: map the segment's (existing) pages first.
             _ = madvise(segment.region.baseAddress, segment.region.byteCount, 22)   // MADV_POPULATE_READ, Linux 5.14
             let loc = try NUMAAllocator(emulateFarMemory: false).pageLocations(of: segment.region)
@@ -168,6 +170,6 @@ extension PoolTables {
             reclaimedReservations: Int(truncatingIfNeeded: memwall_shared_load_relaxed(memwall_pool_header_reclaimed(header, 2))),
             repairs: Int(truncatingIfNeeded: memwall_shared_load_relaxed(memwall_pool_header_reclaimed(header, 3))),
             counters: Dictionary(uniqueKeysWithValues: KVPoolCounter.allCases.map { ($0.label, counters[$0.rawValue]) }),
-            node: segment.node, nodeEmulated: segment.nodeIsEmulated, pagesPerNode: perNode, problems: problems)
+            node: segment.node, nodeEmulated: segment.nodeIsEmulated, device: segment.device, pagesPerNode: perNode, problems: problems)
     }
 }

@@ -26,14 +26,17 @@ final class PoolSegment: Sendable {
     /// NUMA node the pages were bound to at creation (nil: not bound), and whether it was emulated.
     let node: Int?
     let nodeIsEmulated: Bool
+    /// The device-DAX device holding the segment (its name file under ``path`` points to it), or nil for tmpfs.
+    let device: String?
     private let fd: Mutex<Int32>
 
-    private init(path: String, region: MemoryRegion, layout: PoolLayout, node: Int?, emulated: Bool, fd: Int32) {
+    init(path: String, region: MemoryRegion, layout: PoolLayout, node: Int?, emulated: Bool, device: String? = nil, fd: Int32) {
         self.path = path
         self.region = region
         self.layout = layout
         self.node = node
         self.nodeIsEmulated = emulated
+        self.device = device
         self.fd = Mutex(fd)
     }
 
@@ -98,7 +101,7 @@ final class PoolSegment: Sendable {
         }
     }
 
-    private static func directory(of path: String) -> String {
+    static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         let d = String(path[..<slash])
         return d.isEmpty ? "/" : d
@@ -133,7 +136,7 @@ final class PoolSegment: Sendable {
         }
     }
 
-    private static func nodePlacement(_ node: Int, emulated: Bool) -> MemoryPlacement {
+    static func nodePlacement(_ node: Int, emulated: Bool) -> MemoryPlacement {
         MemoryPlacement(node: node, isEmulated: emulated, label: emulated ? "KV pool, far memory (emulated)" : "KV pool")
     }
 
@@ -142,7 +145,7 @@ final class PoolSegment: Sendable {
     /// lasts as long as its description, so mapping through the locked one
     /// would keep the lock until the mapping goes — a detached process would
     /// still look attached to `destroy`.
-    private static func map(_ fd: Int32, bytes: Int, path: String, placement: MemoryPlacement) throws(MemWallError) -> MemoryRegion {
+    static func map(_ fd: Int32, bytes: Int, path: String, placement: MemoryPlacement) throws(MemWallError) -> MemoryRegion {
         let second = Glibc.open("/proc/self/fd/\(fd)", O_RDWR | O_CLOEXEC)
         defer { if second >= 0 { close(second) } }
         let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, second >= 0 ? second : fd, 0)
@@ -150,10 +153,19 @@ final class PoolSegment: Sendable {
         return MemoryRegion(adopting: p, byteCount: bytes, placement: placement) { ptr, len in munmap(ptr, len) }
     }
 
-    /// Writes a fresh segment's header and tables (the file is zero: only what is not zero is written).
-    private static func initialize(_ region: MemoryRegion, layout: PoolLayout, segmentBytes: Int, node: Int?, emulated: Bool) {
+    /// Writes a fresh segment's header and tables. A tmpfs file is zero, so only what is not
+    /// zero is written; a device (`device`) holds whatever was there, so the tables are cleared.
+    static func initialize(_ region: MemoryRegion, layout: PoolLayout, segmentBytes: Int, node: Int?, emulated: Bool,
+                           device: String? = nil) {
         let base = region.baseAddress
         let h = base.assumingMemoryBound(to: memwall_pool_header.self)
+        if let device {
+            memset(base, 0, layout.dataOffset)
+            let bytes = Array(device.utf8.prefix(63))
+            withUnsafeMutableBytes(of: &h.pointee.device) { d in
+                for (i, b) in bytes.enumerated() { d[i] = b }
+            }
+        }
         h.pointee.magic = MEMWALL_POOL_MAGIC
         h.pointee.version = MEMWALL_POOL_VERSION
         h.pointee.header_bytes = UInt32(MemoryLayout<memwall_pool_header>.size)
@@ -170,7 +182,7 @@ final class PoolSegment: Sendable {
         h.pointee.data_offset = UInt64(layout.dataOffset)
         h.pointee.pid_namespace = PoolProcessIdentity.pidNamespace()
         h.pointee.created_unix_ns = WallClock.unixNanoseconds()
-        h.pointee.flags = emulated ? 1 : 0
+        h.pointee.flags = (emulated ? 1 : 0) | (device != nil ? 2 : 0)
         h.pointee.creator_pid = UInt32(bitPattern: getpid())
         h.pointee.layout_checksum = memwall_checksum(base, PoolLayout.offsetOfLayoutChecksum)
         _ = memwall_pool_mutex_init(memwall_pool_header_lock(h))
@@ -198,6 +210,17 @@ final class PoolSegment: Sendable {
         } catch where error.code == .notFound {
             throw MemWallError(.notFound, "no KV pool named '\(name)' (\(path) does not exist); create it with memwall pool create \(name) --size SIZE --block-bytes B")
         }
+        let device: String?
+        do throws(MemWallError) {
+            device = try PoolDevice.linkedDevice(opened.fd, path: path)
+        } catch {
+            close(opened.fd)
+            throw error
+        }
+        if let device {
+            close(opened.fd)
+            return try PoolDevice.open(device: device, path: path, name: name)
+        }
         do throws(MemWallError) {
             var st = stat()
             try CCall.minusOne(fstat(opened.fd, &st), "fstat", "cannot inspect '\(path)'")
@@ -206,32 +229,38 @@ final class PoolSegment: Sendable {
                 throw MemWallError(.corrupted, "'\(path)' is \(bytes) bytes, too small to be a KV pool segment; destroy it and create it again")
             }
             let region = try map(opened.fd, bytes: bytes, path: path, placement: .anyNode)
-            let h = region.baseAddress.assumingMemoryBound(to: memwall_pool_header.self)
-            let state = memwall_shared_load(memwall_pool_header_state(h))
-            let copy = h.pointee
-            if state == MEMWALL_POOL_DESTROYED {
-                throw MemWallError(.notFound, "KV pool '\(name)' was destroyed while this process was opening it")
-            }
-            if state == MEMWALL_POOL_INITIALIZING && copy.magic == 0 {
-                throw MemWallError(.corrupted, "KV pool '\(name)' was never finished (its creator died while creating it); destroy it and create it again")
-            }
-            let layout = try PoolLayout.validate(copy, mappedBytes: bytes, path: path)
-            guard state == MEMWALL_POOL_READY else {
-                throw MemWallError(.corrupted, "KV pool '\(name)' is not ready (state word \(state)); destroy it and create it again")
-            }
-            let ns = PoolProcessIdentity.pidNamespace()
-            guard copy.pid_namespace == 0 || ns == 0 || copy.pid_namespace == ns else {
-                throw MemWallError(.unsupported,
-                    "KV pool '\(name)' was created in another pid namespace; its process table means nothing here (attach from the namespace that created it)")
-            }
-            let node: Int? = copy.node >= 0 ? Int(copy.node) : nil
-            let emulated = copy.flags & 1 != 0
-            if let node { region.updatePlacement(nodePlacement(node, emulated: emulated)) }
-            return PoolSegment(path: path, region: region, layout: layout, node: node, emulated: emulated, fd: opened.fd)
+            return try checked(region, bytes: bytes, fd: opened.fd, path: path, name: name, device: nil)
         } catch {
             close(opened.fd)
             throw error
         }
+    }
+
+    /// Checks a mapped segment (see ``PoolLayout/validate(_:mappedBytes:path:)``) and wraps it.
+    static func checked(_ region: MemoryRegion, bytes: Int, fd: Int32, path: String, name: String, device: String?) throws(MemWallError) -> PoolSegment {
+        let h = region.baseAddress.assumingMemoryBound(to: memwall_pool_header.self)
+        let state = memwall_shared_load(memwall_pool_header_state(h))
+        let copy = h.pointee
+        if state == MEMWALL_POOL_DESTROYED {
+            throw MemWallError(.notFound, "KV pool '\(name)' was destroyed while this process was opening it")
+        }
+        if state == MEMWALL_POOL_INITIALIZING && copy.magic == 0 {
+            throw MemWallError(.corrupted, "KV pool '\(name)' was never finished (its creator died while creating it); destroy it and create it again")
+        }
+        let layout = try PoolLayout.validate(copy, mappedBytes: bytes, path: path)
+        guard state == MEMWALL_POOL_READY else {
+            throw MemWallError(.corrupted, "KV pool '\(name)' is not ready (state word \(state)); destroy it and create it again")
+        }
+        let ns = PoolProcessIdentity.pidNamespace()
+        guard copy.pid_namespace == 0 || ns == 0 || copy.pid_namespace == ns else {
+            throw MemWallError(.unsupported,
+                "KV pool '\(name)' was created in another pid namespace; its process table means nothing here (attach from the namespace that created it)")
+        }
+        let node: Int? = copy.node >= 0 ? Int(copy.node) : nil
+        let emulated = copy.flags & 1 != 0
+        if let node { region.updatePlacement(nodePlacement(node, emulated: emulated)) }
+        if let device { region.updatePlacement(MemoryPlacement(node: nil, label: "KV pool on \(device) (device-DAX)")) }
+        return PoolSegment(path: path, region: region, layout: layout, node: node, emulated: emulated, device: device, fd: fd)
     }
 
     // MARK: Destroy
@@ -252,8 +281,18 @@ final class PoolSegment: Sendable {
             throw MemWallError(.busy, "KV pool '\(name)' is attached: \(error.message); detach them first, or pass --force to remove its name anyway")
         }
         defer { close(opened.fd) }
-        var st = stat()
-        try CCall.minusOne(fstat(opened.fd, &st), "fstat", "cannot inspect '\(path)'")
+        let device: String?
+        do throws(MemWallError) {
+            device = try PoolDevice.linkedDevice(opened.fd, path: path)
+        } catch {
+            // A name file of ours whose device path is damaged: the name is all there is to remove.
+            try CCall.minusOne(unlink(path), "unlink", "cannot remove '\(path)'")
+            return
+        }
+        if let device {
+            try PoolDevice.destroy(device: device, path: path, name: name, force: force)
+            return
+        }
         var first = [UInt8](repeating: 0, count: MemoryLayout<memwall_pool_header>.size)
         let got = first.withUnsafeMutableBytes { b in
             b.baseAddress.map { SyscallFunnel.system.preadFully(opened.fd, $0, b.count, 0) } ?? .success(0)

@@ -30,8 +30,8 @@ struct PoolCreateCommand: ParsableCommand {
     @Argument(help: "Pool name: 1 to 64 letters, digits, '.', '_' or '-'.")
     var name: String
 
-    @Option(name: .long, help: "Size of the whole segment (e.g. 1G); the block count is what fits beside the tables.")
-    var size: String
+    @Option(name: .long, help: "Size of the whole segment (e.g. 1G); the block count is what fits beside the tables. With --dax: at most this much of the device (default: all).")
+    var size: String?
 
     @Option(name: .long, help: "Bytes per block, a multiple of 4096 (e.g. 256k).")
     var blockBytes: String = "256k"
@@ -39,21 +39,36 @@ struct PoolCreateCommand: ParsableCommand {
     @Option(name: .long, help: "Bind the pages to this NUMA node (a CPU-less CXL node); default: not bound.")
     var node: Int?
 
+    @Option(name: .long, help: "Put the pool on this device-DAX device (/dev/daxN.M, e.g. a CXL region) instead of /dev/shm; --size then caps how much of it is used.")
+    var dax: String?
+
+    @Flag(name: .long, help: "Consent to overwrite the --dax device (whatever it holds is destroyed).")
+    var allowWrite = false
+
     @Option(name: .long, help: "Processes that can be attached at once (1 to 254; each costs 4 bytes per block).")
     var processes: Int = 32
 
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        _ = try OptionCheck.size("--size", size, 4096 ... (1 << 46))
+        if let size { _ = try OptionCheck.size("--size", size, 4096 ... (1 << 46)) }
+        if dax == nil && size == nil { throw ValidationError("--size is required (with --dax it is optional: the whole device)") }
+        if dax != nil && node != nil { throw ValidationError("give --node or --dax, not both: a DAX device's memory is where it is") }
+        if allowWrite && dax == nil { throw ValidationError("--allow-write is for --dax only (a new /dev/shm segment overwrites nothing)") }
         _ = try OptionCheck.size("--block-bytes", blockBytes, 4096 ... (1 << 30))
         try OptionCheck.inRange("--processes", processes, 1 ... 254, unit: "processes")
         if let node { try OptionCheck.inRange("--node", node, 0 ... 1023) }
     }
 
     func run() throws {
-        let pool = try KVPool.create(name: name, bytes: try ByteCount.parse(size).rawValue,
-                                     blockBytes: try ByteCount.parse(blockBytes).rawValue, node: node, processes: processes)
+        let block = try ByteCount.parse(blockBytes).rawValue
+        let bytes = try size.map { s throws(MemWallError) in try ByteCount.parse(s).rawValue }
+        let pool: KVPool
+        if let dax {
+            pool = try KVPool.create(name: name, device: dax, bytes: bytes, blockBytes: block, processes: processes, allowWrite: allowWrite)
+        } else {
+            pool = try KVPool.create(name: name, bytes: bytes ?? 0, blockBytes: block, node: node, processes: processes)
+        }
         defer { pool.close() }
         let status = try pool.status(pages: node != nil)
         if output.json { try Output.printJSON(status) } else { PoolStatusText.print(status) }
@@ -111,7 +126,7 @@ enum PoolStatusText {
         Swift.print("  reclaimed   \(s.reclaimedProcesses) processes, \(s.reclaimedReferences) references, \(s.reclaimedReservations) reservations; \(s.repairs) lock-owner repairs")
         let order = ["lookups", "hits", "stores", "duplicates", "loads", "views", "evictions", "corrupt"]
         Swift.print("  counters    " + order.map { "\($0) \(s.counters[$0] ?? 0)" }.joined(separator: "  "))
-        let bound = s.node.map { "bound to node \($0)\(s.nodeEmulated ? " (emulated far memory: DRAM)" : "")" } ?? "not bound to a node"
+        let bound = s.device.map { "on device-DAX \($0)" } ?? s.node.map { "bound to node \($0)\(s.nodeEmulated ? " (emulated far memory: DRAM)" : "")" } ?? "not bound to a node"
         if s.pagesPerNode.isEmpty {
             Swift.print("  pages       \(bound)")
         } else {

@@ -164,3 +164,46 @@ struct HostileSegmentTests {
         _ = try pool.status()
     }
 }
+
+/// A pool on a device-DAX device is reached through a name file; both are checked.
+@Suite("KVPool: device-DAX name files")
+struct DeviceNameFileTests {
+    private func nameFile(_ name: String, device: String) throws {
+        var record = [UInt8](repeating: 0, count: 4096)
+        record.withUnsafeMutableBytes { r in
+            r.storeBytes(of: PoolDevice.linkMagic, toByteOffset: 0, as: UInt64.self)
+            for (i, b) in device.utf8.enumerated() { r[PoolDevice.pathOffset + i] = b }
+        }
+        let fd = open(try KVPool.path(ofPool: name), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        #expect(record.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == 4096)
+    }
+
+    @Test func aNameFileMustNameADAXDevice() throws {
+        for target in ["/etc/passwd", "/dev/dax0.0/../../etc/passwd", "/dev/sda", "/dev/dax", "/dev/dax1.x"] {
+            let name = PoolNames.fresh("link")
+            try nameFile(name, device: target)
+            #expect {
+                _ = try KVPool.attach(name: name)
+            } throws: { ($0 as? MemWallError)?.code == .corrupted && "\($0)".contains("not a device-DAX path") }
+            try KVPool.destroy(name: name)
+        }
+        let gone = PoolNames.fresh("gone")
+        try nameFile(gone, device: "/dev/dax97.3")
+        #expect { _ = try KVPool.attach(name: gone) } throws: { ($0 as? MemWallError)?.code == .notFound }
+        try KVPool.destroy(name: gone)   // the device is gone: the name is all that is left
+        #expect(access(try KVPool.path(ofPool: gone), F_OK) != 0)
+    }
+
+    @Test func aDeviceIsWrittenOnlyWithConsent() throws {
+        let name = PoolNames.fresh("dax")
+        #expect {
+            _ = try KVPool.create(name: name, device: "/dev/dax0.0", blockBytes: 4096, allowWrite: false)
+        } throws: { ($0 as? MemWallError)?.code == .alreadyExists && "\($0)".contains("--allow-write") }
+        #expect {
+            _ = try KVPool.create(name: name, device: "/dev/null", blockBytes: 4096, allowWrite: true)
+        } throws: { ($0 as? MemWallError)?.code == .invalidArgument }
+        #expect(access(try KVPool.path(ofPool: name), F_OK) != 0, "nothing was created")
+    }
+}
