@@ -316,6 +316,14 @@ typedef struct mw_pool_view mw_pool_view;
 int mw_pool_create(const char *name, size_t bytes, size_t block_bytes, int node, uint32_t processes,
                    mw_pool **pool_out);
 
+/* Creates pool `name` on a device-DAX device (`device`: "/dev/daxN.M", e.g. a CXL memory region),
+ * mapped directly, using at most `bytes` of it (0: all of it), and attaches this process; a name
+ * file in the pool directory points to the device, so other processes attach by name. The
+ * device's contents are destroyed: `allow_write` must be 1 (else MW_E_ALREADY_EXISTS). A path
+ * that is not a DAX device is MW_E_INVALID_ARGUMENT. */
+int mw_pool_create_on_device(const char *name, const char *device, size_t bytes, size_t block_bytes,
+                             uint32_t processes, int allow_write, mw_pool **pool_out);
+
 /* Attaches this process to pool `name`; first reclaims what processes that died held. A segment
  * that fails its checks is MW_E_CORRUPTED; no such pool is MW_E_NOT_FOUND. */
 int mw_pool_attach(const char *name, mw_pool **pool_out);

@@ -97,6 +97,29 @@ public func mw_pool_create(_ name: UnsafePointer<CChar>?, _ bytes: Int, _ blockB
 }
 
 @c @implementation
+public func mw_pool_create_on_device(_ name: UnsafePointer<CChar>?, _ device: UnsafePointer<CChar>?, _ bytes: Int, _ blockBytes: Int,
+                                     _ processes: UInt32, _ allowWrite: Int32,
+                                     _ poolOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    ABI.run("mw_pool_create_on_device") { () throws(MemWallError) in
+        let out = try ABI.required(poolOut, "pool_out")
+        let n = try ABI.string(name, "name", limit: 64)
+        let path = try ABI.string(device, "device", limit: 64)
+        let size = bytes == 0 ? nil : try ABI.count(bytes, "bytes", 1...Regions.maximumBytes)
+        let block = try ABI.count(blockBytes, "block_bytes", 1...(1 << 30))
+        let attached = processes == 0 ? 32 : try ABI.count(Int(processes), "processes", 1...254)
+        guard allowWrite == 0 || allowWrite == 1 else { throw .invalid("allow_write", allowWrite, expected: "0 or 1") }
+        let pool = try KVPool.create(name: n, device: path, bytes: size, blockBytes: block, processes: attached, allowWrite: allowWrite == 1)
+        do throws(MemWallError) {
+            out.pointee = try PoolHandles.pools.insert(PoolEntry(pool))
+        } catch {
+            pool.close()
+            try? KVPool.destroy(name: n, force: true)
+            throw error
+        }
+    }
+}
+
+@c @implementation
 public func mw_pool_attach(_ name: UnsafePointer<CChar>?, _ poolOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     ABI.run("mw_pool_attach") { () throws(MemWallError) in
         let out = try ABI.required(poolOut, "pool_out")

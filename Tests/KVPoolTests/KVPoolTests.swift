@@ -62,10 +62,14 @@ final class ScratchPool {
     let name: String
     let pool: KVPool
 
-    init(_ what: String, blocks: Int, blockBytes: Int = 16384, processes: Int = 8, node: Int? = nil) throws {
+    init(_ what: String, blocks: Int, blockBytes: Int = 16384, processes: Int = 8, node: Int? = nil, device: String? = nil) throws {
         name = PoolNames.fresh(what)
         let bytes = PoolLayout(blockBytes: blockBytes, slotCount: blocks, processSlots: processes).usedBytes
-        pool = try KVPool.create(name: name, bytes: bytes, blockBytes: blockBytes, node: node, processes: processes)
+        if let device {
+            pool = try KVPool.create(name: name, device: device, bytes: bytes, blockBytes: blockBytes, processes: processes, allowWrite: true)
+        } else {
+            pool = try KVPool.create(name: name, bytes: bytes, blockBytes: blockBytes, node: node, processes: processes)
+        }
     }
 
     deinit {

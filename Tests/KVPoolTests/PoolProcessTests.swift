@@ -151,10 +151,10 @@ struct PoolProcessTests {
 enum PoolProcessChecks {
     /// Four processes store and load overlapping prefixes at once; every block
     /// read is checked; each distinct block is written once and held once.
-    static func fourProcesses(node: Int?) throws {
+    static func fourProcesses(node: Int?, device: String? = nil) throws {
         let documents = 4, documentBlocks = 8, ownBlocks = 2, requests = 60, workers = 4
         let distinct = documents * documentBlocks + workers * requests * ownBlocks
-        let s = try ScratchPool("four", blocks: distinct + 64, blockBytes: 16384, node: node)
+        let s = try ScratchPool("four", blocks: distinct + 64, blockBytes: 16384, node: node, device: device)
         let procs = try (1...workers).map { seed in
             try MemWallProcess(["pool", "worker", s.name, "--seed", "\(seed)", "--requests", "\(requests)",
                                 "--documents", "\(documents)", "--document-blocks", "\(documentBlocks)",
@@ -185,8 +185,8 @@ enum PoolProcessChecks {
     /// After each kill the next attach reclaims everything the dead process
     /// held; `pool stat` then shows no dead process, no reference or
     /// reservation of one, and consistent tables; no read anywhere is corrupt.
-    static func crashes(runs: Int, node: Int?) throws {
-        let s = try ScratchPool("crash", blocks: 96, blockBytes: 16384, node: node)
+    static func crashes(runs: Int, node: Int?, device: String? = nil) throws {
+        let s = try ScratchPool("crash", blocks: 96, blockBytes: 16384, node: node, device: device)
         let shape = ["--documents", "6", "--document-blocks", "8"]
         let survivor = try MemWallProcess(["pool", "worker", s.name, "--seed", "999", "--requests", "100000000", "--seconds", "600",
                                            "--own-blocks", "2", "--views", "--until-stdin-closes", "--pause-us", "300"] + shape)

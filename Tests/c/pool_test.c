@@ -77,6 +77,10 @@ int main(void) {
     check_fails(mw_pool_create(name, 4u << 20, BLOCK, MW_NODE_ANY, 8, &again), MW_E_ALREADY_EXISTS, "exists already", "an existing name is refused");
     check_fails(mw_pool_create("../x", 4u << 20, BLOCK, MW_NODE_ANY, 8, &again), MW_E_INVALID_ARGUMENT, "pool name", "a bad name is refused");
     check_fails(mw_pool_attach("ctest-absent-pool", &again), MW_E_NOT_FOUND, "no KV pool", "attaching to no pool is NOT_FOUND");
+    check_fails(mw_pool_create_on_device("ctest-dax", "/dev/dax0.0", 0, BLOCK, 8, 0, &again), MW_E_ALREADY_EXISTS, "allow-write",
+                "a DAX device is written only with consent");
+    check_fails(mw_pool_create_on_device("ctest-dax", "/dev/null", 0, BLOCK, 8, 1, &again), MW_E_INVALID_ARGUMENT, "DAX device",
+                "only a DAX device is accepted");
     check_fails(mw_pool_destroy(name, 0), MW_E_BUSY, "attached", "destroying an attached pool is BUSY");
 
     check(mw_pool_close(other) == MW_OK && mw_pool_close(pool) == MW_OK, "mw_pool_close", mw_last_error());

@@ -112,6 +112,8 @@ _signatures: Any = {
     "mw_kv_stats_json": ([_P, _PP], ctypes.c_int),
     "mw_kv_events_json": ([_P, _PP], ctypes.c_int),
     "mw_pool_create": ([ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_uint32, _PP], ctypes.c_int),
+    "mw_pool_create_on_device": ([ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint32,
+                                  ctypes.c_int, _PP], ctypes.c_int),
     "mw_pool_attach": ([ctypes.c_char_p, _PP], ctypes.c_int),
     "mw_pool_close": ([_P], ctypes.c_int),
     "mw_pool_destroy": ([ctypes.c_char_p, ctypes.c_int], ctypes.c_int),

@@ -106,10 +106,22 @@ class Pool:
         self.capacity_blocks: int = capacity.value
 
     @classmethod
-    def create(cls, name: str, size: int, block_bytes: int, *, node: Any = None, processes: int = 0) -> "Pool":
+    def create(cls, name: str, size: int, block_bytes: int, *, node: Any = None, processes: int = 0,
+               device: Optional[str] = None, allow_write: bool = False) -> "Pool":
         """Creates pool `name` (an existing name raises AlreadyExistsError) of `size` bytes in
         all and attaches to it. node: a NUMA node number, "far" (the CPU-less node, else the
-        emulated far node) or None (not bound). processes: how many may attach at once (0: 32)."""
+        emulated far node) or None (not bound). processes: how many may attach at once (0: 32).
+        device: a device-DAX device ("/dev/dax0.0", e.g. a CXL region) to put the pool on
+        instead (size 0: all of it); its contents are destroyed, so allow_write=True is needed."""
+        if device is not None:
+            if node is not None:
+                raise InvalidArgumentError("give node or device, not both")
+            handle = ctypes.c_void_p()
+            _native.check(_native.require("mw_pool_create_on_device")(
+                name.encode("utf-8"), device.encode("utf-8"), size, block_bytes, processes, 1 if allow_write else 0,
+                ctypes.byref(handle)))
+            assert handle.value is not None
+            return cls(handle.value, name)
         if node is None:
             where = _NODE_ANY
         elif node == "far":
