@@ -44,10 +44,7 @@ public struct TierSpec: Sendable, Hashable, CustomStringConvertible {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false).map { String($0).trimmingWhitespace() }
         if parts.count == 2, parts[0].lowercased() == "pool" {
             let name = parts[1]
-            let ok = !name.isEmpty && name.utf8.count <= 64 && !name.hasPrefix(".") && name.utf8.allSatisfy { c in
-                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
-            }
-            guard ok else { throw .invalid("pool tier", text, expected: "pool:NAME with NAME 1 to 64 letters, digits, '.', '_' or '-'") }
+            guard KVPoolName.isValid(name) else { throw .invalid("pool tier", text, expected: "pool:NAME with NAME \(KVPoolName.rule)") }
             return TierSpec(name: name, kind: .pool, capacityBlocks: 0)
         }
         let kinds: [String: TierKind] = ["dram": .dram, "far": .farMemory, "far-memory": .farMemory,

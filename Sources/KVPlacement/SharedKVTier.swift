@@ -21,3 +21,17 @@ public protocol SharedKVTier: AnyObject, Sendable {
     /// Writes `sources` (``blockBytes`` each) as the chain `keys` after `parent`; blocks present are skipped.
     func store(_ keys: [BlockKey], from sources: [UnsafeRawPointer], after parent: BlockKey?) throws(MemWallError) -> KVTransferResult
 }
+
+/// Names of host-wide KV pools (`pool:NAME` tiers, `memwall pool create NAME`): checked in one place.
+public enum KVPoolName {
+    /// Whether `name` is 1–64 letters, digits, '.', '_' or '-', not starting with '.' (so it is
+    /// one path component, never "..", and no hidden file).
+    public static func isValid(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 64 && !name.hasPrefix(".") && name.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
+        }
+    }
+
+    /// What ``isValid(_:)`` accepts, for messages.
+    public static let rule = "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+}

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CMemWallShim
+import KVPlacement
 import MemWallCore
 import NUMATransport
 import Synchronization
@@ -58,11 +59,8 @@ final class PoolSegment: Sendable {
     /// - Throws: `invalidArgument` for an empty name, one longer than 64 bytes,
     ///   one starting with '.', or one with characters other than letters, digits, '.', '_' and '-'.
     static func path(forName name: String, directory: String) throws(MemWallError) -> String {
-        let allowed = name.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
-        }
-        guard !name.isEmpty, name.utf8.count <= 64, allowed, !name.hasPrefix(".") else {
-            throw .invalid("pool name", name, expected: "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")
+        guard KVPoolName.isValid(name) else {
+            throw .invalid("pool name", name, expected: KVPoolName.rule)
         }
         return (directory.hasSuffix("/") ? directory : directory + "/") + "memwall-pool-" + name
     }

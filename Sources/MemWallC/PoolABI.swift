@@ -61,6 +61,23 @@ private func blockPointers(_ blocks: UnsafePointer<UnsafeMutableRawPointer?>?, c
     return out
 }
 
+/// Hands `pool` out as a handle; when no handle can be made, detaches again (and, for a
+/// pool this call created, removes it: the caller never learned of it).
+private func handOut(_ pool: KVPool, to out: UnsafeMutablePointer<OpaquePointer?>, created: Bool) throws(MemWallError) {
+    do throws(MemWallError) {
+        out.pointee = try PoolHandles.pools.insert(PoolEntry(pool))
+    } catch {
+        pool.close()
+        if created { try? KVPool.destroy(name: pool.name, force: true) }
+        throw error
+    }
+}
+
+/// `processes` of the create functions: 0 for the default (32), else 1…254.
+private func processCount(_ processes: UInt32) throws(MemWallError) -> Int {
+    processes == 0 ? 32 : try ABI.count(Int(processes), "processes", 1...254)
+}
+
 /// The first per-block failure as the call's error (its message names the block).
 private func firstFailure(_ r: KVTransferResult) throws(MemWallError) { try r.check() }
 
@@ -72,7 +89,7 @@ public func mw_pool_create(_ name: UnsafePointer<CChar>?, _ bytes: Int, _ blockB
         let n = try ABI.string(name, "name", limit: 64)
         let size = try ABI.count(bytes, "bytes", 1...Regions.maximumBytes)
         let block = try ABI.count(blockBytes, "block_bytes", 1...(1 << 30))
-        let attached = processes == 0 ? 32 : try ABI.count(Int(processes), "processes", 1...254)
+        let attached = try processCount(processes)
         let bound: Int?
         switch node {
         case MW_NODE_ANY: bound = nil
@@ -84,15 +101,8 @@ public func mw_pool_create(_ name: UnsafePointer<CChar>?, _ bytes: Int, _ blockB
         case 0...: bound = Int(node)
         default: throw .invalid("node", node, expected: "a node number, MW_NODE_ANY or MW_NODE_FAR")
         }
-        let pool = try KVPool.create(name: n, bytes: size, blockBytes: block, node: bound, processes: attached,
-                                     allocator: Regions.allocator)
-        do throws(MemWallError) {
-            out.pointee = try PoolHandles.pools.insert(PoolEntry(pool))
-        } catch {
-            pool.close()
-            try? KVPool.destroy(name: n, force: true)
-            throw error
-        }
+        try handOut(try KVPool.create(name: n, bytes: size, blockBytes: block, node: bound, processes: attached,
+                                      allocator: Regions.allocator), to: out, created: true)
     }
 }
 
@@ -106,16 +116,10 @@ public func mw_pool_create_on_device(_ name: UnsafePointer<CChar>?, _ device: Un
         let path = try ABI.string(device, "device", limit: 64)
         let size = bytes == 0 ? nil : try ABI.count(bytes, "bytes", 1...Regions.maximumBytes)
         let block = try ABI.count(blockBytes, "block_bytes", 1...(1 << 30))
-        let attached = processes == 0 ? 32 : try ABI.count(Int(processes), "processes", 1...254)
+        let attached = try processCount(processes)
         guard allowWrite == 0 || allowWrite == 1 else { throw .invalid("allow_write", allowWrite, expected: "0 or 1") }
-        let pool = try KVPool.create(name: n, device: path, bytes: size, blockBytes: block, processes: attached, allowWrite: allowWrite == 1)
-        do throws(MemWallError) {
-            out.pointee = try PoolHandles.pools.insert(PoolEntry(pool))
-        } catch {
-            pool.close()
-            try? KVPool.destroy(name: n, force: true)
-            throw error
-        }
+        try handOut(try KVPool.create(name: n, device: path, bytes: size, blockBytes: block, processes: attached,
+                                      allowWrite: allowWrite == 1), to: out, created: true)
     }
 }
 
@@ -123,13 +127,7 @@ public func mw_pool_create_on_device(_ name: UnsafePointer<CChar>?, _ device: Un
 public func mw_pool_attach(_ name: UnsafePointer<CChar>?, _ poolOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     ABI.run("mw_pool_attach") { () throws(MemWallError) in
         let out = try ABI.required(poolOut, "pool_out")
-        let pool = try KVPool.attach(name: try ABI.string(name, "name", limit: 64))
-        do throws(MemWallError) {
-            out.pointee = try PoolHandles.pools.insert(PoolEntry(pool))
-        } catch {
-            pool.close()
-            throw error
-        }
+        try handOut(try KVPool.attach(name: try ABI.string(name, "name", limit: 64)), to: out, created: false)
     }
 }
 
