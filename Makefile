@@ -1,7 +1,7 @@
 # MemWall — two commands on a fresh Debian/Ubuntu machine:
 #   make demo   install what is missing, build, run the main job on a built-in default
 #   make test   install, build, run every test on the host and in the lab guest
-.PHONY: demo test build deps lab lab-deps bench bench-core fuzz clean release lib wheel python-test install uninstall print-installed print-version
+.PHONY: demo test build deps lab lab-cxl lab-deps bench bench-core fuzz clean release lib wheel python-test install uninstall print-installed print-version
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -39,6 +39,11 @@ lab-deps:
 lab: deps lab-deps
 	$(SWIFT) build --build-tests
 	scripts/lab -- ".build/debug/MemWallPackageTests.xctest --testing-library swift-testing --filter InLab"
+
+# The lab guest with a CXL type-3 device brought up as /dev/dax0.0: the KV pool on it.
+lab-cxl: deps lab-deps
+	$(SWIFT) build --build-tests
+	scripts/lab --cxl -- ".build/debug/MemWallPackageTests.xctest --testing-library swift-testing --filter OnDAXInLab"
 
 # Every benchmark side by side with its reference tool, ratios into
 # Benchmarks/RESULTS.md (each script rewrites only its own subsection).
