@@ -49,3 +49,13 @@ void memwall_set_errno(int value) { errno = value; }
 int memwall_get_errno(void) { return errno; }
 int memwall_madv_hugepage(void) { return MADV_HUGEPAGE; }
 int memwall_map_populate(void) { return MAP_POPULATE; }
+
+#include <sys/eventfd.h>
+
+int memwall_eventfd(void) {
+    return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+int memwall_eventfd_signal(int fd) {
+    return eventfd_write(fd, 1);
+}

@@ -31,23 +31,6 @@ public struct BlockAdmission: Sendable {
     public var hitsByTier: [Int]
 }
 
-/// Receives every change to where a block's bytes live, so they can be moved
-/// for real. Called by the index while it holds its state consistent; an error
-/// aborts the operation that caused the move.
-protocol BlockPayloadStore: AnyObject {
-    /// Bytes for `slot` must now exist in `tier` (fresh contents).
-    func store(slot: Int32, key: BlockKey, tier: Int) throws(MemWallError)
-    /// Move `slot`'s bytes from tier `from` to tier `to`.
-    func move(slot: Int32, key: BlockKey, from: Int, to: Int) throws(MemWallError)
-    /// `slot` left the cache from `tier`; its space is free.
-    func remove(slot: Int32, key: BlockKey, tier: Int)
-    /// Copy `source`'s bytes (in DRAM) into the freshly stored `destination` (copy-on-write).
-    func copy(from source: Int32, to destination: Int32) throws(MemWallError)
-    /// The operation that asked for moves is over: post the ones batched so
-    /// far and wait for them. Nothing of the store is in flight afterwards.
-    func finishMoves() throws(MemWallError)
-}
-
 /// The block index with prefix sharing, tiers, pins and tail-first eviction.
 ///
 /// One cached block costs one 56-byte entry plus its share of the key table,
@@ -118,7 +101,7 @@ public final class BlockIndex {
     /// candidates. Every returned reference holds the block until ``release(_:)``.
     /// - Throws: Only when moving bytes fails (real-bytes mode).
     public func admit(_ keys: some Collection<BlockKey>) throws(MemWallError) -> BlockAdmission {
-        try finishingMoves { () throws(MemWallError) in try core.admit(keys) }
+        try core.admit(keys)
     }
 
     /// ``admit(_:)`` for a prompt whose last block holds `lastBlockTokens` tokens
@@ -129,7 +112,7 @@ public final class BlockIndex {
         guard lastBlockTokens >= 1, lastBlockTokens <= blockSize else {
             throw .invalid("tokens in the last block", lastBlockTokens, expected: "1 to \(blockSize)")
         }
-        return try finishingMoves { () throws(MemWallError) in try core.admit(keys, tailTokens: lastBlockTokens) }
+        return try core.admit(keys, tailTokens: lastBlockTokens)
     }
 
     /// Tells the cache which blocks its next queued requests will need, one key
@@ -145,21 +128,7 @@ public final class BlockIndex {
     /// - Throws: Only when moving bytes fails (real-bytes mode).
     @discardableResult
     public func hint(upcoming: [[BlockKey]]) throws(MemWallError) -> Int {
-        try finishingMoves { () throws(MemWallError) in try core.hint(upcoming: upcoming) }
-    }
-
-    /// Runs one operation, then has the byte store post the moves it batched
-    /// during it and wait for them (also when the operation failed part way).
-    private func finishingMoves<R>(_ body: () throws(MemWallError) -> R) throws(MemWallError) -> R {
-        let result: R
-        do throws(MemWallError) {
-            result = try body()
-        } catch {
-            try? core.payloads?.finishMoves()
-            throw error
-        }
-        try core.payloads?.finishMoves()
-        return result
+        try core.hint(upcoming: upcoming)
     }
 
     /// Drops a request's references; blocks nobody uses become candidates to leave.
@@ -172,7 +141,7 @@ public final class BlockIndex {
     /// - Returns: Blocks promoted.
     @discardableResult
     public func prefetch(_ keys: some Collection<BlockKey>) throws(MemWallError) -> Int {
-        try finishingMoves { () throws(MemWallError) in try core.prefetch(keys) }
+        try core.prefetch(keys)
     }
 
     /// Pins cached blocks (shared system prompts) so they never leave, or unpins them.
@@ -184,7 +153,7 @@ public final class BlockIndex {
     /// filled tail, all keyed by chained hashes of their tokens and `extraKey`.
     /// - Returns: The request's block table and how many leading tokens were cached.
     public func admit(tokens: [UInt32], extraKey: UInt64 = 0) throws(MemWallError) -> (table: BlockTable, hitTokens: Int) {
-        try finishingMoves { () throws(MemWallError) in try core.admit(tokens: tokens, extraKey: extraKey) }
+        try core.admit(tokens: tokens, extraKey: extraKey)
     }
 
     /// Appends one token to a request's table.
@@ -196,18 +165,13 @@ public final class BlockIndex {
     /// - Throws: Only when moving or copying bytes fails (real-bytes mode).
     public func append(token: UInt32, to table: inout BlockTable) throws(MemWallError) {
         var t = table
-        try finishingMoves { () throws(MemWallError) in try core.append(token: token, to: &t) }
+        try core.append(token: token, to: &t)
         table = t
     }
 
     /// Checks every structural invariant; returns a description of the first broken one.
     /// Used by tests after random operations; O(cached blocks).
     public func invariantViolation() -> String? { core.invariantViolation() }
-
-    var payloads: (any BlockPayloadStore)? {
-        get { core.payloads }
-        set { core.payloads = newValue }
-    }
 }
 
 /// The state and algorithms of ``BlockIndex``, kept in one struct so the hot
@@ -241,6 +205,12 @@ struct BlockIndexCore {
         static let live: UInt8 = 1
         static let pinned: UInt8 = 2
         static let hinted: UInt8 = 4
+        /// Bytes mode: the slot is reserved, the block's bytes were never stored (or a store is on its way).
+        static let empty: UInt8 = 8
+        /// Bytes mode: a move or store of the block failed; its bytes are not where the index says.
+        static let lost: UInt8 = 16
+        /// Bytes mode: the bytes are on their way to the slot the ledger names.
+        static let moving: UInt8 = 32
 
         @inline(__always) func childCount(tier t: Int) -> UInt32 {
             switch t { case 0: children.0; case 1: children.1; case 2: children.2; default: children.3 }
@@ -286,7 +256,8 @@ struct BlockIndexCore {
     /// Lease numbers are process-wide, so a table released on the wrong index
     /// is refused too (rather than matching a lease of that index by chance).
     private static let nextLease = Atomic<UInt32>(1)
-    var payloads: (any BlockPayloadStore)?
+    /// Where the blocks' bytes are, when the index keeps bytes (``KVCache`` with a ``TierStore``).
+    var ledger: PayloadLedger?
     /// When set, every stored/moved/removed block is appended to ``pendingEvents``.
     var recordsEvents = false
     var pendingEvents: [KVEvent] = []
@@ -676,8 +647,8 @@ struct BlockIndexCore {
         slot = try store(key: key.rawValue, parent: parent, tokenCount: tokenCount, position: 0)
         if slot < 0 {
             stats.uncached += 1
-        } else if let src = copyFrom, let payloads, entries[Int(slot)].tier == 0, entries[Int(src)].tier == 0 {
-            try payloads.copy(from: src, to: slot)
+        } else if let src = copyFrom, ledger != nil, entries[Int(slot)].tier == 0, entries[Int(src)].tier == 0 {
+            planCopy(from: src, to: slot)
         }
         return BlockRef(key: key, slot: slot)
     }
@@ -756,13 +727,12 @@ struct BlockIndexCore {
             entries[Int(parent)].addChild(tier: tier, 1)
             refreshCandidacy(parent)
         }
-        if let payloads {
-            do throws(MemWallError) {
-                try payloads.store(slot: slot, key: BlockKey(rawValue: key), tier: tier)
-            } catch {
-                drop(slot)
-                throw error
-            }
+        if ledger != nil {
+            // makeRoom saw a slot to hand out; the bytes come from the caller (KVCache.store).
+            ledger!.ensure(slot)
+            let payload = ledger!.allocate(tier) ?? -1
+            ledger!.slotOf[Int(slot)] = payload
+            entries[Int(slot)].flags |= Entry.empty
         }
         if recordsEvents {
             emit(.stored(key: BlockKey(rawValue: key), parent: parentKey(slot), tier: tier, tokenCount: tokenCount))
@@ -774,6 +744,8 @@ struct BlockIndexCore {
     /// tier, dropping) the policy's lowest-scored candidate. False when every
     /// block there is in use, pinned, or a parent of another block in the tier.
     private mutating func makeRoom(in tier: Int) throws(MemWallError) -> Bool {
+        // With bytes, a tier whose spare slots all wait for moves in flight elsewhere is full for now.
+        if let ledger, occupancy[tier] < tiers[tier].capacityBlocks, !ledger.canAllocate(tier) { return false }
         while occupancy[tier] >= tiers[tier].capacityBlocks {
             guard let victim = popVictim(tier: tier) else { return false }
             if tier + 1 < tiers.count, try makeRoom(in: tier + 1) {
@@ -796,6 +768,8 @@ struct BlockIndexCore {
         guard from > 0 else { return }
         let p = entries[s].parent
         if p >= 0 && entries[Int(p)].tier != 0 { return }
+        // Bytes another operation is reading or writing stay where they are until it completes.
+        if let ledger, ledger.inFlight[slot] != nil { return }
         // Keep this block out of its own tier's heap while room is made in tier 0.
         detach(slot)
         guard try makeRoom(in: 0) else { refreshCandidacy(slot); return }
@@ -806,7 +780,7 @@ struct BlockIndexCore {
     private mutating func move(_ slot: Int32, to newTier: Int) throws(MemWallError) {
         let s = Int(slot)
         let from = Int(entries[s].tier)
-        try payloads?.move(slot: slot, key: BlockKey(rawValue: entries[s].key), from: from, to: newTier)
+        if ledger != nil { planMove(slot, from: from, to: newTier) }
         detach(slot)
         occupancy[from] -= 1
         occupancy[newTier] += 1
@@ -831,7 +805,10 @@ struct BlockIndexCore {
         let e = entries[s]
         let t = Int(e.tier)
         detach(slot)
-        payloads?.remove(slot: slot, key: BlockKey(rawValue: e.key), tier: t)
+        if ledger != nil {
+            ledger!.release(t, ledger!.slotOf[s])
+            ledger!.slotOf[s] = -1
+        }
         if recordsEvents { emit(.removed(key: BlockKey(rawValue: e.key), parent: parentKey(slot), tier: t)) }
         policy.didDrop(EvictionCandidate(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits, lane: Int(e.lane)))
         table.remove(e.key)
@@ -1060,7 +1037,7 @@ struct BlockIndexCore {
             }
         }
         if lanes != laneBlocks { return "lane counts \(laneBlocks) differ from the blocks' lanes \(lanes)" }
-        return nil
+        return ledgerViolation()
     }
 }
 
@@ -1115,5 +1092,251 @@ public struct BlockTable: Sendable {
         self.blocks = blocks
         self.tokenCount = tokenCount
         self.extraKey = extraKey
+    }
+}
+
+// MARK: Bytes: the index plans, the store moves
+
+/// How one planned move ended, as the store reports it to ``BlockIndexCore/completePlan(_:outcomes:)``.
+enum MoveOutcome: Sendable {
+    /// The bytes landed; `checksum` is theirs (computed on the way for a store).
+    case done(checksum: UInt64)
+    case failed(MemWallError)
+}
+
+/// What the index decided for one key of a load or store.
+enum BlockVerdict: Sendable, Equatable {
+    /// A move of this block is in the plan.
+    case planned
+    /// Store: the block is cached with bytes already; nothing to write.
+    case alreadyStored
+    /// Not cached (load), or no tier could take it (store).
+    case missing
+    /// Load: cached, but its bytes were never stored.
+    case notStored
+    /// Load: a move or store of it failed; its bytes are not where the index says.
+    case lost
+    /// Another operation (this plan number) is moving or storing it now.
+    case busy(UInt64)
+}
+
+extension BlockIndexCore {
+    /// Whether entry `e` still is the live block `key`.
+    @inline(__always)
+    private func isLive(_ e: Int32, _ key: BlockKey) -> Bool {
+        e >= 0 && Int(e) < entries.count && entries[Int(e)].flags & Entry.live != 0 && entries[Int(e)].key == key.rawValue
+    }
+
+    /// Records the relocation of a block's bytes to a slot of `to` (the entry's tier changes with it).
+    mutating func planMove(_ slot: Int32, from: Int, to: Int) {
+        let s = Int(slot)
+        let source = ledger!.slotOf[s]
+        let destination = ledger!.allocate(to) ?? -1
+        ledger!.release(from, source)
+        ledger!.slotOf[s] = destination
+        guard entries[s].flags & (Entry.empty | Entry.lost) == 0 else { return }   // no bytes to carry
+        guard source >= 0, destination >= 0 else {
+            entries[s].flags |= Entry.lost
+            return
+        }
+        ledger!.plan.moves.append(PlannedMove(entry: slot, key: BlockKey(rawValue: entries[s].key),
+                                              from: .slot(tier: from, slot: source), to: .slot(tier: to, slot: destination),
+                                              purpose: .relocate, checksum: ledger!.checksum[s], keyIndex: -1))
+    }
+
+    /// Records a copy-on-write: `source`'s bytes into the freshly stored `destination` (both in DRAM).
+    mutating func planCopy(from source: Int32, to destination: Int32) {
+        let a = Int(source), b = Int(destination)
+        guard entries[a].flags & (Entry.empty | Entry.lost) == 0 else { return }   // nothing to copy yet
+        ledger!.checksum[b] = ledger!.checksum[a]
+        entries[b].flags &= ~Entry.empty
+        ledger!.plan.moves.append(PlannedMove(entry: destination, key: BlockKey(rawValue: entries[b].key),
+                                              from: .slot(tier: 0, slot: ledger!.slotOf[a]), to: .slot(tier: 0, slot: ledger!.slotOf[b]),
+                                              purpose: .relocate, checksum: ledger!.checksum[a], keyIndex: -1))
+    }
+
+    /// Leading `keys` whose bytes are cached (stored, not lost), and the tier of each.
+    func storedPrefix(_ keys: some Collection<BlockKey>) -> [Int] {
+        var tiersOf: [Int] = []
+        for k in keys {
+            let s = table.find(k.rawValue)
+            guard s >= 0 else { break }
+            let e = entries[Int(s)]
+            if ledger != nil && e.flags & (Entry.empty | Entry.lost) != 0 { break }
+            tiersOf.append(Int(e.tier))
+        }
+        return tiersOf
+    }
+
+    /// Plans reading each cached block of `keys` into the caller's buffer at the same position.
+    /// - Parameter touching: Count the read as a use of the block (eviction order), as a runtime's load is.
+    /// - Parameter positions: The position of each key in the operation (its buffer, its per-block error).
+    mutating func planLoad(_ keys: [BlockKey], at positions: [Int], touching: Bool) -> [BlockVerdict] {
+        clock &+= 1
+        var verdicts: [BlockVerdict] = []
+        verdicts.reserveCapacity(keys.count)
+        for (k, i) in zip(keys, positions) {
+            let s = table.find(k.rawValue)
+            guard s >= 0 else { verdicts.append(.missing); continue }
+            let flags = entries[Int(s)].flags
+            if flags & Entry.lost != 0 { verdicts.append(.lost); continue }
+            if flags & Entry.moving != 0 { verdicts.append(.busy(ledger!.movingBy[s] ?? 0)); continue }
+            if flags & Entry.empty != 0 { verdicts.append(.notStored); continue }
+            if touching {
+                touch(s, position: i)
+                entries[Int(s)].refCount -= 1   // a use, not a reference: the plan holds it until the bytes are out
+                refreshCandidacy(s)
+            }
+            ledger!.plan.moves.append(PlannedMove(entry: s, key: k, from: .slot(tier: Int(entries[Int(s)].tier), slot: ledger!.slotOf[Int(s)]),
+                                                  to: .buffer(i), purpose: .load, checksum: ledger!.checksum[Int(s)], keyIndex: i))
+            verdicts.append(.planned)
+        }
+        return verdicts
+    }
+
+    /// Plans writing the caller's buffers as the blocks `keys` (a chain whose first block's
+    /// parent is `parent`): blocks not cached are stored first (making room as admission
+    /// does), reserved blocks without bytes are filled, blocks cached with bytes are skipped.
+    /// - Returns: One verdict per key, and the blocks this call created; they stay
+    ///   referenced until ``releaseCreated(_:)`` (after the plan holds them).
+    mutating func planStore(_ keys: [BlockKey], after parent: BlockKey?) -> (verdicts: [BlockVerdict], created: [Int32]) {
+        clock &+= 1
+        var verdicts: [BlockVerdict] = []
+        var created: [Int32] = []
+        var parentSlot: Int32 = parent.map { table.find($0.rawValue) } ?? -1
+        if parentSlot >= 0 && entries[Int(parentSlot)].flags & Entry.live == 0 { parentSlot = -1 }
+        request = RequestView(blocks: keys.count, hitBlocks: 0, tailTokens: blockSize)
+        defer { request = RequestView() }
+        for (i, k) in keys.enumerated() {
+            var s = table.find(k.rawValue)
+            if s >= 0 {
+                let flags = entries[Int(s)].flags
+                if flags & Entry.moving != 0 {
+                    verdicts.append(flags & Entry.empty != 0 ? .busy(ledger!.movingBy[s] ?? 0) : .alreadyStored)
+                } else if flags & (Entry.empty | Entry.lost) == 0 {
+                    verdicts.append(.alreadyStored)
+                } else {
+                    planWrite(entry: s, key: k, buffer: i)
+                    verdicts.append(.planned)
+                }
+                parentSlot = s
+                continue
+            }
+            if parentSlot < -1 { verdicts.append(.missing); continue }
+            do throws(MemWallError) {
+                s = try store(key: k.rawValue, parent: parentSlot, tokenCount: blockSize, position: i)
+            } catch {
+                s = -1   // bytes mode plans; nothing in store() throws then
+            }
+            if s < 0 {
+                verdicts.append(.missing)
+                stats.uncached += 1
+                parentSlot = -2
+                continue
+            }
+            created.append(s)
+            planWrite(entry: s, key: k, buffer: i)
+            verdicts.append(.planned)
+            parentSlot = s
+        }
+        return (verdicts, created)
+    }
+
+    private mutating func planWrite(entry s: Int32, key: BlockKey, buffer i: Int) {
+        ledger!.plan.moves.append(PlannedMove(entry: s, key: key, from: .buffer(i),
+                                              to: .slot(tier: Int(entries[Int(s)].tier), slot: ledger!.slotOf[Int(s)]),
+                                              purpose: .store, checksum: 0, keyIndex: i))
+    }
+
+    /// Drops the creation references of blocks ``planStore(_:after:)`` made (the plan holds them now).
+    mutating func releaseCreated(_ created: [Int32]) {
+        for s in created where entries[Int(s)].refCount > 0 {
+            entries[Int(s)].refCount -= 1
+            refreshCandidacy(s)
+        }
+    }
+
+    /// Ends planning of the current operation: every block the plan moves is
+    /// held (referenced and marked in flight) until ``completePlan(_:outcomes:)``,
+    /// and blocks whose bytes are on their way are marked moving.
+    /// - Returns: The plan, or `nil` when it moves nothing (its freed slots are free at once).
+    mutating func sealPlan() -> MovePlan? {
+        guard ledger != nil else { return nil }
+        // Moves of blocks that left again during the operation carry nothing anyone will read.
+        var plan = ledger!.takePlan()
+        let dead = plan.moves.contains { !isLive($0.entry, $0.key) }
+        if dead {
+            plan.moves.removeAll { !isLive($0.entry, $0.key) }
+            plan.computeStages()
+        }
+        guard !plan.moves.isEmpty else {
+            ledger!.returnSlots(of: plan)
+            return nil
+        }
+        var seen = Set<Int32>()
+        for m in plan.moves {
+            if seen.insert(m.entry).inserted {
+                plan.held.append(m.entry)
+                entries[Int(m.entry)].refCount += 1
+                ledger!.inFlight[m.entry, default: 0] += 1
+                refreshCandidacy(m.entry)
+            }
+            if m.purpose != .load {
+                entries[Int(m.entry)].flags |= Entry.moving
+                ledger!.movingBy[m.entry] = plan.id
+            }
+        }
+        return plan
+    }
+
+    /// Records how a plan's moves ended and lets go of what it held: stored
+    /// blocks get their checksum, blocks whose bytes did not land are marked
+    /// lost (a later store of them repairs them), held blocks may leave again,
+    /// and the plan's freed slots become free.
+    mutating func completePlan(_ plan: MovePlan, outcomes: [MoveOutcome]) {
+        for (i, m) in plan.moves.enumerated() where i < outcomes.count && isLive(m.entry, m.key) {
+            let e = Int(m.entry)
+            switch (outcomes[i], m.purpose) {
+            case (.done(let sum), .store):
+                ledger!.checksum[e] = sum
+                entries[e].flags &= ~(Entry.empty | Entry.lost)
+            case (.failed, .store), (.failed, .relocate):
+                entries[e].flags |= Entry.lost
+            default:
+                break
+            }
+        }
+        for e in plan.held {
+            let s = Int(e)
+            if ledger!.movingBy[e] == plan.id {
+                ledger!.movingBy[e] = nil
+                entries[s].flags &= ~Entry.moving
+            }
+            if let n = ledger!.inFlight[e] { ledger!.inFlight[e] = n > 1 ? n - 1 : nil }
+            if entries[s].refCount > 0 { entries[s].refCount -= 1 }
+            refreshCandidacy(e)
+        }
+        ledger!.returnSlots(of: plan)
+    }
+
+    /// Bytes mode: every cached block holds one distinct slot of its tier; `nil` when so.
+    func ledgerViolation() -> String? {
+        guard let ledger else { return nil }
+        var used = Array(repeating: Set<Int32>(), count: tiers.count)
+        for (i, e) in entries.enumerated() where e.flags & Entry.live != 0 {
+            let p = i < ledger.slotOf.count ? ledger.slotOf[i] : -1
+            guard p >= 0, p < ledger.limit[Int(e.tier)] else {
+                return "block \(BlockKey(rawValue: e.key)) in tier \(e.tier) has no payload slot"
+            }
+            guard used[Int(e.tier)].insert(p).inserted else {
+                return "payload slot \(p) of tier \(e.tier) is held by two blocks"
+            }
+        }
+        if ledger.inFlight.isEmpty {
+            for t in tiers.indices where ledger.slotsInUse(t) != used[t].count + ledger.plan.pool[t].count {
+                return "tier \(t) has \(ledger.slotsInUse(t)) payload slots handed out for \(used[t].count) blocks"
+            }
+        }
+        return nil
     }
 }

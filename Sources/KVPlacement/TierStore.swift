@@ -1,11 +1,14 @@
+import CMemWallShim
 import MemWallCore
+import Synchronization
 import Transport
 
 /// Where one slower tier's bytes live and the transport that reaches them.
 public struct TierBacking: Sendable {
     /// The far side: a memory region (far memory), a storage target (NVMe) or a peer's segment.
     public var target: TransferTarget
-    /// Moves bytes between DRAM and `target`.
+    /// Moves bytes between host memory and `target` (storage and remote tiers; a
+    /// memory-region tier is copied by the CPU, see ``TierStore``).
     public var transport: any Transport
 
     /// Creates a backing.
@@ -15,108 +18,117 @@ public struct TierBacking: Sendable {
     }
 }
 
-/// Holds every cached block's bytes in the tier the index put it in, and
-/// moves them through the tiers' transports when the index moves the block.
+/// One caller-owned block buffer: ``TierStore/blockBytes`` bytes at `offset`
+/// in `region`, which must be registered with the cache (``KVCache/register(_:)``).
+/// Storage tiers read and write it with O_DIRECT, so keep it page-aligned
+/// (a region from ``MemoryRegion/allocate(byteCount:placement:)`` and offsets
+/// that are multiples of 4096 are).
+public struct KVBuffer: Sendable {
+    /// The registered region holding the buffer.
+    public var region: MemoryRegion
+    /// Byte offset of the block in `region`.
+    public var offset: Int
+
+    /// Names one block buffer.
+    public init(region: MemoryRegion, offset: Int) {
+        self.region = region
+        self.offset = offset
+    }
+}
+
+/// Moves cached blocks' bytes where the index's plans say: the mover of the
+/// plan / apply split (see docs/kv-placement.md). It keeps no per-block state —
+/// which slot of which tier holds a block, and the checksum its bytes carry,
+/// are the index's — and it never calls the index: ``apply(_:buffers:)`` takes
+/// a sealed ``MovePlan`` and returns one ``MoveOutcome`` per move.
 ///
-/// DRAM (tier 0) is one ``MemoryRegion`` cut into block-sized slots; each
-/// slower tier is a ``TierBacking`` cut the same way. A checksum is computed
-/// when a block's bytes are stored and travels with the block; every time the
-/// bytes come back to DRAM (promotion) or are read for use, they are checked
-/// against it, and a mismatch is a `corrupted` error naming the block.
+/// Tier 0 is one DRAM ``MemoryRegion`` cut into block-sized slots; each slower
+/// tier is a ``TierBacking`` cut the same way. How a move runs depends on the
+/// two places it joins:
+/// - host memory to host memory (DRAM slots, a memory-region tier such as CXL
+///   far memory, the caller's buffers): one CPU pass that copies and checksums
+///   together (`memwall_copy_checksum`, as fast as memcpy), non-temporal stores
+///   into slower tiers;
+/// - host memory to or from a storage or remote tier: the tier's transport,
+///   straight between the slot and the host side — for NVMe that is O_DIRECT
+///   into the caller's registered buffer or the DRAM slot, no staging copy.
+///   Moves of one stage are grouped per (tier, direction), sorted by slot,
+///   and adjacent slots are merged into larger I/Os; the groups of every tier
+///   are posted before any is waited for, and the CPU copies of the same stage
+///   run while the I/O is in flight;
+/// - storage or remote tier to another such tier: through a one-block DRAM
+///   staging buffer (one copy; no default tier layout needs it).
 ///
-/// Moves between two slower tiers go directly when the source is a memory
-/// region (it is then the transfer's local side), and through a one-block DRAM
-/// staging buffer otherwise.
-///
-/// Demotions (writes to a slower tier) are batched: during one index operation
-/// they are collected per destination tier and, when the operation ends
-/// (``BlockPayloadStore/finishMoves()``), posted as one descriptor list per
-/// tier — all tiers at once — and waited for once. Until then the slot a
-/// demoted block left is not reused (it is still the write's source), which is
-/// what the ``batchSlack`` spare slots per tier are for; a read of a slot still
-/// waiting to be written posts the batch first. Promotions, which must be
-/// checked on arrival, run at once.
-public final class TierStore {
+/// Every time bytes arrive in host memory their checksum is compared with the
+/// one they carry; a mismatch fails that block's move with `corrupted`. A
+/// store's checksum is computed from the caller's buffer once, while its bytes
+/// are copied or written.
+public final class TierStore: Sendable {
     /// Bytes per block payload.
     public let blockBytes: Int
+    /// Slots of the DRAM tier (its capacity plus spare slots for moves in flight).
+    let dramSlots: Int
     private let dram: MemoryRegion
-    private let staging: MemoryRegion
-    private let expected: MemoryRegion       // scratch for the deterministic contents being compared
     private let backings: [TierBacking?]     // index = tier; nil for DRAM
-    private var freeSlots: [[Int32]]
-    private var location: [Int32] = []       // block slot → payload slot in its tier
-    private var checksums: [UInt64] = []     // block slot → checksum of its payload
-    private var registrations: [(any Transport, MemoryRegion)] = []
-    /// Spare payload slots per tier beyond its capacity: how many demotions one
-    /// batch can hold before it must be posted early.
-    public static let batchSlack = 256
-    /// One batched write: a block's bytes on their way to a slower tier.
-    private struct PendingWrite {
-        var source: MemoryRegion
-        var sourceOffset: Int
-        var payloadSlot: Int32
-        var blockSlot: Int32
-        var path: String
+    private let staging: Mutex<MemoryRegion>
+    private struct Counters {
+        var bytesByPath: [String: Int] = [:]
+        var verified = 0
+        var batches = 0
+        var busy: [String: UInt64] = [:]
+        var tierNames: [String] = []
+        var registrations: [(any Transport, MemoryRegion)] = []
+        var callerRegions: [(any Transport, MemoryRegion)] = []
     }
-    private var pendingWrites: [[PendingWrite]] = []      // by destination tier
-    private var pendingDestinations: [Set<Int32>] = []    // payload slots being written, by tier
-    private var deferredFree: [[Int32]] = []              // slots freed while the batch may still read them
-    private var hasPending = false
-    /// Block slot → why its bytes never arrived in the tier the index moved it to.
-    private var lostBytes: [Int32: MemWallError] = [:]
-    /// Batches posted (each: one request per destination tier), for reports.
-    public private(set) var batchesPosted = 0
-    /// `false` posts every demotion on its own and waits for it, as the store
-    /// did before batching (kept to measure what batching buys).
-    public var batchesMoves = true
-    private weak var index: BlockIndex?
-    /// Bytes moved, by "transport: from → to".
-    public private(set) var bytesMovedByPath: [String: Int] = [:]
-    /// Payload checks that passed.
-    public private(set) var verifiedReads = 0
-    private let payload: @Sendable (BlockKey, UnsafeMutableRawBufferPointer) -> Void
-    private var tierNames: [String] = []
+    private let counters = Mutex(Counters())
+    /// Largest I/O a merge of adjacent slots makes (or one block, when larger).
+    static let mergeLimit = 1 << 20
+    /// Bytes per posted request of one group: a long prefix goes out as several
+    /// requests, so the blocks of the first are checked while the rest are in flight.
+    static let requestLimit = 2 << 20
+
+    /// Spare payload slots a tier of `capacity` blocks gets beyond its capacity:
+    /// room for blocks another operation is still moving out of it. A plan can
+    /// always reuse the slots it frees itself, so this only serves concurrency.
+    public static func spareSlots(forCapacity capacity: Int) -> Int { max(8, min(256, capacity / 4)) }
 
     /// Creates a store.
     /// - Parameters:
     ///   - blockBytes: Payload bytes per block (a multiple of 4096, for O_DIRECT storage tiers).
-    ///   - dramBlocks: DRAM slots (the DRAM tier's capacity).
-    ///   - lowerTiers: Backing of tiers 1…n, each large enough for its capacity (checked in ``attach(to:)``).
-    ///   - payload: Writes a block's contents (defaults to ``deterministicPayload(key:into:)``).
-    /// - Throws: `invalidArgument` for a bad block size, `systemCall` when DRAM cannot be allocated.
-    public init(blockBytes: Int, dramBlocks: Int, lowerTiers: [TierBacking],
-                payload: @escaping @Sendable (BlockKey, UnsafeMutableRawBufferPointer) -> Void = TierStore.deterministicPayload) throws(MemWallError) {
+    ///   - dramBlocks: DRAM capacity in blocks (spare slots are added).
+    ///   - lowerTiers: Backing of tiers 1…n, each large enough for its capacity (checked by ``slotCounts(for:)``).
+    /// - Throws: `invalidArgument` for a bad block size, `systemCall` when DRAM cannot be allocated;
+    ///   registration errors of the tiers' transports.
+    public init(blockBytes: Int, dramBlocks: Int, lowerTiers: [TierBacking]) throws(MemWallError) {
         try TierStore.checkBlockBytes(blockBytes)
-        guard dramBlocks > 0 else { throw .invalid("DRAM capacity", dramBlocks, expected: "a positive number of blocks") }
+        guard dramBlocks > 0, dramBlocks <= TierSpec.maximumBlocks else {
+            throw .invalid("DRAM capacity", dramBlocks, expected: "1 to \(TierSpec.maximumBlocks) blocks")
+        }
         self.blockBytes = blockBytes
-        dram = try MemoryRegion.allocate(byteCount: blockBytes * (dramBlocks + TierStore.batchSlack),
-                                         placement: MemoryPlacement(node: nil, label: "DRAM"))
-        staging = try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "DRAM staging"))
-        expected = try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "DRAM scratch"))
+        dramSlots = dramBlocks + TierStore.spareSlots(forCapacity: dramBlocks)
+        dram = try MemoryRegion.allocate(byteCount: blockBytes * dramSlots, placement: MemoryPlacement(node: nil, label: "DRAM"))
+        staging = Mutex(try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "DRAM staging")))
         backings = [nil] + lowerTiers.map { Optional($0) }
-        freeSlots = []
-        self.payload = payload
-        // Register the DRAM-side regions (and memory-backed tiers, which act as the local side of
-        // moves to slower tiers) with every transport that will move them.
+        // DRAM, the staging buffer and memory-region tiers are the host side of
+        // moves to storage and remote tiers: register them with those transports.
         var regs: [(any Transport, MemoryRegion)] = []
         func ensure(_ t: any Transport, _ r: MemoryRegion) throws(MemWallError) {
             if regs.contains(where: { $0.0 === t && $0.1 === r }) { return }
             try t.register(r)
             regs.append((t, r))
         }
+        let hostRegions = [dram, staging.withLock { $0 }] + lowerTiers.compactMap { b -> MemoryRegion? in
+            if case .memory(let r) = b.target { return r } else { return nil }
+        }
         do throws(MemWallError) {
-            for (i, b) in lowerTiers.enumerated() {
-                try ensure(b.transport, dram)
-                try ensure(b.transport, staging)
-                for older in lowerTiers[..<i] {
-                    if case .memory(let r) = older.target { try ensure(b.transport, r) }
-                }
+            for b in lowerTiers where !TierStore.isHost(b.target) {
+                for r in hostRegions { try ensure(b.transport, r) }
             }
         } catch {
             for (t, r) in regs { try? t.deregister(r) }
             throw error
         }
-        registrations = regs
+        counters.withLock { $0.registrations = regs }
     }
 
     /// Payload sizes the store accepts: whole 4 KiB pages (O_DIRECT), at most 1 GiB.
@@ -127,43 +139,83 @@ public final class TierStore {
     }
 
     deinit {
-        // Nothing is in flight between operations (finishMoves waits), but a
-        // batch an aborted operation left unposted is dropped with its regions.
-        for (t, r) in registrations { try? t.deregister(r) }
+        let regs = counters.withLock { $0.registrations + $0.callerRegions }
+        for (t, r) in regs { try? t.deregister(r) }
     }
 
-    /// Connects the store to `index`, which then reports every placement change here.
-    /// - Throws: `invalidArgument` when the tier count differs, `outOfBounds` when a tier is too small.
-    public func attach(to index: BlockIndex) throws(MemWallError) {
-        guard index.tiers.count == backings.count else {
-            throw .invalid("tier count of the byte store", backings.count, expected: "\(index.tiers.count), as in the index")
-        }
-        let cap = index.tiers.map(\.capacityBlocks)
-        guard dram.byteCount >= cap[0] * blockBytes else {
-            throw MemWallError(.outOfBounds, "DRAM tier holds \(dram.byteCount / blockBytes) blocks, the index wants \(cap[0])")
-        }
-        for t in 1..<backings.count {
-            guard let b = backings[t] else { continue }
-            let need = Int64(cap[t]) * Int64(blockBytes)
-            guard b.target.byteCount >= need else {
-                throw MemWallError(.outOfBounds,
-                    "tier \(index.tiers[t].name) needs \(ByteCount(Int(need))) for \(cap[t]) blocks of \(ByteCount(blockBytes)); \(b.target) is smaller")
-            }
-        }
-        // Every tier gets its capacity plus whatever spare slots its backing holds
-        // (up to batchSlack), which lets a batch of demotions leave slots unreused.
-        let room = (0..<backings.count).map { t -> Int in
-            let bytes = t == 0 ? Int64(dram.byteCount) : backings[t].map(\.target.byteCount) ?? 0
-            return min(Int(bytes / Int64(blockBytes)), cap[t] + TierStore.batchSlack)
-        }
-        freeSlots = room.map { c in (0..<Int32(c)).reversed().map { $0 } }
-        pendingWrites = Array(repeating: [], count: backings.count)
-        pendingDestinations = Array(repeating: [], count: backings.count)
-        deferredFree = Array(repeating: [], count: backings.count)
-        tierNames = index.tiers.map(\.name)
-        self.index = index
-        index.payloads = self
+    private static func isHost(_ target: TransferTarget) -> Bool {
+        if case .memory = target { return true }
+        return false
     }
+
+    /// Checks the backings against the index's tiers and names them.
+    /// - Returns: Payload slots per tier: capacity plus spare, as far as each backing holds.
+    /// - Throws: `invalidArgument` when the tier count differs, `outOfBounds` when a tier is too small.
+    func slotCounts(for tiers: [TierSpec]) throws(MemWallError) -> [Int] {
+        guard tiers.count == backings.count else {
+            throw .invalid("tier count of the byte store", backings.count, expected: "\(tiers.count), as in the index")
+        }
+        var slots: [Int] = []
+        for (t, spec) in tiers.enumerated() {
+            let bytes = t == 0 ? Int64(dram.byteCount) : backings[t].map(\.target.byteCount) ?? 0
+            let held = Int(bytes / Int64(blockBytes))
+            guard held >= spec.capacityBlocks else {
+                throw MemWallError(.outOfBounds,
+                    "tier \(spec.name) holds \(held) blocks of \(ByteCount(blockBytes)), the index wants \(spec.capacityBlocks)")
+            }
+            slots.append(min(held, spec.capacityBlocks + TierStore.spareSlots(forCapacity: spec.capacityBlocks)))
+        }
+        counters.withLock { $0.tierNames = tiers.map(\.name) }
+        return slots
+    }
+
+    /// Registers a caller's buffer region with every transport that moves
+    /// bytes between host memory and a storage or remote tier (a memory tier
+    /// needs no registration: the CPU copies). Idempotent per region.
+    func register(_ region: MemoryRegion) throws(MemWallError) {
+        var done: [any Transport] = []
+        for case let b? in backings where !TierStore.isHost(b.target) && !done.contains(where: { $0 === b.transport }) {
+            let known = counters.withLock { c in c.callerRegions.contains { $0.0 === b.transport && $0.1 === region } }
+            if !known {
+                try b.transport.register(region)
+                counters.withLock { $0.callerRegions.append((b.transport, region)) }
+            }
+            done.append(b.transport)
+        }
+    }
+
+    /// Undoes ``register(_:)``.
+    func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        let mine = counters.withLock { c -> [(any Transport, MemoryRegion)] in
+            let m = c.callerRegions.filter { $0.1 === region }
+            c.callerRegions.removeAll { $0.1 === region }
+            return m
+        }
+        var first: MemWallError?
+        for (t, r) in mine {
+            do throws(MemWallError) { try t.deregister(r) } catch { if first == nil { first = error } }
+        }
+        if let first { throw first }
+    }
+
+    /// Transport names per tier (`nil` for DRAM), for reports.
+    public var transportNames: [String?] {
+        backings.map { b in
+            b.map { TierStore.isHost($0.target) ? "cpu copy (\($0.target))" : "\($0.transport.name) (\($0.transport.capabilities.implementation))" }
+        }
+    }
+
+    /// Bytes moved, by "mechanism: from -> to".
+    public var bytesMovedByPath: [String: Int] { counters.withLock { $0.bytesByPath } }
+    /// Blocks whose bytes were checked against their checksum on arrival, and matched.
+    public var verifiedReads: Int { counters.withLock { $0.verified } }
+    /// Requests posted to storage and remote transports.
+    public var requestsPosted: Int { counters.withLock { $0.batches } }
+    /// Per storage or remote tier (by name): nanoseconds during which at least
+    /// one of its requests was in flight — the time the device was busy for us,
+    /// so bytes / busy time is the throughput we drew from it (as fio reports
+    /// for a job that keeps it busy).
+    public var deviceBusyNanoseconds: [String: UInt64] { counters.withLock { $0.busy } }
 
     /// Builds the store with one NVMe tier at most, backed by `storagePath`
     /// (created when absent and then removed when the store goes; an existing
@@ -200,7 +252,7 @@ public final class TierStore {
         try checkBlockBytes(blockBytes)   // with capacities ≤ 2^26, sizes below cannot overflow
         var backings: [TierBacking] = []
         for (position, t) in tiers.enumerated().dropFirst() {
-            let bytes = (t.capacityBlocks + TierStore.batchSlack) * blockBytes
+            let bytes = (t.capacityBlocks + TierStore.spareSlots(forCapacity: t.capacityBlocks)) * blockBytes
             func transport(_ kind: LocationKind) throws(MemWallError) -> any Transport {
                 do throws(MemWallError) {
                     return try registry.select(for: kind)
@@ -248,8 +300,255 @@ public final class TierStore {
         return (store, backings)
     }
 
-    /// Transport names per tier (`nil` for DRAM), for reports.
-    public var transportNames: [String?] { backings.map { $0.map { "\($0.transport.name) (\($0.transport.capabilities.implementation))" } } }
+    // MARK: Applying plans
+
+    /// One end of a move, resolved: host memory (a region and offset) or a device tier's offset.
+    private enum Place {
+        case host(MemoryRegion, Int)
+        case device(Int, Int64)
+    }
+
+    private func place(_ end: MoveEnd, _ buffers: [KVBuffer]) -> Place {
+        switch end {
+        case .buffer(let i):
+            return .host(buffers[i].region, buffers[i].offset)
+        case .slot(let t, let s):
+            let offset = Int(s) * blockBytes
+            if t == 0 { return .host(dram, offset) }
+            if case .memory(let r)? = backings[t]?.target { return .host(r, offset) }
+            return .device(t, Int64(offset))
+        }
+    }
+
+    private func name(_ end: MoveEnd, _ names: [String]) -> String {
+        switch end {
+        case .buffer: "caller"
+        case .slot(let t, _): t < names.count ? names[t] : "tier \(t)"
+        }
+    }
+
+    /// Moves every block of a sealed plan, stage by stage, and reports each move's outcome.
+    /// Never throws: a failure is the outcome of the moves it hit.
+    func apply(_ plan: MovePlan, buffers: [KVBuffer]) -> [MoveOutcome] {
+        var outcomes = [MoveOutcome](repeating: .failed(MemWallError(.cancelled, "the move did not run")), count: plan.moves.count)
+        if plan.stageCount <= 1 {
+            run(Array(plan.moves.indices), of: plan.moves, buffers: buffers, into: &outcomes)
+        } else {
+            var byStage = Array(repeating: [Int](), count: plan.stageCount)
+            for (i, m) in plan.moves.enumerated() { byStage[m.stage].append(i) }
+            for stage in byStage where !stage.isEmpty { run(stage, of: plan.moves, buffers: buffers, into: &outcomes) }
+        }
+        return outcomes
+    }
+
+    /// What arrival checks: the checksum the block carries, or (a store) none yet.
+    private func arrived(_ m: PlannedMove, sum: UInt64, names: [String]) -> MoveOutcome {
+        if m.purpose == .store { return .done(checksum: sum) }
+        guard sum == m.checksum else {
+            return .failed(MemWallError(.corrupted,
+                "block \(m.key) read from \(name(m.from, names)) has checksum \(String(sum, radix: 16)), it was stored with \(String(m.checksum, radix: 16))"))
+        }
+        return .done(checksum: sum)
+    }
+
+    /// One posted request and, per descriptor, the moves it carries.
+    private struct Posted {
+        var tier: Int
+        var operation: TransferOperation
+        var request: TransferRequest
+        var moves: [[Int]]
+    }
+
+    private func run(_ indices: [Int], of moves: [PlannedMove], buffers: [KVBuffer], into outcomes: inout [MoveOutcome]) {
+        let names = counters.withLock { $0.tierNames }
+        var hostMoves: [Int] = []
+        var staged: [Int] = []
+        // (tier, read?) → moves; reads bring bytes to host memory.
+        var groups: [Int: [Int]] = [:]
+        for i in indices {
+            switch (place(moves[i].from, buffers), place(moves[i].to, buffers)) {
+            case (.host, .host): hostMoves.append(i)
+            case (.host, .device(let t, _)): groups[t * 2, default: []].append(i)
+            case (.device(let t, _), .host): groups[t * 2 + 1, default: []].append(i)
+            case (.device, .device): staged.append(i)
+            }
+        }
+        var paths: [String: Int] = [:]
+        var verified = 0
+        // 1. Every device group goes out before anything waits.
+        let started = MonotonicClock.nanoseconds()
+        var posted: [Posted] = []
+        for (g, members) in groups.sorted(by: { $0.key < $1.key }) {
+            let tier = g / 2
+            let operation: TransferOperation = g % 2 == 1 ? .read : .write
+            guard let backing = backings[tier] else { continue }
+            do throws(MemWallError) {
+                posted += try post(members, of: moves, tier: tier, operation: operation, backing: backing, buffers: buffers)
+            } catch {
+                for i in members { outcomes[i] = .failed(error) }
+            }
+        }
+        // 2. Host copies run while the I/O is in flight.
+        for i in hostMoves {
+            let m = moves[i]
+            guard case let .host(src, so) = place(m.from, buffers), case let .host(dst, dOff) = place(m.to, buffers) else { continue }
+            let streaming: Int32 = m.to.slot.map { $0.tier > 0 } == true ? 1 : 0
+            let sum = memwall_copy_checksum(dst.baseAddress + dOff, src.baseAddress + so, blockBytes, streaming)
+            outcomes[i] = arrived(m, sum: sum, names: names)
+            if m.purpose != .store, case .done = outcomes[i] { verified += 1 }
+            paths["cpu: \(name(m.from, names)) -> \(name(m.to, names))", default: 0] += blockBytes
+        }
+        // 3. Stores to devices: their checksums are computed from the caller's buffers while the writes run.
+        var storeSums: [Int: UInt64] = [:]
+        for p in posted where p.operation == .write {
+            for i in p.moves.joined() where moves[i].purpose == .store {
+                if case let .host(src, so) = place(moves[i].from, buffers) {
+                    storeSums[i] = memwall_checksum(src.baseAddress + so, blockBytes)
+                }
+            }
+        }
+        // 4. Device to device, through the staging buffer.
+        for i in staged {
+            outcomes[i] = stage(moves[i], buffers: buffers, names: names)
+            if case .done = outcomes[i] {
+                verified += 1
+                paths["staged: \(name(moves[i].from, names)) -> \(name(moves[i].to, names))", default: 0] += blockBytes
+            }
+        }
+        // 5. Wait in posting order; check what arrived in host memory.
+        for p in posted {
+            _ = try? p.request.waitBlocking()
+            let label = "\(backings[p.tier]?.transport.name ?? "?"): "
+            for (d, members) in p.moves.enumerated() {
+                switch p.request.status(ofDescriptor: d) {
+                case .completed:
+                    for i in members {
+                        let m = moves[i]
+                        if p.operation == .read, case let .host(dst, dOff) = place(m.to, buffers) {
+                            outcomes[i] = arrived(m, sum: memwall_checksum(dst.baseAddress + dOff, blockBytes), names: names)
+                            if case .done = outcomes[i] { verified += 1 }
+                        } else {
+                            outcomes[i] = .done(checksum: m.purpose == .store ? storeSums[i] ?? 0 : m.checksum)
+                        }
+                        paths[label + "\(name(m.from, names)) -> \(name(m.to, names))", default: 0] += blockBytes
+                    }
+                case .failed(let e):
+                    for i in members { outcomes[i] = .failed(e) }
+                default:
+                    for i in members {
+                        outcomes[i] = .failed(MemWallError(.cancelled, "the move of block \(moves[i].key) was cancelled"))
+                    }
+                }
+            }
+        }
+        let requests = posted.count
+        let busyTiers = Set(posted.map(\.tier))
+        let elapsed = MonotonicClock.nanoseconds() &- started
+        counters.withLock { c in
+            for t in busyTiers { c.busy[name(.slot(tier: t, slot: 0), names), default: 0] += elapsed }
+            for (k, v) in paths { c.bytesByPath[k, default: 0] += v }
+            c.verified += verified
+            c.batches += requests
+        }
+    }
+
+    /// Posts one (tier, direction) group: sorted by slot, adjacent slots merged,
+    /// split into requests of at most ``requestLimit`` bytes.
+    private func post(_ members: [Int], of moves: [PlannedMove], tier: Int, operation: TransferOperation,
+                      backing: TierBacking, buffers: [KVBuffer]) throws(MemWallError) -> [Posted] {
+        struct Piece { var region: MemoryRegion; var local: Int; var device: Int64; var length: Int; var moves: [Int] }
+        var items: [(region: MemoryRegion, local: Int, device: Int64, move: Int)] = []
+        items.reserveCapacity(members.count)
+        for i in members {
+            let (host, device) = operation == .read ? (moves[i].to, moves[i].from) : (moves[i].from, moves[i].to)
+            guard case let .host(r, lo) = place(host, buffers), case let .device(_, off) = place(device, buffers) else { continue }
+            items.append((r, lo, off, i))
+        }
+        items.sort { $0.device < $1.device }
+        let merge = max(blockBytes, TierStore.mergeLimit)
+        var pieces: [Piece] = []
+        for it in items {
+            if var last = pieces.last, last.region === it.region, last.local + last.length == it.local,
+               last.device + Int64(last.length) == it.device, last.length + blockBytes <= merge {
+                last.length += blockBytes
+                last.moves.append(it.move)
+                pieces[pieces.count - 1] = last
+            } else {
+                pieces.append(Piece(region: it.region, local: it.local, device: it.device, length: blockBytes, moves: [it.move]))
+            }
+        }
+        var out: [Posted] = []
+        var start = 0
+        let limit = max(blockBytes, TierStore.requestLimit)
+        while start < pieces.count {
+            var end = start
+            var bytes = 0
+            while end < pieces.count && (end == start || bytes + pieces[end].length <= limit) {
+                bytes += pieces[end].length
+                end += 1
+            }
+            let chunk = pieces[start..<end]
+            let descriptors = chunk.map {
+                TransferDescriptor(local: $0.region, localOffset: $0.local, target: backing.target, targetOffset: $0.device, length: $0.length)
+            }
+            do throws(MemWallError) {
+                let request = try backing.transport.post(backing.transport.prepare(operation, descriptors))
+                out.append(Posted(tier: tier, operation: operation, request: request, moves: chunk.map(\.moves)))
+            } catch {
+                // What went out already is waited for by the caller; the rest fails with this error.
+                for p in out { _ = try? p.request.waitBlocking() }
+                throw error
+            }
+            start = end
+        }
+        return out
+    }
+
+    /// A move between two device tiers, through the staging buffer.
+    private func stage(_ m: PlannedMove, buffers: [KVBuffer], names: [String]) -> MoveOutcome {
+        guard case let .device(ft, fo) = place(m.from, buffers), case let .device(tt, to) = place(m.to, buffers),
+              let source = backings[ft], let destination = backings[tt] else {
+            return .failed(MemWallError(.unsupported, "block \(m.key): no staged path from \(name(m.from, names)) to \(name(m.to, names))"))
+        }
+        return staging.withLock { buffer -> MoveOutcome in
+            do throws(MemWallError) {
+                try source.transport.post(source.transport.prepare(.read, [
+                    TransferDescriptor(local: buffer, localOffset: 0, target: source.target, targetOffset: fo, length: blockBytes)])).waitBlocking()
+                let sum = memwall_checksum(buffer.baseAddress, blockBytes)
+                let verdict = arrived(m, sum: sum, names: names)
+                guard case .done = verdict else { return verdict }
+                try destination.transport.post(destination.transport.prepare(.write, [
+                    TransferDescriptor(local: buffer, localOffset: 0, target: destination.target, targetOffset: to, length: blockBytes)])).waitBlocking()
+                return verdict
+            } catch {
+                return .failed(error)
+            }
+        }
+    }
+
+    /// Checksum of a payload (the one every block carries; see `memwall_checksum` in the C shim).
+    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        guard let base = bytes.baseAddress else { return memwall_checksum(nil, 0) }
+        return memwall_checksum(base, bytes.count)
+    }
+
+    /// Overwrites one byte of the payload slot `slot` of `tier` (tests prove checksums catch damage with it).
+    func corruptForTesting(tier: Int, slot: Int32) throws(MemWallError) {
+        let end = MoveEnd.slot(tier: tier, slot: slot)
+        switch place(end, []) {
+        case .host(let r, let o):
+            r.withUnsafeMutableBytes(offset: o, length: 1) { $0[0] ^= 0xFF }
+        case .device(let t, let o):
+            guard let b = backings[t] else { return }
+            try staging.withLock { buffer throws(MemWallError) in
+                try b.transport.post(b.transport.prepare(.read, [
+                    TransferDescriptor(local: buffer, localOffset: 0, target: b.target, targetOffset: o, length: blockBytes)])).waitBlocking()
+                buffer.withUnsafeMutableBytes(length: 1) { $0[0] ^= 0xFF }
+                try b.transport.post(b.transport.prepare(.write, [
+                    TransferDescriptor(local: buffer, localOffset: 0, target: b.target, targetOffset: o, length: blockBytes)])).waitBlocking()
+            }
+        }
+    }
 
     // MARK: Deterministic contents
 
@@ -266,295 +565,4 @@ public final class TierStore {
         for i in (words * 8)..<buffer.count { buffer[i] = UInt8(truncatingIfNeeded: state >> UInt64(i % 8 * 8)) }
     }
 
-    /// 64-bit checksum of a payload (word-wise multiply-xor, then finalised).
-    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(bytes.count)
-        let words = bytes.count / 8
-        for i in 0..<words {
-            let w = bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
-            h = (h ^ w) &* 0x0000_0100_0000_01B3 &+ UInt64(i)
-            h ^= h >> 29
-        }
-        for i in (words * 8)..<bytes.count { h = (h ^ UInt64(bytes[i])) &* 0x0000_0100_0000_01B3 }
-        return BlockKey.mix(h)
-    }
-
-    // MARK: Checks used by replays
-
-    /// After an admission: checks every hit block's bytes (reading them back
-    /// from a slower tier when they were not promoted) against the checksum
-    /// they travelled with and against their deterministic contents.
-    /// - Throws: `corrupted` naming the block; transfer errors.
-    public func verifyAndFill(admission: BlockAdmission) throws(MemWallError) {
-        guard let index else { return }
-        for r in admission.blocks.prefix(admission.hitBlocks) where r.isCached {
-            guard let t = index.tier(of: r.key) else { continue }
-            try verify(slot: r.slot, key: r.key, tier: t, againstContents: true)
-        }
-    }
-
-    /// Reads a block's bytes (from whatever tier holds them) and checks them.
-    /// - Parameter againstContents: Also compare with the deterministic payload for `key`.
-    /// - Throws: `notFound` for a slot that holds no bytes or a tier that does not exist; `corrupted`.
-    public func verify(slot: Int32, key: BlockKey, tier: Int, againstContents: Bool) throws(MemWallError) {
-        try checkHolds(slot: slot, tier: tier, key: key)
-        try finishMoves()
-        try checkArrived(slot: slot, key: key, tier: tier)
-        let s = Int(slot)
-        let bytesRegion: MemoryRegion
-        let offset: Int
-        if tier == 0 {
-            bytesRegion = dram
-            offset = Int(location[s]) * blockBytes
-        } else {
-            try move(.read, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "verify")
-            bytesRegion = staging
-            offset = 0
-        }
-        let sum = bytesRegion.withUnsafeBytes(offset: offset, length: blockBytes) { TierStore.checksum($0) }
-        guard sum == checksums[s] else {
-            throw MemWallError(.corrupted, "block \(key) in tier \(tierNames[tier]) has checksum \(String(sum, radix: 16)), it was stored with \(String(checksums[s], radix: 16))")
-        }
-        if againstContents {
-            expected.withUnsafeMutableBytes(length: blockBytes) { payload(key, $0) }
-            let same = bytesRegion.withUnsafeBytes(offset: offset, length: blockBytes) { a in
-                expected.withUnsafeBytes(length: blockBytes) { b in a.elementsEqual(b) }
-            }
-            guard same else {
-                throw MemWallError(.corrupted, "block \(key) in tier \(tierNames[tier]) does not hold the contents it was stored with")
-            }
-        }
-        verifiedReads += 1
-    }
-
-    /// Gives write access to a block's bytes in DRAM (where a runtime computes
-    /// its KV), then recomputes the checksum that travels with it.
-    /// - Throws: `invalidArgument` when the block is not in DRAM.
-    public func withDRAMBytes<R>(slot: Int32, key: BlockKey, tier: Int,
-                                 _ body: (UnsafeMutableRawBufferPointer) -> R) throws(MemWallError) -> R {
-        guard tier == 0, slot >= 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
-            throw MemWallError(.invalidArgument, "block \(key) is in tier \(tierNames[tier]), not DRAM; admit or prefetch it first")
-        }
-        let offset = Int(location[Int(slot)]) * blockBytes
-        return dram.withUnsafeMutableBytes(offset: offset, length: blockBytes) { buf in
-            let r = body(buf)
-            checksums[Int(slot)] = TierStore.checksum(UnsafeRawBufferPointer(buf))
-            return r
-        }
-    }
-
-    /// Overwrites one byte of a cached block's payload wherever it lives (tests use it to prove checksums catch damage).
-    public func corruptForTesting(slot: Int32, tier: Int) throws(MemWallError) {
-        try checkHolds(slot: slot, tier: tier, key: BlockKey(rawValue: 0))
-        try finishMoves()
-        let s = Int(slot)
-        if tier == 0 {
-            dram.withUnsafeMutableBytes(offset: Int(location[s]) * blockBytes, length: 1) { $0[0] ^= 0xFF }
-            return
-        }
-        try move(.read, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "test")
-        staging.withUnsafeMutableBytes(length: 1) { $0[0] ^= 0xFF }
-        try move(.write, tier: tier, payloadSlot: location[s], local: staging, at: 0, path: "test")
-    }
-
-    private func checkHolds(slot: Int32, tier: Int, key: BlockKey) throws(MemWallError) {
-        guard tier >= 0, tier < backings.count, slot >= 0, Int(slot) < location.count, location[Int(slot)] >= 0 else {
-            throw MemWallError(.notFound, "no bytes are stored for \(key) at slot \(slot) in tier \(tier)")
-        }
-    }
-
-    // MARK: Moving bytes
-
-    private func allocate(tier: Int, key: BlockKey) throws(MemWallError) -> Int32 {
-        if freeSlots[tier].isEmpty && hasPending {
-            try finishMoves()   // the batch holds the slots this tier could reuse
-        }
-        guard let s = freeSlots[tier].popLast() else {
-            throw MemWallError(.outOfBounds, "tier \(tierNames[tier]) has no free slot for \(key) (index and store disagree)")
-        }
-        return s
-    }
-
-    /// Frees a payload slot, or keeps it aside while a batch may still read it.
-    private func release(tier: Int, payloadSlot: Int32) {
-        if hasPending { deferredFree[tier].append(payloadSlot) } else { freeSlots[tier].append(payloadSlot) }
-    }
-
-    /// Refuses a block whose batched write failed: its bytes are not where the index says.
-    private func checkArrived(slot: Int32, key: BlockKey, tier: Int) throws(MemWallError) {
-        if let e = lostBytes[slot] {
-            throw MemWallError(.corrupted, "block \(key) never reached tier \(tierNames[tier]): \(e.message)",
-                               function: e.function, errno: e.errno)
-        }
-    }
-
-    /// Queues a write of one block to a slower tier for the current batch.
-    private func enqueueWrite(tier: Int, payloadSlot: Int32, blockSlot: Int32, from region: MemoryRegion, at offset: Int, path: String) {
-        guard backings[tier] != nil else { return }
-        pendingWrites[tier].append(PendingWrite(source: region, sourceOffset: offset, payloadSlot: payloadSlot,
-                                                blockSlot: blockSlot, path: path))
-        pendingDestinations[tier].insert(payloadSlot)
-        hasPending = true
-    }
-
-    /// Posts every batched write — one request per destination tier, all in
-    /// flight together — waits for all, then frees the slots they read from.
-    /// A failed descriptor marks its block as lost (refused on read-back) and
-    /// the first error is thrown after every request has finished.
-    func finishMoves() throws(MemWallError) {
-        guard hasPending else { return }
-        var posted: [(tier: Int, writes: [PendingWrite], request: TransferRequest)] = []
-        var firstError: MemWallError?
-        for t in 1..<pendingWrites.count where !pendingWrites[t].isEmpty {
-            guard let b = backings[t] else { continue }
-            let writes = pendingWrites[t]
-            let descriptors = writes.map { w in
-                TransferDescriptor(local: w.source, localOffset: w.sourceOffset, target: b.target,
-                                   targetOffset: Int64(w.payloadSlot) * Int64(blockBytes), length: blockBytes)
-            }
-            do throws(MemWallError) {
-                posted.append((t, writes, try b.transport.post(b.transport.prepare(.write, descriptors))))
-            } catch {
-                for w in writes { lostBytes[w.blockSlot] = error }
-                if firstError == nil { firstError = error }
-            }
-        }
-        for p in posted {
-            _ = try? p.request.waitBlocking()
-            let name = backings[p.tier]?.transport.name ?? "?"
-            for (i, w) in p.writes.enumerated() {
-                switch p.request.status(ofDescriptor: i) {
-                case .completed:
-                    bytesMovedByPath["\(name): \(w.path) -> \(tierNames[p.tier])", default: 0] += blockBytes
-                case .failed(let e):
-                    lostBytes[w.blockSlot] = e
-                    if firstError == nil { firstError = e }
-                default:
-                    let e = MemWallError(.cancelled, "the write of block slot \(w.blockSlot) to tier \(tierNames[p.tier]) was cancelled")
-                    lostBytes[w.blockSlot] = e
-                    if firstError == nil { firstError = e }
-                }
-            }
-        }
-        if !posted.isEmpty { batchesPosted += 1 }
-        for t in 0..<pendingWrites.count {
-            pendingWrites[t].removeAll(keepingCapacity: true)
-            pendingDestinations[t].removeAll(keepingCapacity: true)
-            freeSlots[t].append(contentsOf: deferredFree[t])
-            deferredFree[t].removeAll(keepingCapacity: true)
-        }
-        hasPending = false
-        if let firstError { throw firstError }
-    }
-
-    private func ensureCapacity(_ slot: Int32) {
-        while location.count <= Int(slot) { location.append(-1); checksums.append(0) }
-    }
-
-    /// Moves one block between `local` at `offset` and payload slot `payloadSlot`
-    /// of `tier`, through that tier's transport, and counts the bytes per path.
-    /// `.read` brings the block from the tier, `.write` sends it there; `path`
-    /// names the other side in the statistics.
-    private func move(_ operation: TransferOperation, tier: Int, payloadSlot: Int32,
-                      local region: MemoryRegion, at offset: Int, path: String) throws(MemWallError) {
-        guard let b = backings[tier] else { return }
-        let d = TransferDescriptor(local: region, localOffset: offset, target: b.target,
-                                   targetOffset: Int64(payloadSlot) * Int64(blockBytes), length: blockBytes)
-        try b.transport.post(b.transport.prepare(operation, [d])).waitBlocking()
-        let label = operation == .read ? "\(tierNames[tier]) -> \(path)" : "\(path) -> \(tierNames[tier])"
-        bytesMovedByPath["\(b.transport.name): \(label)", default: 0] += blockBytes
-    }
-}
-
-extension TierStore: BlockPayloadStore {
-    func store(slot: Int32, key: BlockKey, tier: Int) throws(MemWallError) {
-        ensureCapacity(slot)
-        let p = try allocate(tier: tier, key: key)
-        location[Int(slot)] = p
-        lostBytes[slot] = nil
-        if tier == 0 {
-            let sum = dram.withUnsafeMutableBytes(offset: Int(p) * blockBytes, length: blockBytes) { buf in
-                payload(key, buf)
-                return TierStore.checksum(UnsafeRawBufferPointer(buf))
-            }
-            checksums[Int(slot)] = sum
-        } else {
-            let sum = staging.withUnsafeMutableBytes(length: blockBytes) { buf in
-                payload(key, buf)
-                return TierStore.checksum(UnsafeRawBufferPointer(buf))
-            }
-            checksums[Int(slot)] = sum
-            do throws(MemWallError) {
-                try move(.write, tier: tier, payloadSlot: p, local: staging, at: 0, path: "new block")
-            } catch {
-                freeSlots[tier].append(p)
-                location[Int(slot)] = -1
-                throw error
-            }
-        }
-    }
-
-    func move(slot: Int32, key: BlockKey, from: Int, to: Int) throws(MemWallError) {
-        let s = Int(slot)
-        let src = location[s]
-        if hasPending && pendingDestinations[from].contains(src) {
-            try finishMoves()   // the bytes to move are still on their way into `from`
-        }
-        let dst = try allocate(tier: to, key: key)
-        do throws(MemWallError) {
-            if to == 0 {
-                try checkArrived(slot: slot, key: key, tier: from)
-                try move(.read, tier: from, payloadSlot: src, local: dram, at: Int(dst) * blockBytes, path: tierNames[0])
-                let sum = dram.withUnsafeBytes(offset: Int(dst) * blockBytes, length: blockBytes) { TierStore.checksum($0) }
-                guard sum == checksums[s] else {
-                    throw MemWallError(.corrupted,
-                        "block \(key) promoted from tier \(tierNames[from]) has checksum \(String(sum, radix: 16)), it was stored with \(String(checksums[s], radix: 16))")
-                }
-                verifiedReads += 1
-            } else if from == 0 {
-                enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: dram, at: Int(src) * blockBytes, path: tierNames[0])
-                try postAtOnceUnlessBatching(slot)
-            } else if let source = backings[from], case .memory(let r) = source.target {
-                enqueueWrite(tier: to, payloadSlot: dst, blockSlot: slot, from: r, at: Int(src) * blockBytes, path: tierNames[from])
-                try postAtOnceUnlessBatching(slot)
-            } else {
-                try move(.read, tier: from, payloadSlot: src, local: staging, at: 0, path: "staging")
-                try move(.write, tier: to, payloadSlot: dst, local: staging, at: 0, path: "staging")
-            }
-        } catch {
-            freeSlots[to].append(dst)
-            throw error
-        }
-        release(tier: from, payloadSlot: src)
-        location[s] = dst
-    }
-
-    /// Without batching, writes the move just queued now; if it fails the
-    /// index keeps the block where it was, whose bytes are intact.
-    private func postAtOnceUnlessBatching(_ slot: Int32) throws(MemWallError) {
-        guard !batchesMoves else { return }
-        do throws(MemWallError) {
-            try finishMoves()
-        } catch {
-            lostBytes[slot] = nil
-            throw error
-        }
-    }
-
-    func remove(slot: Int32, key: BlockKey, tier: Int) {
-        let s = Int(slot)
-        guard s < location.count, location[s] >= 0 else { return }
-        release(tier: tier, payloadSlot: location[s])
-        location[s] = -1
-        lostBytes[slot] = nil
-    }
-
-    func copy(from source: Int32, to destination: Int32) throws(MemWallError) {
-        let a = Int(location[Int(source)]) * blockBytes
-        let b = Int(location[Int(destination)]) * blockBytes
-        let base = dram.baseAddress
-        (base + b).copyMemory(from: base + a, byteCount: blockBytes)
-        checksums[Int(destination)] = checksums[Int(source)]
-        bytesMovedByPath["cpu copy-on-write: \(tierNames[0]) -> \(tierNames[0])", default: 0] += blockBytes
-    }
 }

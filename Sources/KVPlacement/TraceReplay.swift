@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemWallCore
+import Transport
 
 /// What one replay of a trace through one cache configuration measured.
 public struct ReplayResult: Sendable {
@@ -39,6 +40,9 @@ public struct ReplayResult: Sendable {
     public var lookahead: Int = 0
     /// Block payloads checked against their deterministic contents; 0 for metadata only.
     public var verifiedReads: Int
+    /// Real bytes: per storage or remote tier, seconds during which its I/O was in flight
+    /// (``TierStore/deviceBusyNanoseconds``); empty for metadata only.
+    public var deviceBusySeconds: [String: Double] = [:]
 
     /// Block lookups per second.
     public var lookupsPerSecond: Double { seconds > 0 ? Double(statistics.lookups) / seconds : 0 }
@@ -69,14 +73,18 @@ public enum TraceReplay {
             throw .invalid("prefetch distance or lookahead", min(prefetchAhead, lookahead), expected: "0 or more requests")
         }
         let residentBefore = residentBytes()
-        let index: BlockIndex
-        if policy == .belady {
-            index = try BlockIndex(tiers: tiers, policy: BeladyPolicy(requests: trace.requests.map(\.blockIDs)),
-                                   blockSize: trace.blockTokens)
-        } else {
-            index = try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
+        func makeIndex() throws(MemWallError) -> BlockIndex {
+            if policy == .belady {
+                return try BlockIndex(tiers: tiers, policy: BeladyPolicy(requests: trace.requests.map(\.blockIDs)),
+                                      blockSize: trace.blockTokens)
+            }
+            return try BlockIndex(tiers: tiers, policy: policy, blockSize: trace.blockTokens)
         }
-        if let store { try store.attach(to: index) }
+        // Metadata only: the index alone. Real bytes: the runtime's data path (KVCache), the
+        // same index decisions, so hit rates are identical; admissions reserve, stores fill.
+        let engine: ReplayEngine
+        if let store { engine = .bytes(try BytesReplay(index: try makeIndex(), store: store)) } else { engine = .metadata(try makeIndex()) }
+        let policyName = engine.policyName
         var saved = 0
         var input = 0
         let total = trace.requests.count
@@ -86,21 +94,16 @@ public enum TraceReplay {
         let progressEvery = store == nil ? 2000 : 100
         for (i, r) in trace.requests.enumerated() {
             if prefetchAhead > 0, i + prefetchAhead < total {
-                prefetched += try index.prefetch(trace.requests[i + prefetchAhead].blockIDs)
+                prefetched += try engine.prefetch(trace.requests[i + prefetchAhead].blockIDs)
             }
             if lookahead > 0 {
                 let upcoming = trace.requests[min(i + 1, total)..<min(i + 1 + lookahead, total)].map(\.blockIDs)
-                prefetched += try index.hint(upcoming: upcoming)
+                prefetched += try engine.hint(upcoming)
             }
             // The trace says how full the last block is (the ids cover whole and partial blocks).
             let tail = r.inputLength - (r.blockIDs.count - 1) * trace.blockTokens
-            let a = r.blockIDs.isEmpty || tail < 1 || tail > trace.blockTokens
-                ? try index.admit(r.blockIDs) : try index.admit(r.blockIDs, lastBlockTokens: tail)
-            if let store {
-                try store.verifyAndFill(admission: a)
-            }
-            try index.release(a.blocks)
-            saved += min(a.hitBlocks * trace.blockTokens, r.inputLength)
+            let hits = try engine.serve(r.blockIDs, lastBlockTokens: r.blockIDs.isEmpty || tail < 1 || tail > trace.blockTokens ? nil : tail)
+            saved += min(hits * trace.blockTokens, r.inputLength)
             input += r.inputLength
             // Real-bytes replays run ~100× slower: report often enough that a slow run
             // (a TCG guest) does not look like a stuck one.
@@ -110,11 +113,152 @@ public enum TraceReplay {
         let cpuSeconds = Double(threadCPUNanoseconds() &- cpuStarted) / 1e9
         progress?(total, total)
         let residentGrowth = store == nil ? max(0, residentBytes() - residentBefore) : 0
-        return ReplayResult(policy: index.policyName, tiers: tiers, requests: total, statistics: index.statistics,
+        return ReplayResult(policy: policyName, tiers: tiers, requests: total, statistics: engine.statistics,
                             inputTokens: input, prefillTokensSaved: saved, seconds: seconds, cpuSeconds: cpuSeconds,
-                            metadataBytes: index.metadataBytes, residentGrowthBytes: residentGrowth, cachedBlocks: index.cachedBlockCount,
-                            bytesMoved: store?.bytesMovedByPath ?? [:], prefetchedBlocks: prefetched, lookahead: lookahead,
-                            verifiedReads: store?.verifiedReads ?? 0)
+                            metadataBytes: engine.metadataBytes, residentGrowthBytes: residentGrowth, cachedBlocks: engine.cachedBlocks,
+                            bytesMoved: engine.bytesMoved, prefetchedBlocks: prefetched, lookahead: lookahead,
+                            verifiedReads: engine.verifiedReads, deviceBusySeconds: engine.deviceBusySeconds)
+    }
+}
+
+/// What a replay drives: the index alone, or the runtime data path over it.
+private enum ReplayEngine {
+    case metadata(BlockIndex)
+    case bytes(BytesReplay)
+
+    /// Admits a request, moves its bytes (bytes mode), releases it; returns its hit blocks.
+    func serve(_ ids: [BlockKey], lastBlockTokens: Int?) throws(MemWallError) -> Int {
+        switch self {
+        case .metadata(let index):
+            let a: BlockAdmission
+            if let n = lastBlockTokens { a = try index.admit(ids, lastBlockTokens: n) } else { a = try index.admit(ids) }
+            try index.release(a.blocks)
+            return a.hitBlocks
+        case .bytes(let b):
+            return try b.serve(ids, lastBlockTokens: lastBlockTokens)
+        }
+    }
+
+    func prefetch(_ ids: [BlockKey]) throws(MemWallError) -> Int {
+        switch self {
+        case .metadata(let index): try index.prefetch(ids)
+        case .bytes(let b): try b.cache.prefetch(ids)
+        }
+    }
+
+    func hint(_ upcoming: [[BlockKey]]) throws(MemWallError) -> Int {
+        switch self {
+        case .metadata(let index): try index.hint(upcoming: upcoming)
+        case .bytes(let b): try b.cache.hint(upcoming: upcoming)
+        }
+    }
+
+    var policyName: String {
+        switch self {
+        case .metadata(let index): index.policyName
+        case .bytes(let b): b.cache.policyName
+        }
+    }
+
+    var statistics: KVStatistics {
+        switch self {
+        case .metadata(let index): index.statistics
+        case .bytes(let b): b.cache.statistics
+        }
+    }
+
+    var metadataBytes: Int {
+        switch self {
+        case .metadata(let index): index.metadataBytes
+        case .bytes(let b): b.metadataBytes
+        }
+    }
+
+    var cachedBlocks: Int {
+        switch self {
+        case .metadata(let index): index.cachedBlockCount
+        case .bytes(let b): b.cache.statistics.occupancy.reduce(0, +)
+        }
+    }
+
+    var bytesMoved: [String: Int] {
+        if case .bytes(let b) = self { return b.cache.bytesMovedByPath }
+        return [:]
+    }
+
+    var verifiedReads: Int {
+        if case .bytes(let b) = self { return b.verified }
+        return 0
+    }
+
+    var deviceBusySeconds: [String: Double] {
+        if case .bytes(let b) = self { return b.store.deviceBusyNanoseconds.mapValues { Double($0) / 1e9 } }
+        return [:]
+    }
+}
+
+/// A real-bytes replay: every request's new blocks are written from the
+/// replay's buffers with their deterministic contents (``TierStore/deterministicPayload``),
+/// and every hit is loaded back and compared with those contents — through
+/// the same ``KVCache`` load and store a runtime uses.
+private final class BytesReplay {
+    let cache: KVCache
+    let store: TierStore
+    let metadataBytes: Int
+    private let buffers: MemoryRegion
+    private let blockBytes: Int
+    private let expected: MemoryRegion
+    /// Blocks per store or load call.
+    static let chunk = 32
+    private(set) var verified = 0
+
+    init(index: sending BlockIndex, store: TierStore) throws(MemWallError) {
+        metadataBytes = index.metadataBytes
+        cache = try KVCache(index: index, store: store)
+        self.store = store
+        blockBytes = store.blockBytes
+        buffers = try MemoryRegion.allocate(byteCount: blockBytes * BytesReplay.chunk, placement: MemoryPlacement(node: nil, label: "replay buffers"))
+        expected = try MemoryRegion.allocate(byteCount: blockBytes, placement: MemoryPlacement(node: nil, label: "replay scratch"))
+        try cache.register(buffers)
+    }
+
+    func serve(_ ids: [BlockKey], lastBlockTokens: Int?) throws(MemWallError) -> Int {
+        let a: BlockAdmission
+        if let n = lastBlockTokens { a = try cache.admit(blocks: ids, lastBlockTokens: n) } else { a = try cache.admit(blocks: ids) }
+        do throws(MemWallError) {
+            let fresh = a.blocks[a.hitBlocks...].filter(\.isCached).map(\.key)
+            for start in stride(from: 0, to: fresh.count, by: BytesReplay.chunk) {
+                let keys = Array(fresh[start..<min(start + BytesReplay.chunk, fresh.count)])
+                for (j, k) in keys.enumerated() {
+                    buffers.withUnsafeMutableBytes(offset: j * blockBytes, length: blockBytes) { TierStore.deterministicPayload(k, $0) }
+                }
+                try cache.store(keys, from: slots(keys.count)).wait().check()
+            }
+            let hits = a.blocks[..<a.hitBlocks].map(\.key)
+            for start in stride(from: 0, to: hits.count, by: BytesReplay.chunk) {
+                let keys = Array(hits[start..<min(start + BytesReplay.chunk, hits.count)])
+                try cache.load(keys, into: slots(keys.count), policy: .wait, touching: false).wait().check()
+                for (j, k) in keys.enumerated() {
+                    expected.withUnsafeMutableBytes(length: blockBytes) { TierStore.deterministicPayload(k, $0) }
+                    let same = buffers.withUnsafeBytes(offset: j * blockBytes, length: blockBytes) { got in
+                        expected.withUnsafeBytes(length: blockBytes) { got.elementsEqual($0) }
+                    }
+                    guard same else {
+                        throw MemWallError(.corrupted, "block \(k) came back with other contents than it was stored with")
+                    }
+                    verified += 1
+                }
+            }
+        } catch {
+            try? cache.release(a.blocks)
+            throw error
+        }
+        try cache.release(a.blocks)
+        return a.hitBlocks
+    }
+
+    private func slots(_ n: Int) -> [KVBuffer] {
+        (0..<n).map { KVBuffer(region: buffers, offset: $0 * blockBytes) }
     }
 }
 

@@ -44,9 +44,6 @@ struct KVReplayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Prefetch: before each request, promote the cached prefix of the request N places later in the trace to DRAM (0 = off).")
     var prefetch: Int = 0
 
-    @Flag(name: .long, help: "With --real-bytes, post every demotion on its own and wait for it instead of batching them per request (to measure what batching buys).")
-    var unbatchedMoves = false
-
     @Option(name: .long, help: "NUMA node backing the far tier (default: the machine's first far-memory node, else emulation); checked against the topology.")
     var farNode: Int?
 
@@ -135,7 +132,6 @@ struct KVReplayCommand: AsyncParsableCommand {
                     store = nil   // the previous store lets go of its transports first
                     store = try KVRealBytes.makeStore(tiers: specs, blockBytes: blockBytes, farNode: farNode, storage: storage).0
                 }
-                store?.batchesMoves = !unbatchedMoves
                 let r = try TraceReplay.run(trace, tiers: specs, policy: p, store: store, prefetchAhead: prefetch,
                                             lookahead: ahead) { done, _ in progress.update(done) }
                 if let b = best {
@@ -185,6 +181,8 @@ struct KVReplayReport: Encodable {
         var seconds, lookupsPerSecond, cpuSeconds, lookupsPerCPUSecond: Double
         var metadataBytes: Int, metadataBytesPerCachedBlock: Double, residentGrowthBytes, cachedBlocks: Int
         var bytesMovedByPath: [String: Int], verifiedReads: Int
+        /// Per storage or remote tier: seconds its I/O was in flight (real bytes).
+        var deviceBusySeconds: [String: Double]
     }
     var schema = "memwall.kv.replay/1"
     var trace: String
@@ -218,7 +216,7 @@ struct KVReplayReport: Encodable {
                           lookupsPerCPUSecond: r.lookupsPerCPUSecond, metadataBytes: r.metadataBytes,
                           metadataBytesPerCachedBlock: r.metadataBytesPerBlock, residentGrowthBytes: r.residentGrowthBytes,
                           cachedBlocks: r.cachedBlocks, bytesMovedByPath: r.bytesMoved,
-                          verifiedReads: r.verifiedReads)
+                          verifiedReads: r.verifiedReads, deviceBusySeconds: r.deviceBusySeconds)
     }
 
     static func text(trace: String, results: [ReplayResult], realBytes: Bool, blockBytes: Int, transports: [String]) -> String {
@@ -272,8 +270,20 @@ struct KVReplayReport: Encodable {
         if realBytes {
             out += row("read-backs verified") { "\($0.verifiedReads)" }
             let paths = Set(results.flatMap { $0.bytesMoved.keys }).sorted()
+            // Bytes per path, and their rate over the replay's wall time.
             for p in paths {
-                out += row("  \(p)") { ByteCount($0.bytesMoved[p] ?? 0).description }
+                out += row("  \(p)") { r in
+                    let b = r.bytesMoved[p] ?? 0
+                    return "\(ByteCount(b)) (\(formatDecimal(r.seconds > 0 ? Double(b) / r.seconds / 1e9 : 0, places: 2)) GB/s)"
+                }
+            }
+            // Per device tier: everything moved to and from it over the time its I/O was in flight.
+            for t in Set(results.flatMap { $0.deviceBusySeconds.keys }).sorted() {
+                out += row("  \(t) while busy") { r in
+                    let busy = r.deviceBusySeconds[t] ?? 0
+                    let b = r.bytesMoved.filter { !$0.key.hasPrefix("cpu") && $0.key.contains(t) }.values.reduce(0, +)
+                    return "\(formatDecimal(busy > 0 ? Double(b) / busy / 1e9 : 0, places: 2)) GB/s, \(formatDecimal(busy, places: 2)) s"
+                }
             }
         }
         return out

@@ -101,7 +101,8 @@ import Testing
                               "--policy", "lfuda", "--real-bytes", "--quiet"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("read-backs verified"))
-        #expect(r.stdout.contains("memcpy: dram -> far"))
+        #expect(r.stdout.contains("cpu: dram -> far"))
+        #expect(r.stdout.contains("cpu: caller -> dram"))
         #expect(r.stdout.contains("[emulated]"))
     }
 }

@@ -32,4 +32,15 @@ int memwall_get_errno(void);
 /* MADV_HUGEPAGE and MAP_POPULATE-style constants Swift's Glibc hides. */
 int memwall_madv_hugepage(void);
 int memwall_map_populate(void);
+/* A non-blocking, close-on-exec eventfd with counter 0; -1 with errno on failure. */
+int memwall_eventfd(void);
+/* Adds one to an eventfd counter; -1 with errno on failure. */
+int memwall_eventfd_signal(int fd);
+/* The KV block checksum (see checksum.c): eight Fletcher lanes over 64-bit words. */
+uint64_t memwall_checksum(const void *bytes, size_t count);
+/* Copies count bytes and returns their checksum, reading the source once; streaming
+   uses non-temporal stores (the destination is not read again soon: a slower tier). */
+uint64_t memwall_copy_checksum(void *destination, const void *source, size_t count, int streaming);
+/* The same checksum on the portable path only (tests compare it with the AVX2 path). */
+uint64_t memwall_checksum_portable(const void *bytes, size_t count);
 #endif
