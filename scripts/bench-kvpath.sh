@@ -10,7 +10,8 @@
 #   scripts/bench-kvpath.sh --in-guest  (used by --lab: prints the section, writes nothing)
 #
 # Environment: KV_SIZES (block sizes, default "256k 4k 2M"), KV_BYTES (per phase, default 1G on
-# the host, 256M in the guest), KV_BATCH (32), KV_QD (32), KV_DIR (/var/tmp).
+# the host, 256M in the guest), KV_BATCH (32), KV_QD (32), KV_ROUNDS (3; figures are medians),
+# KV_DIR (/var/tmp). In the lab one round unless KV_ROUNDS says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=host
@@ -25,6 +26,7 @@ memwall=.build/release/memwall
 sizes=${KV_SIZES:-256k 4k 2M}
 batch=${KV_BATCH:-32}
 qd=${KV_QD:-32}
+rounds=${KV_ROUNDS:-3}
 
 command -v python3 >/dev/null || { echo "bench-kvpath: python3 is missing (apt-get install python3)" >&2; exit 3; }
 command -v fio >/dev/null || echo "bench-kvpath: fio is missing (scripts/install-deps installs it): the NVMe references will read 'skipped'" >&2
@@ -35,13 +37,14 @@ if [ "$mode" != guest ]; then
 fi
 
 if [ "$mode" = lab ]; then
+  rounds=${KV_ROUNDS:-1}   # a TCG guest is slow; one run of each size
   out=$(mktemp); trap 'rm -f "$out"' EXIT
   # Node 1 holds the far tier and the memcpy reference's region (a phase each); the disk the NVMe tier.
-  scripts/lab --far 2G --nvme 2G -- "KV_SIZES='$sizes' KV_BYTES=${KV_BYTES:-256M} KV_BATCH=$batch KV_QD=$qd scripts/bench-kvpath.sh --in-guest" | tee "$out"
+  scripts/lab --far 2G --nvme 2G -- "KV_SIZES='$sizes' KV_BYTES=${KV_BYTES:-256M} KV_BATCH=$batch KV_QD=$qd KV_ROUNDS=$rounds scripts/bench-kvpath.sh --in-guest" | tee "$out"
   section=$(sed -n '/^### /,$p' "$out")
   [ -n "$section" ] || { echo "bench-kvpath: the guest printed no results" >&2; exit 1; }
   printf '%s\n' "$section" | scripts/results-splice "$heading" "### Lab guest"
-  echo "bench-kvpath: lab figures written to Benchmarks/RESULTS.md" >&2
+  echo "bench-kvpath: lab figures written to ${RESULTS:-Benchmarks/RESULTS.md}" >&2
   exit 0
 fi
 
@@ -59,75 +62,100 @@ fi
 
 runs=$(mktemp -d); trap 'rm -rf "$runs"' EXIT
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-i=0
-for bs in $sizes; do
-  i=$((i + 1))
-  echo "bench-kvpath: memwall bench kv --block-bytes $bs --bytes $bytes" >&2
-  "$memwall" bench kv --block-bytes "$bs" --batch "$batch" --qd "$qd" --bytes "$bytes" "${target[@]}" --json --quiet \
-    > "$runs/$i.json"
+# Rounds alternate the sizes (256k, 4k, 2M, 256k, …) so a neighbour's burst does not fall on one size only.
+for r in $(seq 1 "$rounds"); do
+  for bs in $sizes; do
+    echo "bench-kvpath: round $r/$rounds: memwall bench kv --block-bytes $bs --bytes $bytes" >&2
+    "$memwall" bench kv --block-bytes "$bs" --batch "$batch" --qd "$qd" --bytes "$bytes" "${target[@]}" --json --quiet \
+      > "$runs/$bs-$r.json"
+  done
 done
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 title="### Host"; [ "$mode" = guest ] && title="### Lab guest"
-python3 - "$runs" "$title" "$where" "$bytes" "$batch" "$qd" "$shown_target" "$load0" "$load1" <<'PY' > "$runs/section.md"
-import json, os, sys, datetime
-runs, title, where, nbytes, batch, qd, shown_target, load0, load1 = sys.argv[1:10]
-reports = [json.load(open(os.path.join(runs, f))) for f in sorted(os.listdir(runs), key=lambda f: int(f.split('.')[0])) if f.endswith('.json')]
-def kib(n): return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+python3 - "$runs" "$title" "$where" "$bytes" "$batch" "$qd" "$shown_target" "$load0" "$load1" "$rounds" <<'PY' > "$runs/section.md"
+import json, os, sys, datetime, statistics
+runs, title, where, nbytes, batch, qd, shown_target, load0, load1, rounds = sys.argv[1:11]
+by_size = {}
+for f in sorted(os.listdir(runs)):
+    if f.endswith(".json"):
+        r = json.load(open(os.path.join(runs, f)))
+        by_size.setdefault(r["blockBytes"], []).append(r)
+def size(n): return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 def gb(x): return "—" if x is None else f"{x:.3f}"
 def ratio(x): return "—" if x is None else f"{x:.2f}×"
 def us(ns): return "—" if ns is None else f"{ns / 1000:.1f}"
 def judge(value, ok): return "no reference" if value is None else ("met" if ok(value) else "**not met**")
+def phase_rows(reports):
+    rows = {}
+    for r in reports:
+        for p in r["phases"]:
+            rows.setdefault((p["phase"], p["tier"]), []).append(p)
+    return rows
 print(f"{title} ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
-first = reports[0]
+first = next(iter(by_size.values()))[0]
+shown_file = first["file"] if "memwall-bench-kv" not in first["file"] else "a private scratch file in " + first["file"].rsplit("/", 1)[0]
 print(f"Where: {where}. Release build; {first.get('fio') or 'fio missing'}; batches of {batch} blocks, QD {qd}, "
-      f"{nbytes} per phase; far tier: {first['farMemory']}; NVMe tier on {first['file'].rsplit('/', 1)[0] + '/…' if 'memwall-bench-kv' in first['file'] else first['file']} "
-      f"({first['accessMode']}). Load average {load0} at the start, {load1} at the end.\n")
-for r in reports:
-    print(f"**{kib(r['blockBytes'])} blocks** ({r['blocksPerPhase']} per phase)\n")
-    print("| phase | tier | KV cache GB/s | reference GB/s | ratio | batch p50 µs | batch p99 µs | reference batch µs | p50 / reference | reference |")
+      f"{nbytes} per phase; far tier: {first['farMemory']}; NVMe tier on {shown_file} ({first['accessMode']}). "
+      f"Each figure is the median of {rounds} runs (sizes alternating); in every run fio and memcpy ran beside the cache. "
+      f"Load average {load0} at the start, {load1} at the end.\n")
+for bs, reports in sorted(by_size.items(), key=lambda kv: (kv[0] != 262144, kv[0])):
+    print(f"**{size(bs)} blocks** ({reports[0]['blocksPerPhase']:,} per phase)\n")
+    print("| phase | tier | KV cache GB/s | reference GB/s | ratio (per run) | batch p50 µs | batch p99 µs | reference batch µs | p50 / reference | reference |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for p in r["phases"]:
-        ref = p["referenceTool"] + (f" — skipped: {p['reference']['skipped']}" if p["reference"].get("skipped") else "")
-        print(f"| {p['phase']} | {p['tier']} | {gb(p['gigabytesPerSecond'])} | {gb(p['referenceGigabytesPerSecond'])} | {ratio(p['ratio'])} "
-              f"| {us(p['latencyP50'])} | {us(p['latencyP99'])} | {us(p['referenceBatchLatency'])} | {ratio(p['batchLatencyRatio'])} | {ref} |")
-    l = r["lookupWhileOnloading"]
-    print(f"\n`lookup` of a cached {l['keys']}-key prefix on another thread while {kib(l['onloadBytes'])} is onloaded from {l['onloadTier']} "
-          f"in one load call ({l['onloadNanoseconds'] / 1e6:.1f} ms): {l['lookups']:,} lookups, p50 {l['latencyP50']:,} ns, "
-          f"p99 {l['latencyP99']:,} ns, max {l['latencyMax']:,} ns{'' if l['allHit'] else ' (some missed part of the prefix)'}.\n")
-    for n in r["notes"]:
+    for (d, t), ps in phase_rows(reports).items():
+        skipped = next((p["reference"]["skipped"] for p in ps if p["reference"].get("skipped")), None)
+        per_run = ", ".join(ratio(p["ratio"]) for p in ps)
+        ref = ps[0]["referenceTool"] + (f" — skipped: {skipped}" if skipped else "")
+        print(f"| {d} | {t} | {gb(med(p['gigabytesPerSecond'] for p in ps))} | {gb(med(p['referenceGigabytesPerSecond'] for p in ps))} "
+              f"| {ratio(med(p['ratio'] for p in ps))} ({per_run}) | {us(med(p['latencyP50'] for p in ps))} | {us(med(p['latencyP99'] for p in ps))} "
+              f"| {us(med(p['referenceBatchLatency'] for p in ps))} | {ratio(med(p['batchLatencyRatio'] for p in ps))} | {ref} |")
+    ls = [r["lookupWhileOnloading"] for r in reports]
+    print(f"\n`lookup` of a cached {ls[0]['keys']}-key prefix on another thread while {size(ls[0]['onloadBytes'])} is onloaded from "
+          f"{ls[0]['onloadTier']} in one load call ({med(l['onloadNanoseconds'] for l in ls) / 1e6:.1f} ms): "
+          f"{sum(l['lookups'] for l in ls):,} lookups over {len(ls)} runs; p50 {med(l['latencyP50'] for l in ls):,.0f} ns, "
+          f"p99 {med(l['latencyP99'] for l in ls):,.0f} ns (per run: {', '.join(format(l['latencyP99'], ',') for l in ls)}), "
+          f"max {max(l['latencyMax'] for l in ls):,} ns{'' if all(l['allHit'] for l in ls) else ' (some missed part of the prefix)'}.\n")
+    notes = sorted({n for r in reports for n in r["notes"]})
+    for n in notes:
         print(f"- {n}")
-    if r["notes"]:
+    if notes:
         print()
-main = next((r for r in reports if r["blockBytes"] == 262144), None)
+main = by_size.get(262144)
 if main:
-    ph = {(p["phase"], p["tier"]): p for p in main["phases"]}
-    print("Targets (issue 12, judged at 256 KiB in this run):\n")
+    rows = phase_rows(main)
+    print("Targets (issue 12, at 256 KiB; medians of this section's runs):\n")
     print("| target | measured | status |")
     print("|---|---|---|")
     for (d, t, want) in [("onload", "nvme", 0.9), ("offload", "nvme", 0.9), ("onload", "far", 0.9), ("offload", "far", 0.9)]:
-        p = ph[(d, t)]
+        m = med(p["ratio"] for p in rows[(d, t)])
         ref = "fio" if t == "nvme" else "one-thread memcpy"
-        print(f"| {t} {d} ≥ {want}× {ref} | {ratio(p['ratio'])} | {judge(p['ratio'], lambda v: v >= want)} |")
-    p = ph[("onload", "nvme")]
-    print(f"| {batch}-block onload p50 ≤ 1.2× fio's time for the same {batch} blocks at QD {qd} | {ratio(p['batchLatencyRatio'])} "
-          f"({us(p['latencyP50'])} vs {us(p['referenceBatchLatency'])} µs) | {judge(p['batchLatencyRatio'], lambda v: v <= 1.2)} |")
-    l = main["lookupWhileOnloading"]
-    print(f"| lookup p99 ≤ 50 µs while {kib(l['onloadBytes'])} is onloaded | {l['latencyP99'] / 1000:.1f} µs over {l['lookups']:,} lookups "
-          f"| {judge(l['latencyP99'] if l['lookups'] else None, lambda v: v <= 50_000)} |")
+        print(f"| {t} {d} ≥ {want}× {ref} | {ratio(m)} | {judge(m, lambda v: v >= want)} |")
+    ps = rows[("onload", "nvme")]
+    m = med(p["batchLatencyRatio"] for p in ps)
+    print(f"| {batch}-block onload p50 ≤ 1.2× fio's time for {batch} blocks at QD {qd} | {ratio(m)} "
+          f"({us(med(p['latencyP50'] for p in ps))} vs {us(med(p['referenceBatchLatency'] for p in ps))} µs) | {judge(m, lambda v: v <= 1.2)} |")
+    ls = [r["lookupWhileOnloading"] for r in main]
+    p99 = med(l["latencyP99"] for l in ls if l["lookups"])
+    print(f"| lookup p99 ≤ 50 µs while {size(ls[0]['onloadBytes'])} is onloaded | {'—' if p99 is None else f'{p99 / 1000:.1f} µs'} "
+          f"(worst run {max(l['latencyP99'] for l in ls) / 1000:.1f} µs) | {judge(p99, lambda v: v <= 50_000)} |")
     print()
-    bm = p["reference"].get("batchLatencyMethod")
+    bm = ps[0]["reference"].get("batchLatencyMethod")
     if bm:
         print(f"fio's batch time: {bm}.\n")
-print("Commands (the script runs them; fio runs inside each, its command line is in the JSON's `reference.command`):\n")
+print("Commands (the script runs them; each `bench kv` runs fio itself, with the command lines below, FILE being the NVMe tier's file):\n")
 print("```")
-for r in reports:
+for bs, reports in sorted(by_size.items(), key=lambda kv: (kv[0] != 262144, kv[0])):
     t = f" {shown_target}" if shown_target else ""
-    print(f"memwall bench kv --block-bytes {r['blockBytes']} --batch {batch} --qd {qd} --bytes {nbytes}{t} --json")
-for p in (main or reports[0])["phases"]:
+    print(f"memwall bench kv --block-bytes {bs} --batch {batch} --qd {qd} --bytes {nbytes}{t} --json")
+ref = (main or next(iter(by_size.values())))[0]
+for p in ref["phases"]:
     for c in (p["reference"].get("command"), p["reference"].get("batchCommand")):
-        if c and c.startswith(("fio", "/")):
-            print(c.replace((main or reports[0])["file"], "FILE"))
+        if c and "fio" in c.split()[0]:
+            print(c.replace(ref["file"], "FILE"))
 print("```")
 PY
 
@@ -137,4 +165,4 @@ if [ "$mode" = guest ]; then
 fi
 cat "$runs/section.md"
 scripts/results-splice "$heading" "### Host" < "$runs/section.md"
-echo "bench-kvpath: host figures written to Benchmarks/RESULTS.md" >&2
+echo "bench-kvpath: host figures written to ${RESULTS:-Benchmarks/RESULTS.md}" >&2

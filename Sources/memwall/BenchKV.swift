@@ -25,7 +25,7 @@ struct BenchKVCommand: AsyncParsableCommand {
         caller's buffers and a region of the far node. Each phase's blocks are checked to sit in
         the tier measured (lookup's tiers) before they are onloaded.
 
-        fio also reads --batch random blocks at --qd, many times over: its time for one batch is
+        fio also reads --batch adjacent blocks at --qd, many times over: its time for one batch is
         its run time divided by the number of batches (fio reports whole milliseconds, and
         drains its queue at the end of each batch). Without fio the reference is skipped and
         said so; JSON then holds null. The NVMe file is written: an existing --file (or device)
@@ -111,7 +111,7 @@ struct BenchKVCommand: AsyncParsableCommand {
         // The NVMe cache first: it opens (or creates) its file, so a --file that may not be
         // written is refused before anything is measured.
         let files = self.files, file = self.file
-        let nvmeCache = try KVBenchCache(measuring: .nvme, shape: shape, farNode: nil) { bytes throws(MemWallError) in
+        let nvmeCache = try KVBenchCache(measuring: .nvme, shape: shape, far: far) { bytes throws(MemWallError) in
             try files.open(file, option: "--file", scratchPrefix: "memwall-bench-kv", byteCount: bytes)
         }
         defer { nvmeCache.close() }
@@ -122,7 +122,7 @@ struct BenchKVCommand: AsyncParsableCommand {
             throw ValidationError("invalid --block-bytes '\(blockBytes)': '\(target.path)' needs multiples of \(target.alignment) bytes under O_DIRECT")
         }
         // Far memory: the cache's far tier, and a far region for the one-thread memcpy of the same bytes.
-        let farCache = try KVBenchCache(measuring: .farMemory, shape: shape, farNode: node) { _ throws(MemWallError) in
+        let farCache = try KVBenchCache(measuring: .farMemory, shape: shape, far: far) { _ throws(MemWallError) in
             throw MemWallError(.misuse, "the far-memory cache has no NVMe tier")
         }
         defer { farCache.close() }
@@ -159,10 +159,10 @@ struct BenchKVCommand: AsyncParsableCommand {
         }
         let loops = min(max(batches, 64), 4096)
         let fioBatch = Result { () throws(FioReference.Skipped) in
-            try fio.batches(path: target.path, blockBytes: bb, batch: batch, queueDepth: queueDepth, bytes: phaseBytes, loops: loops)
+            try fio.batches(path: target.path, blockBytes: bb, batch: batch, queueDepth: queueDepth, loops: loops)
         }
         advance("fio read: " + Self.describe(fioRead))
-        let batchMethod = "fio --rw=randread --number_ios=\(batch) --loops=\(loops): job run time / loops (mean; fio reports whole ms)"
+        let batchMethod = "fio reads the same \(batch) adjacent blocks --loops=\(loops) times (queue drained each loop): job run time / loops (a mean; fio's clock is whole ms)"
         phases.append(KVBenchPhase(.offload, tier: "nvme", nvmeOffload, shape: shape,
                                    reference: .fio(fioTool, fioWrite, batch: nil, loops: loops, batchMethod: nil)))
         phases.append(KVBenchPhase(.onload, tier: "nvme", nvmeOnload, shape: shape,
@@ -209,8 +209,9 @@ struct FarMemory {
     var label: String { node.map { "far memory on NUMA node \($0)" } ?? "far memory emulated in local DRAM" }
 
     /// A region of `bytes` on the far node, its pages in place (the NUMA
-    /// allocator faults them in; the emulation's are touched here), so the
-    /// memcpy reference copies into memory in use rather than timing page faults.
+    /// allocator faults them in; the emulation's are touched here): the far
+    /// tier and the memcpy reference both copy into memory already in use,
+    /// rather than timing the kernel (or a hypervisor) supplying fresh pages.
     func allocate(_ bytes: Int) throws(MemWallError) -> MemoryRegion {
         if let node { return try KVBenchCache.farAllocator.allocate(byteCount: bytes, on: node) }
         let region = try MemoryRegion.allocate(byteCount: bytes, placement: MemoryPlacement(node: nil, isEmulated: true, label: label))

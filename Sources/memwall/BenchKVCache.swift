@@ -42,9 +42,11 @@ final class KVBenchCache {
     /// Builds the cache.
     /// - Parameters:
     ///   - kind: `.farMemory` or `.nvme`: the tier measured.
-    ///   - farNode: Node of the far tier; nil emulates it in local DRAM.
+    ///   - far: Where the far tier's memory comes from (its pages are in place
+    ///     before the first store, as a runtime's pool would be: the benchmark
+    ///     measures moving blocks, not the kernel faulting in fresh memory).
     ///   - openStorage: Opens the NVMe tier's file, at least the given bytes large.
-    init(measuring kind: TierKind, shape: KVBenchShape, farNode: Int?,
+    init(measuring kind: TierKind, shape: KVBenchShape, far: FarMemory,
          openStorage: (Int64) throws(MemWallError) -> StorageTarget) throws(MemWallError) {
         self.shape = shape
         tierName = kind == .nvme ? "nvme" : "far"
@@ -54,16 +56,14 @@ final class KVBenchCache {
         let numa = NUMATransport()
         let registry = try KVRealBytes.registry(numa: numa, storage: URingConfiguration(
             queueDepth: shape.queueDepth, batchSize: min(URingConfiguration().batchSize, shape.queueDepth)))
-        let far: ((Int) throws -> MemoryRegion)? = farNode.map { node in
-            { bytes in try KVBenchCache.farAllocator.allocate(byteCount: bytes, on: node) }
-        }
+        let farMemory: (Int) throws -> MemoryRegion = { bytes in try far.allocate(bytes) }
         var opened: StorageTarget?
         let built = try TierStore.build(tiers: tiers, blockBytes: shape.blockBytes, registry: registry,
                                         storage: { _, bytes throws(MemWallError) in
                                             let t = try openStorage(bytes)
                                             opened = t
                                             return t
-                                        }, farMemory: far)
+                                        }, farMemory: farMemory)
         storage = opened
         transports = zip(tiers.dropFirst(), built.backings).map { t, b in
             "\(t.name): \(b.transport.name) (\(b.transport.capabilities.implementation)) to \(b.target)"

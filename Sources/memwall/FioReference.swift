@@ -42,15 +42,19 @@ struct FioReference {
         ])
     }
 
-    /// Reads `batch` random `bs`-byte blocks of the first `bytes` of `path` at
-    /// `queueDepth`, `loops` times over; the time of one batch is the job's run
-    /// time divided by `loops` (fio drains its queue at the end of every loop,
-    /// so each loop is one batch read from first submission to last completion,
-    /// plus fio's own per-loop restart, which counts against fio).
-    func batches(path: String, blockBytes bs: Int, batch: Int, queueDepth: Int, bytes: Int, loops: Int) throws(Skipped) -> Measurement {
+    /// Reads the first `batch` `bs`-byte blocks of `path` (adjacent, as a
+    /// batch's slots are) at `queueDepth`, `loops` times over; the time of one
+    /// batch is the job's run time divided by `loops`. fio drains its queue at
+    /// the end of every loop, so each loop is one batch from first submission
+    /// to last completion, plus fio's own restart, which counts against fio.
+    ///
+    /// (fio's `thinktime_blocks` would cut one sequential pass into drained
+    /// batches instead, but with `thinktime_blocks_type=issue` fio 3.33 hung
+    /// here now and then, and the default type lets batches overlap.)
+    func batches(path: String, blockBytes bs: Int, batch: Int, queueDepth: Int, loops: Int) throws(Skipped) -> Measurement {
         try run(path: path, direction: "read", [
-            "--rw=randread", "--norandommap", "--randrepeat=0", "--bs=\(bs)", "--iodepth=\(queueDepth)",
-            "--size=\(bytes)", "--offset=0", "--number_ios=\(batch)", "--loops=\(loops)",
+            "--rw=read", "--bs=\(bs)", "--iodepth=\(queueDepth)",
+            "--size=\(bs * batch)", "--offset=0", "--loops=\(loops)",
         ])
     }
 

@@ -168,7 +168,7 @@ import Testing
         if fioInstalled {
             let onload = try #require(phases.last?["reference"] as? [String: Any])
             #expect((onload["command"] as? String ?? "").contains("--rw=read"))
-            #expect((onload["batchCommand"] as? String ?? "").contains("--number_ios=4"))
+            #expect((onload["batchCommand"] as? String ?? "").contains("--size=16384"))
         }
         let lookups = try #require(json["lookupWhileOnloading"] as? [String: Any])
         #expect(lookups["keys"] as? Int == 32)
