@@ -98,16 +98,6 @@ struct BenchKVCommand: AsyncParsableCommand {
         var step = 0
         func advance(_ note: String) { step += 1; progress.update(step, note) }
 
-        let caller = try MemoryRegion.allocate(byteCount: phaseBytes, placement: MemoryPlacement(node: nil, label: "caller buffers (DRAM)"))
-        caller.withUnsafeMutableBytes { b in
-            b.withMemoryRebound(to: UInt64.self) { w in for i in w.indices { w[i] = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 } }
-        }
-        var phases: [KVBenchPhase] = []
-        var notes: [String] = []
-        if far.isEmulated {
-            notes.append("far memory is emulated: no CPU-less NUMA node on this host, so the far tier and the memcpy reference's far region are local DRAM")
-        }
-
         // The NVMe cache first: it opens (or creates) its file, so a --file that may not be
         // written is refused before anything is measured.
         let files = self.files, file = self.file
@@ -121,6 +111,16 @@ struct BenchKVCommand: AsyncParsableCommand {
         guard bb % target.alignment == 0 else {
             throw ValidationError("invalid --block-bytes '\(blockBytes)': '\(target.path)' needs multiples of \(target.alignment) bytes under O_DIRECT")
         }
+        let caller = try MemoryRegion.allocate(byteCount: phaseBytes, placement: MemoryPlacement(node: nil, label: "caller buffers (DRAM)"))
+        caller.withUnsafeMutableBytes { b in
+            b.withMemoryRebound(to: UInt64.self) { w in for i in w.indices { w[i] = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 } }
+        }
+        var phases: [KVBenchPhase] = []
+        var notes: [String] = []
+        if far.isEmulated {
+            notes.append("far memory is emulated: no CPU-less NUMA node on this host, so the far tier and the memcpy reference's far region are local DRAM")
+        }
+
         // Far memory: the cache's far tier, and a far region for the one-thread memcpy of the same bytes.
         let farCache = try KVBenchCache(measuring: .farMemory, shape: shape, far: far) { _ throws(MemWallError) in
             throw MemWallError(.misuse, "the far-memory cache has no NVMe tier")
