@@ -81,7 +81,7 @@ for f in sorted(os.listdir(runs)):
     if f.endswith(".json"):
         r = json.load(open(os.path.join(runs, f)))
         by_size.setdefault(r["blockBytes"], []).append(r)
-def size(n): return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+def size(n): return f"{n >> 30} GiB" if n >= 1 << 30 and n % (1 << 30) == 0 else f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
