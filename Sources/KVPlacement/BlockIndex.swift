@@ -747,8 +747,14 @@ struct BlockIndexCore {
         // With bytes, a tier whose spare slots all wait for moves in flight elsewhere is full for now.
         if let ledger, occupancy[tier] < tiers[tier].capacityBlocks, !ledger.canAllocate(tier) { return false }
         while occupancy[tier] >= tiers[tier].capacityBlocks {
+            // Write-through copies are the cheapest room: the block itself stays where it is.
+            if tier == tiers.count - 1 && dropOldestShadow() { continue }
             guard let victim = popVictim(tier: tier) else { return false }
-            if tier + 1 < tiers.count, try makeRoom(in: tier + 1) {
+            // A victim with a write-through copy in the next (last) tier brings its own room.
+            let ownsRoom = tier + 1 == tiers.count - 1 && ledger?.shadow[victim] != nil
+            var room = false
+            if tier + 1 < tiers.count { room = ownsRoom ? true : try makeRoom(in: tier + 1) }
+            if room {
                 try move(victim, to: tier + 1)
                 stats.demotions += 1
             } else if entries[Int(victim)].totalChildren == 0 {
@@ -780,7 +786,9 @@ struct BlockIndexCore {
     private mutating func move(_ slot: Int32, to newTier: Int) throws(MemWallError) {
         let s = Int(slot)
         let from = Int(entries[s].tier)
-        if ledger != nil { planMove(slot, from: from, to: newTier) }
+        if ledger != nil && planMove(slot, from: from, to: newTier) {
+            occupancy[newTier] -= 1   // the copy was counted there already
+        }
         detach(slot)
         occupancy[from] -= 1
         occupancy[newTier] += 1
@@ -808,6 +816,7 @@ struct BlockIndexCore {
         if ledger != nil {
             ledger!.release(t, ledger!.slotOf[s])
             ledger!.slotOf[s] = -1
+            dropShadow(of: slot)
         }
         if recordsEvents { emit(.removed(key: BlockKey(rawValue: e.key), parent: parentKey(slot), tier: t)) }
         policy.didDrop(EvictionCandidate(key: BlockKey(rawValue: e.key), score: e.score, hits: e.hits, lane: Int(e.lane)))
@@ -1128,20 +1137,76 @@ extension BlockIndexCore {
     }
 
     /// Records the relocation of a block's bytes to a slot of `to` (the entry's tier changes with it).
-    mutating func planMove(_ slot: Int32, from: Int, to: Int) {
+    /// - Returns: True when the block had a write-through copy in `to`, which it now is (nothing moves).
+    @discardableResult
+    mutating func planMove(_ slot: Int32, from: Int, to: Int) -> Bool {
         let s = Int(slot)
+        if let copy = ledger!.shadow.removeValue(forKey: slot) {
+            if to == tiers.count - 1 {
+                ledger!.release(from, ledger!.slotOf[s])
+                ledger!.slotOf[s] = copy
+                return true
+            }
+            ledger!.shadow[slot] = copy
+        }
         let source = ledger!.slotOf[s]
         let destination = ledger!.allocate(to) ?? -1
         ledger!.release(from, source)
         ledger!.slotOf[s] = destination
-        guard entries[s].flags & (Entry.empty | Entry.lost) == 0 else { return }   // no bytes to carry
+        guard entries[s].flags & (Entry.empty | Entry.lost) == 0 else { return false }   // no bytes to carry
         guard source >= 0, destination >= 0 else {
             entries[s].flags |= Entry.lost
-            return
+            return false
         }
         ledger!.plan.moves.append(PlannedMove(entry: slot, key: BlockKey(rawValue: entries[s].key),
                                               from: .slot(tier: from, slot: source), to: .slot(tier: to, slot: destination),
                                               purpose: .relocate, checksum: ledger!.checksum[s], keyIndex: -1))
+        return false
+    }
+
+    /// Write-through: a copy of the block stored from buffer `i` into the last
+    /// tier, when that tier has room without evicting a block (copies older
+    /// than this one may be given up). Without room the block is written back
+    /// on eviction as usual.
+    mutating func planShadow(entry s: Int32, key: BlockKey, buffer i: Int) {
+        let last = tiers.count - 1
+        guard Int(entries[Int(s)].tier) < last, ledger!.shadow[s] == nil else { return }
+        if occupancy[last] >= tiers[last].capacityBlocks && !dropOldestShadow() { return }
+        guard occupancy[last] < tiers[last].capacityBlocks, let copy = ledger!.allocate(last) else { return }
+        occupancy[last] += 1
+        ledger!.shadow[s] = copy
+        ledger!.shadowOrder.append(s)
+        ledger!.plan.moves.append(PlannedMove(entry: s, key: key, from: .buffer(i), to: .slot(tier: last, slot: copy),
+                                              purpose: .shadow, checksum: 0, keyIndex: i))
+    }
+
+    /// Gives up the oldest write-through copy whose block is not in flight.
+    /// - Returns: Whether one was given up.
+    private mutating func dropOldestShadow() -> Bool {
+        guard ledger != nil else { return false }
+        var skipped: [Int32] = []
+        defer { ledger!.shadowOrder.insert(contentsOf: skipped, at: ledger!.shadowHead) }
+        while ledger!.shadowHead < ledger!.shadowOrder.count {
+            let e = ledger!.shadowOrder[ledger!.shadowHead]
+            ledger!.shadowHead += 1
+            if ledger!.shadowHead > 1024 && ledger!.shadowHead * 2 > ledger!.shadowOrder.count {
+                ledger!.shadowOrder.removeFirst(ledger!.shadowHead)
+                ledger!.shadowHead = 0
+            }
+            guard ledger!.shadow[e] != nil else { continue }   // taken over or dropped since
+            if ledger!.inFlight[e] != nil { skipped.append(e); continue }
+            dropShadow(of: e)
+            return true
+        }
+        return false
+    }
+
+    /// Frees a block's write-through copy, if it has one.
+    private mutating func dropShadow(of e: Int32) {
+        guard let copy = ledger!.shadow.removeValue(forKey: e) else { return }
+        let last = tiers.count - 1
+        ledger!.release(last, copy)
+        occupancy[last] -= 1
     }
 
     /// Records a copy-on-write: `source`'s bytes into the freshly stored `destination` (both in DRAM).
@@ -1197,9 +1262,11 @@ extension BlockIndexCore {
     /// Plans writing the caller's buffers as the blocks `keys` (a chain whose first block's
     /// parent is `parent`): blocks not cached are stored first (making room as admission
     /// does), reserved blocks without bytes are filled, blocks cached with bytes are skipped.
-    /// - Returns: One verdict per key, and the blocks this call created; they stay
-    ///   referenced until ``releaseCreated(_:)`` (after the plan holds them).
-    mutating func planStore(_ keys: [BlockKey], after parent: BlockKey?) -> (verdicts: [BlockVerdict], created: [Int32]) {
+    /// - Returns: One verdict per key, and the blocks this call referenced (those it
+    ///   created, and those of the chain it met); they stay referenced until
+    ///   ``releaseCreated(_:)`` (after the plan holds the ones it moves).
+    /// - Parameter writeThrough: Also write a copy of each block into the last tier (``planShadow(entry:key:buffer:)``).
+    mutating func planStore(_ keys: [BlockKey], after parent: BlockKey?, writeThrough: Bool = false) -> (verdicts: [BlockVerdict], created: [Int32]) {
         clock &+= 1
         var verdicts: [BlockVerdict] = []
         var created: [Int32] = []
@@ -1207,9 +1274,18 @@ extension BlockIndexCore {
         if parentSlot >= 0 && entries[Int(parentSlot)].flags & Entry.live == 0 { parentSlot = -1 }
         request = RequestView(blocks: keys.count, hitBlocks: 0, tailTokens: blockSize)
         defer { request = RequestView() }
+        // Every block of the chain met so far stays referenced while the rest is placed:
+        // making room for a child must not demote its parent below it.
+        func hold(_ s: Int32) {
+            entries[Int(s)].refCount += 1
+            refreshCandidacy(s)
+            created.append(s)
+        }
+        if parentSlot >= 0 { hold(parentSlot) }
         for (i, k) in keys.enumerated() {
             var s = table.find(k.rawValue)
             if s >= 0 {
+                hold(s)
                 let flags = entries[Int(s)].flags
                 if flags & Entry.moving != 0 {
                     verdicts.append(flags & Entry.empty != 0 ? .busy(ledger!.movingBy[s] ?? 0) : .alreadyStored)
@@ -1217,6 +1293,7 @@ extension BlockIndexCore {
                     verdicts.append(.alreadyStored)
                 } else {
                     planWrite(entry: s, key: k, buffer: i)
+                    if writeThrough { planShadow(entry: s, key: k, buffer: i) }
                     verdicts.append(.planned)
                 }
                 parentSlot = s
@@ -1236,6 +1313,7 @@ extension BlockIndexCore {
             }
             created.append(s)
             planWrite(entry: s, key: k, buffer: i)
+            if writeThrough { planShadow(entry: s, key: k, buffer: i) }
             verdicts.append(.planned)
             parentSlot = s
         }
@@ -1281,7 +1359,7 @@ extension BlockIndexCore {
                 ledger!.inFlight[m.entry, default: 0] += 1
                 refreshCandidacy(m.entry)
             }
-            if m.purpose != .load {
+            if m.purpose != .load && m.purpose != .shadow {
                 entries[Int(m.entry)].flags |= Entry.moving
                 ledger!.movingBy[m.entry] = plan.id
             }
@@ -1302,6 +1380,9 @@ extension BlockIndexCore {
                 entries[e].flags &= ~(Entry.empty | Entry.lost)
             case (.failed, .store), (.failed, .relocate):
                 entries[e].flags |= Entry.lost
+            case (.failed, .shadow):
+                // The copy did not land; the block itself did (or failed on its own).
+                if ledger!.shadow[m.entry] == m.to.slot?.slot { dropShadow(of: m.entry) }
             default:
                 break
             }
@@ -1332,6 +1413,17 @@ extension BlockIndexCore {
                 return "payload slot \(p) of tier \(e.tier) is held by two blocks"
             }
         }
+        let last = tiers.count - 1
+        for (e, copy) in ledger.shadow {
+            guard Int(e) < entries.count, entries[Int(e)].flags & Entry.live != 0, Int(entries[Int(e)].tier) < last else {
+                return "a write-through copy belongs to entry \(e), which is not a live block above the last tier"
+            }
+            guard used[last].insert(copy).inserted else { return "payload slot \(copy) of tier \(last) is held twice (a copy)" }
+        }
+        var blocks = Array(repeating: 0, count: tiers.count)
+        for e in entries where e.flags & Entry.live != 0 { blocks[Int(e.tier)] += 1 }
+        blocks[last] += ledger.shadow.count
+        if blocks != occupancy { return "occupancy \(occupancy) differs from blocks and copies per tier \(blocks)" }
         if ledger.inFlight.isEmpty {
             for t in tiers.indices where ledger.slotsInUse(t) != used[t].count + ledger.plan.pool[t].count {
                 return "tier \(t) has \(ledger.slotsInUse(t)) payload slots handed out for \(used[t].count) blocks"

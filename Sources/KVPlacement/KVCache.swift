@@ -402,8 +402,12 @@ public final class KVCache: Sendable {
     /// computed from the buffer once, while it is copied (DRAM, memory tiers)
     /// or while its O_DIRECT write to NVMe runs. A stored block is held until
     /// its bytes have landed, then it may leave like any other.
-    /// - Parameter policy: ``KVWritePolicy/writeBack``; ``KVWritePolicy/writeThrough``
-    ///   also demotes… see its documentation.
+    /// - Parameter policy: ``KVWritePolicy/writeBack`` writes each block once, where it is
+    ///   placed. ``KVWritePolicy/writeThrough`` also writes a copy into the last tier
+    ///   (NVMe, typically) in the same plan, when that tier has room without evicting a
+    ///   block; the handle finishes when both have landed. When the block is later
+    ///   evicted down to the last tier it takes the copy over and nothing is written;
+    ///   copies are the first thing the last tier gives up when it needs room.
     /// - Throws: As ``load(_:into:policy:)``, before anything moves.
     public func store(_ keys: [BlockKey], from buffers: [KVBuffer], after parent: BlockKey? = nil,
                       policy: KVWritePolicy = .writeBack) throws(MemWallError) -> KVTransfer {
@@ -413,7 +417,7 @@ public final class KVCache: Sendable {
             var failed: [KVBlockFailure] = []
             var bytes = 0
             let planned = try? self.planned { s in
-                let (verdicts, created) = s.index.core.planStore(keys, after: parent)
+                let (verdicts, created) = s.index.core.planStore(keys, after: parent, writeThrough: policy == .writeThrough)
                 return (verdicts, created)
             }
             guard let planned else {

@@ -16,10 +16,10 @@ public enum KVLoadPolicy: Sendable, Hashable {
 public enum KVWritePolicy: Sendable, Hashable {
     /// Into the fastest tier with room; slower tiers are written only when the block is evicted there.
     case writeBack
-    /// As write-back, and the handle finishes only once every stored block also
-    /// has a copy in the last (slowest) tier, so that losing the faster tiers —
-    /// a crash of this process's memory, an eviction that would otherwise write —
-    /// loses nothing already stored. See ``KVCache/store(_:from:after:policy:)``.
+    /// As write-back, and a copy also goes to the last (slowest) tier in the same
+    /// plan, when it has room without evicting a block: the store costs one more
+    /// write now, and evicting the block down to that tier later costs none (HiCache's
+    /// write-through, with MemWall's tiers below the runtime's own memory).
     case writeThrough
 }
 

@@ -24,6 +24,12 @@ struct PlannedMove: Sendable {
         case store
         /// The block's bytes into the caller's buffer: checked against `checksum` on arrival.
         case load
+        /// Write-through: the caller's bytes also into the block's copy in the last tier
+        /// (``PayloadLedger/shadow``); a failure drops the copy, not the block.
+        case shadow
+
+        /// Writes the caller's bytes (their checksum is computed on the way).
+        var storesCallerBytes: Bool { self == .store || self == .shadow }
     }
 
     /// The block's entry in the index.
@@ -111,6 +117,14 @@ struct PayloadLedger {
     private var fresh: [Int32]
     /// Per tier: slots its backing holds (capacity plus spare for moves in flight).
     let limit: [Int32]
+    /// Write-through copies: entry → its slot in the last tier, while the block
+    /// itself lives in a faster one. Counted in the last tier's occupancy (they
+    /// use its capacity) and given up first when it needs room; a demotion into
+    /// the last tier takes the copy over and writes nothing.
+    var shadow: [Int32: Int32] = [:]
+    /// Entries with a copy, oldest first (the order copies are given up in; stale entries skipped).
+    var shadowOrder: [Int32] = []
+    var shadowHead = 0
     /// Entries in flight in some plan, and how many plans hold each.
     var inFlight: [Int32: UInt16] = [:]
     /// Entries whose bytes are on their way to the slot the entry names, and the plan moving them.

@@ -343,7 +343,7 @@ public final class TierStore: Sendable {
 
     /// What arrival checks: the checksum the block carries, or (a store) none yet.
     private func arrived(_ m: PlannedMove, sum: UInt64, names: [String]) -> MoveOutcome {
-        if m.purpose == .store { return .done(checksum: sum) }
+        if m.purpose.storesCallerBytes { return .done(checksum: sum) }
         guard sum == m.checksum else {
             return .failed(MemWallError(.corrupted,
                 "block \(m.key) read from \(name(m.from, names)) has checksum \(String(sum, radix: 16)), it was stored with \(String(m.checksum, radix: 16))"))
@@ -395,13 +395,13 @@ public final class TierStore: Sendable {
             let streaming: Int32 = m.to.slot.map { $0.tier > 0 } == true ? 1 : 0
             let sum = memwall_copy_checksum(dst.baseAddress + dOff, src.baseAddress + so, blockBytes, streaming)
             outcomes[i] = arrived(m, sum: sum, names: names)
-            if m.purpose != .store, case .done = outcomes[i] { verified += 1 }
+            if !m.purpose.storesCallerBytes, case .done = outcomes[i] { verified += 1 }
             paths["cpu: \(name(m.from, names)) -> \(name(m.to, names))", default: 0] += blockBytes
         }
         // 3. Stores to devices: their checksums are computed from the caller's buffers while the writes run.
         var storeSums: [Int: UInt64] = [:]
         for p in posted where p.operation == .write {
-            for i in p.moves.joined() where moves[i].purpose == .store {
+            for i in p.moves.joined() where moves[i].purpose.storesCallerBytes {
                 if case let .host(src, so) = place(moves[i].from, buffers) {
                     storeSums[i] = memwall_checksum(src.baseAddress + so, blockBytes)
                 }
@@ -428,7 +428,7 @@ public final class TierStore: Sendable {
                             outcomes[i] = arrived(m, sum: memwall_checksum(dst.baseAddress + dOff, blockBytes), names: names)
                             if case .done = outcomes[i] { verified += 1 }
                         } else {
-                            outcomes[i] = .done(checksum: m.purpose == .store ? storeSums[i] ?? 0 : m.checksum)
+                            outcomes[i] = .done(checksum: m.purpose.storesCallerBytes ? storeSums[i] ?? 0 : m.checksum)
                         }
                         paths[label + "\(name(m.from, names)) -> \(name(m.to, names))", default: 0] += blockBytes
                     }

@@ -227,7 +227,7 @@ struct KVReplayReport: Encodable {
         for t in transports { out += "  transport \(t)\n" }
         func row(_ label: String, _ f: (ReplayResult) -> String) -> String {
             var line = label.padded(to: 28)
-            for r in results { line += f(r).padded(to: 18) }
+            for r in results { let cell = f(r); line += cell.padded(to: max(18, cell.count + 2)) }
             return line + "\n"
         }
         out += row("policy") { r in

@@ -268,4 +268,59 @@ private func chain(_ n: Int, seed: UInt64) -> [BlockKey] {
         let s = cache.statistics
         #expect(s.demotions > 0)
     }
+
+    @Test func storingAChildNeverDemotesItsParentBelowIt() throws {
+        // Found by the concurrent test: placing b made room in DRAM by demoting its
+        // parent a, which was cached already and so not referenced by the store.
+        let tiers = dramFar(1, 4)
+        let built = try TierStore.build(tiers: tiers, blockBytes: 4096, registry: hostRegistry(), storagePath: "")
+        let cache = try KVCache(tiers: tiers, blockSize: 16, store: built.store)
+        let buffers = try Buffers(cache: cache, count: 2)
+        let keys = chain(2, seed: 9)
+        try cache.store([keys[0]], from: buffers.slots(0..<1)).wait().check()
+        #expect(cache.tier(of: keys[0]) == 0)
+        try cache.store(keys, from: buffers.slots(0..<2)).wait().check()
+        #expect(cache.tier(of: keys[0]) == 0 && cache.tier(of: keys[1]) == 1)
+        #expect(cache.invariantViolation() == nil)
+        // The same with the parent named by `after`.
+        let next = BlockKey.chained(parent: keys[1], tokens: [1])
+        try cache.store([next], from: buffers.slots(0..<1), after: keys[1]).wait().check()
+        #expect(cache.tier(of: next) == 1)
+        #expect(cache.invariantViolation() == nil)
+    }
+
+    @Test func writeThroughCopiesMakeLaterEvictionsFree() throws {
+        let (cache, store) = try threeTierCache(blockBytes: 4096, dram: 2, far: 2, nvme: 16)
+        let region = try MemoryRegion.allocate(byteCount: 2 * 4096)
+        try cache.register(region)
+        let slots = (0..<2).map { KVBuffer(region: region, offset: $0 * 4096) }
+        func put(_ keys: [BlockKey], _ policy: KVWritePolicy) throws {
+            for (i, k) in keys.enumerated() { pattern(k, into: region, at: i, blockBytes: 4096) }
+            try cache.store(keys, from: slots, policy: policy).wait().check()
+        }
+        let a = chain(2, seed: 20), b = chain(2, seed: 21), c = chain(2, seed: 22)
+        try put(a, .writeThrough)
+        // In DRAM, with copies in NVMe: written twice now.
+        #expect(cache.lookup(a).tiers == [0, 0])
+        #expect(cache.statistics.occupancy == [2, 0, 2])
+        func nvmeWrites(from source: String) -> Int {
+            store.bytesMovedByPath.filter { !$0.key.hasPrefix("cpu") && $0.key.hasSuffix("\(source) -> nvme") }.values.reduce(0, +)
+        }
+        #expect(nvmeWrites(from: "caller") == 2 * 4096)
+        try put(b, .writeBack)
+        try put(c, .writeBack)
+        // a went DRAM → far → NVMe: the last step took the copies over and wrote nothing.
+        #expect(cache.lookup(a).tiers == [2, 2])
+        #expect(nvmeWrites(from: "far") == 0, "\(store.bytesMovedByPath)")
+        #expect(cache.invariantViolation() == nil)
+        let out = try MemoryRegion.allocate(byteCount: 2 * 4096)
+        try cache.register(out)
+        try cache.load(a, into: (0..<2).map { KVBuffer(region: out, offset: $0 * 4096) }).wait().check()
+        for (i, k) in a.enumerated() { #expect(try holdsPattern(k, out, at: i, blockBytes: 4096)) }
+        // Copies are given up first when the last tier needs room: fill it with write-back blocks.
+        try put(chain(2, seed: 23), .writeThrough)
+        for seed in 30..<38 { try put(chain(2, seed: UInt64(seed)), .writeBack) }
+        #expect(cache.invariantViolation() == nil)
+        #expect(cache.lookup(a).count == 2 || cache.lookup(a).count == 0)
+    }
 }
