@@ -48,6 +48,8 @@ bench: deps lab-deps
 	scripts/bench-local.sh --lab
 	scripts/bench-topo.sh
 	scripts/bench-kv.sh
+	scripts/bench-kvpath.sh
+	scripts/bench-kvpath.sh --lab
 	scripts/bench-rdma.sh host | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: host"
 	scripts/bench-rdma.sh lab | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: lab"
 
