@@ -27,25 +27,28 @@ BATCH = 32
 
 
 def python_round(directory: str, mib: int) -> dict:
-    blocks = mib * 2**20 // BLOCK
+    blocks = mib * 2**20 // BLOCK // BATCH * BATCH
     with memwall.KVCache(tiers=f"dram:1,nvme:{blocks + 64}", block_bytes=BLOCK, scratch_dir=directory, policy="lru") as kv:
-        src = kv.allocate(BATCH)
-        dst = kv.allocate(BATCH)
+        # As `memwall bench kv` does: one chain of the whole phase, stored and loaded one batch
+        # per call, each batch from and into its own rows of one registered array.
+        src = kv.allocate(blocks)
+        dst = kv.allocate(blocks)
         rng = np.random.default_rng(1)
         src[:] = rng.integers(0, 256, size=src.shape, dtype=np.uint8)
-        # An anchor block in DRAM: every chain after it lands in the NVMe tier (the anchor is
+        # An anchor block in DRAM: the chain after it lands in the NVMe tier (the anchor is
         # held while its children are placed, and DRAM holds one block).
         anchor = memwall.chain_keys(list(range(16)), block_tokens=16, extra=b"anchor")
         kv.store(anchor, src[:1])
+        keys = memwall.chain_keys(list(range(16 * blocks)), block_tokens=16, extra=b"phase")
         batches = []
         for b in range(blocks // BATCH):
-            keys = memwall.chain_keys(list(range(16 * BATCH)), block_tokens=16, extra=b"batch-%d" % b)
-            kv.store(keys, src, parent=anchor[-1])
-            batches.append(keys)
-        tiers = {t for keys in batches for t in kv.tiers(keys)}
+            part = slice(b * BATCH, (b + 1) * BATCH)
+            kv.store(keys[part], src[part], parent=anchor[-1] if b == 0 else keys[b * BATCH - 1])
+            batches.append(part)
+        tiers = set(kv.tiers(keys))
         if tiers != {1}:
             raise SystemExit(f"overhead: the batches are in tiers {sorted(tiers)}, not only NVMe")
-        lookup_keys = batches[0]
+        lookup_keys = keys[:BATCH]
         for _ in range(2000):
             kv.lookup(lookup_keys)
         samples = []
@@ -54,12 +57,12 @@ def python_round(directory: str, mib: int) -> dict:
             kv.lookup(lookup_keys)
             samples.append(time.perf_counter_ns() - t)
         loads = []
-        for keys in batches:
+        for part in batches:
             t = time.perf_counter_ns()
-            kv.load(keys, dst)
+            kv.load(keys[part], dst[part])
             loads.append(time.perf_counter_ns() - t)
         if not np.array_equal(dst, src):
-            raise SystemExit("overhead: the last batch came back with other bytes")
+            raise SystemExit("overhead: the blocks came back with other bytes")
         return {"lookup_p50_ns": statistics.median(samples), "load_p50_ns": statistics.median(loads),
                 "gbps": len(batches) * BATCH * BLOCK / (sum(loads) / 1e9) / 1e9}
 
