@@ -68,9 +68,14 @@ struct BenchRDMACommand: AsyncParsableCommand {
     /// What `bench rdma --json` prints.
     struct Report: Codable {
         var schema = "memwall.bench.rdma/1"
+        /// The transport, and the implementation of the path the peer got.
         var transport, implementation: String
         /// "direct queue" or "request path".
         var path: String
+        /// How bytes reached the peer: "rdma", "tcp-emulation" or "intra-host".
+        var peerPath: String
+        /// Why the peer path is what it is (the TCP label says why not intra-host).
+        var peerPathDetail: String
         var device: String?, peer: String, rows: [Row]
     }
 
@@ -130,7 +135,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
         } else {
             nil
         }
-        let label = "\(client.name), \(client.capabilities.implementation), \(direct == nil ? "request path" : "direct queue")"
+        let label = "\(peer.path), \(direct == nil ? "request path" : "direct queue")"
         if !json { print("memwall bench rdma — \(label), peer \(peer.address)") }
         var rows: [Row] = []
         var reporter = ProgressReporter("bench rdma", total: operations.count * modes.count * sizeList.count, enabled: !json)
@@ -163,8 +168,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
             }
         }
         withExtendedLifetime((server, serverRegion, direct)) {}
-        let report = Report(transport: client.name, implementation: client.capabilities.implementation.description,
-                            path: direct == nil ? "request path" : "direct queue",
+        let report = Report(transport: client.name, implementation: peer.path.implementation.description,
+                            path: direct == nil ? "request path" : "direct queue", peerPath: peer.path.name,
+                            peerPathDetail: peer.path.description,
                             device: (client as? RDMATransport)?.deviceName, peer: peer.address, rows: rows)
         peer.disconnect()
         if json {

@@ -1,0 +1,33 @@
+#define _GNU_SOURCE
+#include "CMemWallShim.h"
+#include <errno.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+long memwall_process_vm(int pid, int write, const struct iovec *local, unsigned long localCount,
+                        const struct iovec *remote, unsigned long remoteCount) {
+    return write ? (long)process_vm_writev(pid, local, localCount, remote, remoteCount, 0)
+                 : (long)process_vm_readv(pid, local, localCount, remote, remoteCount, 0);
+}
+
+int memwall_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+    /* Descriptors from pidfd_open are close-on-exec already. */
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int memwall_allow_ptrace_from_same_user(void) {
+#if defined(PR_SET_PTRACER) && defined(PR_SET_PTRACER_ANY)
+    return prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+#else
+    errno = EINVAL;
+    return -1;
+#endif
+}
