@@ -147,13 +147,16 @@ struct RDMAServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Fill exported regions with the pattern for this seed (for READ checks by a peer).")
     var fill: Int?
 
+    @Flag(name: .long, help: "Allocate exported regions 2 MiB-aligned with MADV_HUGEPAGE.")
+    var hugePages = false
+
     func run() async throws {
         let specs = try export.map(ExportSpec.init(parsing:))
         guard !specs.isEmpty else { throw ValidationError("give at least one --export NAME:SIZE[:ACCESS]") }
         let t = try selection.open()
         var regions: [MemoryRegion] = []
         for s in specs {
-            let r = try MemoryRegion.allocate(byteCount: s.bytes)
+            let r = try MemoryRegion.allocate(byteCount: s.bytes, transparentHugePages: hugePages)
             if let seed = fill {
                 r.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = ServePattern.byte(i, seed: seed) } }
             }
