@@ -9,10 +9,14 @@ import Transport
 /// pidfd that tells whether that very process still lives, and the export
 /// table it announced with addresses in its memory.
 ///
-/// Bytes move with `process_vm_readv`/`process_vm_writev`: one copy by the
-/// kernel between the two address spaces, on the posting thread, no socket
-/// and no thread of the exporting process involved. The TCP connection stays
-/// for notifications and for noticing the peer's end.
+/// Exports that live in a sealed memfd of the peer (regions from
+/// ``MemoryRegion/allocateShared(byteCount:placement:)``) are mapped here
+/// (`pidfd_getfd`, `mmap`): their bytes move with plain loads and stores, no
+/// system call at all. Every other export moves with
+/// `process_vm_readv`/`process_vm_writev`: one copy by the kernel between the
+/// two address spaces. Either way the copy runs on the posting thread, with no
+/// socket and no thread of the exporting process involved. The TCP connection
+/// stays for notifications and for noticing the peer's end.
 ///
 /// The kernel checks only ptrace access, not export bounds: this side checks
 /// every descriptor against the table the peer sent (never against a segment
@@ -27,19 +31,39 @@ final class IntraHostChannel: Sendable {
     private let exports: [UInt32: ExportedRegionInfo]
     private let funnel: SyscallFunnel
     private let peerName: String
+    /// Key → where that export is mapped in this process, for the exports that are.
+    private let mappings: [UInt32: Mapping]
+
+    /// One export of the peer mapped here (shared with the peer's memfd).
+    struct Mapping: Sendable {
+        /// Byte 0 of the export in this process.
+        let exportBase: UInt
+        /// What `mmap` returned and its length (page-rounded), for `munmap`.
+        let start: UInt
+        let length: Int
+    }
+
+    /// Exports mapped here, of ``exportCount``.
+    var mappedCount: Int { mappings.count }
+    /// Exports the peer announced.
+    var exportCount: Int { exports.count }
 
     /// Most iovec pairs per system call (`UIO_MAXIOV`).
     static let maximumBatch = 1024
 
-    private init(pid: Int32, pidfd: Int32, exports: [ExportedRegionInfo], funnel: SyscallFunnel, peerName: String) {
+    private init(pid: Int32, pidfd: Int32, exports: [ExportedRegionInfo], mappings: [UInt32: Mapping], funnel: SyscallFunnel, peerName: String) {
         self.pid = pid
         self.pidfd = pidfd
         self.exports = Dictionary(exports.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        self.mappings = mappings
         self.funnel = funnel
         self.peerName = peerName
     }
 
-    deinit { Glibc.close(pidfd) }
+    deinit {
+        for m in mappings.values { munmap(UnsafeMutableRawPointer(bitPattern: m.start), m.length) }
+        Glibc.close(pidfd)
+    }
 
     // MARK: Set-up
 
@@ -139,7 +163,36 @@ final class IntraHostChannel: Sendable {
             Glibc.close(pidfd)
             return .declined(reason)
         }
-        return .established(IntraHostChannel(pid: pid, pidfd: pidfd, exports: offer.exports, funnel: funnel, peerName: peer), offer.exports)
+        let mappings = map(offer, pidfd: pidfd)
+        return .established(IntraHostChannel(pid: pid, pidfd: pidfd, exports: offer.exports, mappings: mappings, funnel: funnel, peerName: peer),
+                            offer.exports)
+    }
+
+    /// Maps the exports the verified peer keeps in sealed memfds: a duplicate
+    /// of its descriptor (`pidfd_getfd`, so it comes from that very process),
+    /// checked to be sealed against shrinking and long enough — so no access
+    /// here can ever fault past its end — then mapped with the access the peer
+    /// granted. An export that fails any step is served by `process_vm_*`.
+    private static func map(_ offer: IntraHostOffer, pidfd: Int32) -> [UInt32: Mapping] {
+        let byKey = Dictionary(offer.exports.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        var out: [UInt32: Mapping] = [:]
+        for s in offer.shared {
+            guard let e = byKey[s.key] else { continue }
+            let fd = memwall_pidfd_getfd(pidfd, s.fd)
+            guard fd >= 0 else { continue }
+            defer { Glibc.close(fd) }
+            var st = stat()
+            guard memwall_shared_memory_is_sealed(fd) == 1, fstat(fd, &st) == 0, st.st_size >= 0,
+                  UInt64(st.st_size) >= s.fileOffset + UInt64(e.byteCount) else { continue }
+            let page = UInt64(PageSize.bytes)
+            let start = s.fileOffset / page * page
+            let length = PageSize.roundUp(Int(s.fileOffset - start) + e.byteCount)
+            let prot = PROT_READ | (e.access.contains(.write) ? PROT_WRITE : 0)
+            guard let p = mmap(nil, length, prot, MAP_SHARED, fd, off_t(start)), p != MAP_FAILED else { continue }
+            let base = UInt(bitPattern: p)
+            out[s.key] = Mapping(exportBase: base + UInt(s.fileOffset - start), start: base, length: length)
+        }
+        return out
     }
 
     private static func isAlive(_ pidfd: Int32) -> Bool {
@@ -156,7 +209,7 @@ final class IntraHostChannel: Sendable {
     /// `key` that starts at `base`, checked against the table the peer sent.
     /// - Throws: `remoteAccess` for a key the peer never announced or another
     ///   base than it gave, a range outside that export, or an access it did not grant.
-    func resolve(key: UInt32, base: UInt64, offset: UInt64, length: Int, need: RemoteAccess, index: Int) throws(MemWallError) -> UInt64 {
+    func resolve(key: UInt32, base: UInt64, offset: UInt64, length: Int, need: RemoteAccess, index: Int) throws(MemWallError) -> Target {
         guard let e = exports[key], e.address == base else {
             throw MemWallError(.remoteAccess, "descriptor \(index): \(peerName) exported nothing under key \(String(key, radix: 16)) at \(String(base, radix: 16)) (a segment it did not hand out)")
         }
@@ -167,19 +220,33 @@ final class IntraHostChannel: Sendable {
             throw MemWallError(.remoteAccess,
                 "descriptor \(index): \(offset)..<\(offset + UInt64(max(length, 0))) is outside '\(e.name)' of \(e.byteCount) bytes that \(peerName) exported")
         }
-        return e.address + offset
+        if let m = mappings[key] { return .mapped(m.exportBase + UInt(offset)) }
+        return .peer(e.address + offset)
     }
 
-    /// One descriptor on this path: local bytes, and their place in the peer.
+    /// Where a descriptor's bytes are on the far side.
+    enum Target: Sendable {
+        /// At this address in the peer: moved by `process_vm_*`.
+        case peer(UInt64)
+        /// At this address of this process, in a mapping of the peer's memfd: moved by `memcpy`.
+        case mapped(UInt)
+    }
+
+    /// One descriptor on this path: local bytes, and their place on the far side.
     struct Move: Sendable {
         /// Inside a registered region that the prepared transfer keeps alive.
         let localAddress: UInt
+        /// In the peer, or (``mapped``) in this process's mapping of it, which the channel keeps.
         let remote: UInt64
+        let mapped: Bool
         let length: Int
 
-        init(local: UnsafeMutableRawPointer, remote: UInt64, length: Int) {
+        init(local: UnsafeMutableRawPointer, target: Target, length: Int) {
             self.localAddress = UInt(bitPattern: local)
-            self.remote = remote
+            switch target {
+            case .peer(let a): remote = a; mapped = false
+            case .mapped(let a): remote = UInt64(a); mapped = true
+            }
             self.length = length
         }
     }
@@ -194,19 +261,47 @@ final class IntraHostChannel: Sendable {
     /// - Returns: False when the peer was found gone.
     func move(_ operation: TransferOperation, _ moves: [Move], complete: (Int, Result<Int, MemWallError>) -> Void) -> Bool {
         let function = operation == .read ? "process_vm_readv" : "process_vm_writev"
-        let write: Int32 = operation == .read ? 0 : 1
         guard isAlive else {
             failAll(moves.indices, function: function, errno: .init(rawValue: ESRCH), complete)
             return false
         }
+        // Runs of descriptors to mapped exports are copied here; the others go to the kernel in batches.
         var i = 0
+        while i < moves.count {
+            var j = i
+            let mapped = moves[i].mapped
+            while j < moves.count && moves[j].mapped == mapped { j += 1 }
+            if mapped {
+                for k in i ..< j {
+                    let m = moves[k]
+                    let local = UnsafeMutableRawPointer(bitPattern: m.localAddress).unsafelyUnwrapped
+                    let far = UnsafeMutableRawPointer(bitPattern: UInt(m.remote)).unsafelyUnwrapped
+                    if operation == .read { local.copyMemory(from: far, byteCount: m.length) } else { far.copyMemory(from: local, byteCount: m.length) }
+                    complete(k, .success(m.length))
+                }
+            } else if !kernelCopy(operation, moves, i ..< j, complete: complete) {
+                failAll(j ..< moves.count, function: function, errno: .init(rawValue: ESRCH), complete)
+                return false
+            }
+            i = j
+        }
+        return true
+    }
+
+    /// The `process_vm_*` part of ``move(_:_:complete:)`` for `range`.
+    /// - Returns: False when the peer was found gone (the rest of `range` then failed).
+    private func kernelCopy(_ operation: TransferOperation, _ moves: [Move], _ range: Range<Int>,
+                            complete: (Int, Result<Int, MemWallError>) -> Void) -> Bool {
+        let function = operation == .read ? "process_vm_readv" : "process_vm_writev"
+        let write: Int32 = operation == .read ? 0 : 1
+        var i = range.lowerBound
         var done = 0  // bytes of descriptor i already moved
-        let batch = min(moves.count, Self.maximumBatch)
+        let batch = min(range.count, Self.maximumBatch)
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2 * batch) { iov -> Bool in
             let local = iov.baseAddress.unsafelyUnwrapped
             let remote = local + batch
-            while i < moves.count {
-                let end = min(moves.count, i + batch)
+            while i < range.upperBound {
+                let end = min(range.upperBound, i + batch)
                 var requested = -done
                 for k in i ..< end { requested += moves[k].length }
                 let r = funnel.transfer(function, requested: requested) { allowed -> Int in
@@ -230,7 +325,7 @@ final class IntraHostChannel: Sendable {
                 switch r {
                 case .success(let moved) where moved > 0:
                     var left = moved
-                    while left > 0 && i < moves.count {
+                    while left > 0 && i < range.upperBound {
                         let take = min(moves[i].length - done, left)
                         left -= take
                         done += take
@@ -243,12 +338,12 @@ final class IntraHostChannel: Sendable {
                 case .failure(let e) where e == .interrupted || e == .wouldBlock:
                     continue
                 case .failure(let e) where e.rawValue == ESRCH:
-                    failAll(i ..< moves.count, function: function, errno: e, complete)
+                    failAll(i ..< range.upperBound, function: function, errno: e, complete)
                     return false
                 case .success, .failure(.badAddress):
                     // Nothing moved: the peer range at descriptor i is not (or no longer) mapped.
                     if !isAlive {
-                        failAll(i ..< moves.count, function: function, errno: .init(rawValue: ESRCH), complete)
+                        failAll(i ..< range.upperBound, function: function, errno: .init(rawValue: ESRCH), complete)
                         return false
                     }
                     complete(i, .failure(MemWallError(.remoteAccess,
@@ -336,7 +431,7 @@ enum IntraHostSupport {
         do throws(MemWallError) { _ = try HostIdentity.current() } catch {
             return PeerPathCapability(name: "intra-host", mechanism: mechanism, implementation: .unavailable(reason: error.message))
         }
-        return PeerPathCapability(name: "intra-host", mechanism: mechanism + " (same boot id and pid namespace, pid proven by a challenge), chosen per peer at connect; "
+        return PeerPathCapability(name: "intra-host", mechanism: mechanism + " (same boot id and pid namespace, pid proven by a challenge), exports in sealed memfds mapped and copied with memcpy, chosen per peer at connect; "
                                   + ptraceRule + (policy == .grantSameUser ? "; listeners grant same-user peers" : ""), implementation: .hardware)
     }
 }

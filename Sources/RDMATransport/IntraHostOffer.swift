@@ -40,9 +40,11 @@ public enum RemotePeerPath: Sendable, Hashable, CustomStringConvertible {
     case rdma(device: String)
     /// The TCP emulation; `intraHostDeclined` says why the intra-host path is not used.
     case tcp(intraHostDeclined: String)
-    /// `process_vm_readv`/`process_vm_writev` into the exporting process `pid`
-    /// (same boot id and pid namespace, identity proven by a challenge).
-    case intraHost(pid: Int32)
+    /// Into the exporting process `pid` (same boot id and pid namespace,
+    /// identity proven by a challenge): `mapped` of its `exports` live in
+    /// sealed memfds mapped here and move by `memcpy`, the others by
+    /// `process_vm_readv`/`process_vm_writev`.
+    case intraHost(pid: Int32, mapped: Int, exports: Int)
 
     /// `"rdma"`, `"tcp-emulation"` or `"intra-host"`.
     public var name: String {
@@ -64,11 +66,14 @@ public enum RemotePeerPath: Sendable, Hashable, CustomStringConvertible {
     /// True for ``intraHost(pid:)``.
     public var isIntraHost: Bool { if case .intraHost = self { true } else { false } }
 
-    /// `"intra-host (process_vm_readv/writev into pid 4242)"`, `"tcp-emulation (emulation (…))"`.
+    /// `"intra-host into pid 4242 (1 of 1 exports mapped shared, memcpy)"`, `"tcp-emulation (emulation (…))"`.
     public var description: String {
         switch self {
         case .rdma(let d): "rdma on \(d)"
-        case .intraHost(let pid): "intra-host (process_vm_readv/writev into pid \(pid))"
+        case .intraHost(let pid, let mapped, let exports):
+            "intra-host into pid \(pid) (" + (mapped == 0 ? "process_vm_readv/writev"
+                : mapped == exports ? "\(mapped) of \(exports) exports mapped shared, memcpy"
+                : "\(mapped) of \(exports) exports mapped shared, memcpy; the others process_vm_readv/writev") + ")"
         case .tcp: "tcp-emulation (\(implementation))"
         }
     }
@@ -163,11 +168,12 @@ enum IntraHostChallenge {
 }
 
 /// What a listener answers to a connector's intra-host probe: who it is, where
-/// it stored the challenge's answer, and its export table with the virtual
-/// address of every export in its own memory. Little-endian:
+/// it stored the challenge's answer, its export table with the virtual
+/// address of every export in its own memory, and which exports live in a
+/// sealed memfd the connector may map. Little-endian:
 /// `magic:u32 bootID:16 pidNamespaceDevice:u64 pidNamespaceInode:u64 pid:u32
-/// challengeAddress:u64 tableLength:u32 table` (the table in
-/// ``ExportTableCodec``'s format).
+/// challengeAddress:u64 tableLength:u32 table sharedCount:u32
+/// { key:u32 fd:u32 fileOffset:u64 }*` (the table in ``ExportTableCodec``'s format).
 ///
 /// It is sent only when asked (frame kind 7, after the listener flagged the
 /// offer in its export-table frame), so a connector of an older MemWall, which
@@ -177,12 +183,26 @@ struct IntraHostOffer: Sendable, Equatable {
     var challengeAddress: UInt64
     /// The exports, each `address` being byte 0 of it in the listener's memory.
     var exports: [ExportedRegionInfo]
+    /// The exports a connector may map instead of copying through the kernel.
+    var shared: [SharedExport] = []
+
+    /// An export that lives in a memfd of the listener: descriptor `fd` there
+    /// (the connector takes a duplicate with `pidfd_getfd`), byte 0 of the
+    /// export at `fileOffset` in it.
+    struct SharedExport: Sendable, Equatable {
+        var key: UInt32
+        var fd: Int32
+        var fileOffset: UInt64
+    }
+    /// Bytes per shared-export entry.
+    static let sharedEntrySize = 4 + 4 + 8
 
     static let magic: UInt32 = 0x3149_574D  // "MWI1"
     /// Bytes before the table.
     static let headSize = 4 + 16 + 8 + 8 + 4 + 8 + 4
-    /// Largest offer accepted: the head and the largest export table.
-    static let maximumBytes = headSize + ExportTableCodec.maximumBytes
+    /// Largest offer accepted: the head, the largest export table, and a
+    /// shared entry for each of its exports.
+    static let maximumBytes = headSize + ExportTableCodec.maximumBytes + 4 + ExportTableCodec.maximumEntries * sharedEntrySize
     /// Largest pid Linux hands out (`PID_MAX_LIMIT` on 64-bit kernels).
     static let maximumPID: Int32 = 4_194_304
 
@@ -199,6 +219,12 @@ struct IntraHostOffer: Sendable, Equatable {
         put(challengeAddress)
         put(UInt32(table.count))
         out.append(contentsOf: table)
+        put(UInt32(shared.count))
+        for e in shared {
+            put(e.key)
+            put(UInt32(bitPattern: e.fd))
+            put(e.fileOffset)
+        }
         return out
     }
 
@@ -206,9 +232,11 @@ struct IntraHostOffer: Sendable, Equatable {
     /// never a trap; the work is linear in `bytes.count`.
     /// - Throws: `malformedInput` naming the field, its value and what is valid:
     ///   a wrong size or magic, a pid outside 1…4194304, a challenge address of 0
-    ///   or one whose 16 bytes wrap, a table length other than the bytes that
-    ///   follow, an export at address 0 or a key used twice, or what
-    ///   ``ExportTableCodec/decode(_:peer:)`` refuses.
+    ///   or one whose 16 bytes wrap, a table length beyond the bytes that
+    ///   follow, an export at address 0 or a key used twice, what
+    ///   ``ExportTableCodec/decode(_:peer:)`` refuses, or a shared entry whose
+    ///   key names no export (or one named before), whose fd is negative, or
+    ///   whose file range wraps; and bytes after the last entry.
     static func decode(_ bytes: UnsafeRawBufferPointer, peer: String) throws(MemWallError) -> IntraHostOffer {
         func bad(_ what: String) -> MemWallError {
             MemWallError(.malformedInput, "the intra-host offer from \(peer) is malformed: \(what); is it a MemWall peer of the same version?")
@@ -227,16 +255,40 @@ struct IntraHostOffer: Sendable, Equatable {
             throw bad("challenge address \(challenge); valid is a nonzero address whose \(IntraHostChallenge.size) bytes do not wrap")
         }
         let tableLength = Int(u32(48))
-        guard tableLength == bytes.count - headSize else {
-            throw bad("a table of \(tableLength) bytes announced, \(bytes.count - headSize) follow")
+        guard tableLength <= bytes.count - headSize - 4 else {
+            throw bad("a table of \(tableLength) bytes announced, \(bytes.count - headSize) bytes follow (with the shared-entry count)")
         }
-        let exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[headSize...]), peer: peer)
-        var keys = Set<UInt32>()
+        let tableEnd = headSize + tableLength
+        let exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[headSize ..< tableEnd]), peer: peer)
+        var lengths: [UInt32: UInt64] = [:]
         for e in exports {
             guard e.address != 0 else { throw bad("export '\(e.name)' is at address 0") }
-            guard keys.insert(e.key).inserted else { throw bad("key \(String(e.key, radix: 16)) names two exports") }
+            guard lengths.updateValue(UInt64(e.byteCount), forKey: e.key) == nil else {
+                throw bad("key \(String(e.key, radix: 16)) names two exports")
+            }
+        }
+        let sharedCount = Int(u32(tableEnd))
+        guard sharedCount <= exports.count, (bytes.count - tableEnd - 4) == sharedCount * sharedEntrySize else {
+            throw bad("\(sharedCount) shared entries announced for \(exports.count) exports, \(bytes.count - tableEnd - 4) bytes follow (\(sharedEntrySize) per entry)")
+        }
+        var shared: [SharedExport] = []
+        shared.reserveCapacity(sharedCount)
+        var sharedKeys = Set<UInt32>()
+        for i in 0 ..< sharedCount {
+            let at = tableEnd + 4 + i * sharedEntrySize
+            let key = u32(at)
+            let fd = Int32(bitPattern: u32(at + 4))
+            let offset = u64(at + 8)
+            guard let length = lengths[key], sharedKeys.insert(key).inserted else {
+                throw bad("shared entry \(i) names key \(String(key, radix: 16)), which no export has or an earlier entry named")
+            }
+            guard fd >= 0 else { throw bad("shared entry \(i) has fd \(fd)") }
+            guard offset <= UInt64(Int64.max) - length else {
+                throw bad("shared entry \(i) places \(length) bytes at file offset \(offset), past 2^63")
+            }
+            shared.append(SharedExport(key: key, fd: fd, fileOffset: offset))
         }
         return IntraHostOffer(identity: HostIdentity(bootID: boot, pidNamespaceDevice: u64(20), pidNamespaceInode: u64(28), pid: pid),
-                              challengeAddress: challenge, exports: exports)
+                              challengeAddress: challenge, exports: exports, shared: shared)
     }
 }

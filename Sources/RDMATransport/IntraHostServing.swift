@@ -3,7 +3,7 @@ import Synchronization
 import Transport
 
 /// The listening side of the intra-host path: who this process is, and which
-/// regions connected peers were handed the address of.
+/// regions connected peers were handed the address (or the memfd) of.
 ///
 /// A peer on the path writes and reads those addresses itself, so nothing
 /// here can refuse it a descriptor (as a NIC cannot refuse a peer holding a
@@ -30,7 +30,12 @@ final class IntraHostServing: Sendable {
             ExportedRegionInfo(name: $0.name, byteCount: $0.length, access: $0.access,
                                address: UInt64(UInt(bitPattern: $0.region.baseAddress)) + UInt64($0.offset), key: $0.key)
         }
-        return IntraHostOffer(identity: identity, challengeAddress: UInt64(UInt(bitPattern: challenge)), exports: infos).encode()
+        // Exports of shareable regions name their memfd, which the region keeps open while revealed.
+        let shared = exports.compactMap { e in
+            e.region.sharedFile.map { IntraHostOffer.SharedExport(key: e.key, fd: $0, fileOffset: UInt64(e.offset)) }
+        }
+        return IntraHostOffer(identity: identity, challengeAddress: UInt64(UInt(bitPattern: challenge)), exports: infos,
+                              shared: shared).encode()
     }
 
     /// The connection that was handed `exports` has closed.

@@ -352,7 +352,7 @@ final class TCPClientConnection: RemoteConnectionHandle {
                     switch try IntraHostChannel.negotiate(fd: fd, funnel: funnel, peer: name, timeout: timeout) {
                     case .established(let c, let table):
                         channel = c
-                        path = .intraHost(pid: c.pid)
+                        path = .intraHost(pid: c.pid, mapped: c.mappedCount, exports: c.exportCount)
                         exports = table
                     case .declined(let why):
                         path = .tcp(intraHostDeclined: why)

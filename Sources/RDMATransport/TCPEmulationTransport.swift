@@ -25,7 +25,9 @@ import Transport
 /// namespace, its pid shown by a challenge read from its memory), every
 /// descriptor becomes one `process_vm_readv`/`process_vm_writev` on the
 /// posting thread — one copy by the kernel, complete when ``post(_:notifyValue:)``
-/// returns — and the socket carries only notifications. The kernel allows this
+/// returns — or, for exports of shareable regions
+/// (``MemoryRegion/allocateShared(byteCount:placement:)``), a `memcpy` into
+/// the peer's memfd mapped here; the socket carries only notifications. The kernel allows this
 /// only to a peer that may ptrace the exporter; any other peer, and any peer
 /// when ``RemoteTransportOptions/intraHost`` is `off`, is served over TCP.
 /// ``RemotePeer/path`` says which path a peer got and why, and
@@ -165,9 +167,10 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         let connection: TCPClientConnection
         let registration: LocalRegistration
         let key: UInt32
-        /// TCP: the offset in the export, as the wire carries it. Intra-host:
-        /// the address in the peer, checked against the table it sent.
+        /// TCP: the offset in the export, as the wire carries it.
         let remote: UInt64
+        /// Intra-host: where the bytes are, checked against the table the peer sent.
+        let intraHost: IntraHostChannel.Target?
     }
 
     /// The resolved descriptors; when they all go to one peer on the
@@ -194,18 +197,22 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
             }
             try RemoteAccessCheck.check(operation, seg, index: i)
             let remote: UInt64
+            var target: IntraHostChannel.Target?
             if let channel = conn.intraHost {
-                remote = try channel.resolve(key: seg.remoteKey, base: seg.remoteAddress, offset: UInt64(d.targetOffset), length: d.length,
-                                             need: operation == .read ? .read : .write, index: i)
+                let t = try channel.resolve(key: seg.remoteKey, base: seg.remoteAddress, offset: UInt64(d.targetOffset), length: d.length,
+                                            need: operation == .read ? .read : .write, index: i)
+                target = t
+                remote = 0
             } else {
                 remote = seg.remoteAddress &+ UInt64(d.targetOffset)
             }
-            items.append(PlanItem(connection: conn, registration: try registrations.registration(of: d.local), key: seg.remoteKey, remote: remote))
+            items.append(PlanItem(connection: conn, registration: try registrations.registration(of: d.local), key: seg.remoteKey,
+                                  remote: remote, intraHost: target))
         }
         var moves: [IntraHostChannel.Move]?
         if let first = items.first?.connection, first.intraHost != nil, items.allSatisfy({ $0.connection === first }) {
-            moves = zip(descriptors, items).map { d, item in
-                IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, remote: item.remote, length: d.length)
+            moves = zip(descriptors, items).compactMap { d, item in
+                item.intraHost.map { IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, target: $0, length: d.length) }
             }
         }
         return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: Plan(items: items, intraHostMoves: moves))
@@ -245,9 +252,9 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         for k in order {
             guard let (c, indices) = byConnection[k] else { continue }
             if let channel = c.intraHost {
-                let moves = indices.map { i in
+                let moves = indices.compactMap { i in
                     let d = prepared.descriptors[i]
-                    return IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, remote: items[i].remote, length: d.length)
+                    return items[i].intraHost.map { IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, target: $0, length: d.length) }
                 }
                 move(prepared.operation, moves, items: items, indices: indices, on: channel, c, request, notifyValue)
                 continue

@@ -67,17 +67,57 @@ public final class MemoryRegion: Sendable, CustomStringConvertible {
     // to the bytes is synchronised by the transfer protocol (one writer per range).
     nonisolated(unsafe) private let base: UnsafeMutableRawPointer
     private let release: @Sendable (UnsafeMutableRawPointer, Int) -> Void
+    /// The sealed memfd behind a region from ``allocateShared(byteCount:placement:)``
+    /// (byte 0 of the region is byte 0 of the file), which another process with
+    /// ptrace access may map (the intra-host path); nil for private memory.
+    /// Open as long as this object lives.
+    package let sharedFile: Int32?
 
     /// Adopts memory allocated elsewhere (NUMA allocator, shared mapping).
     /// - Parameters:
     ///   - release: Called exactly once, from `deinit`, to free the memory.
-    public init(adopting base: UnsafeMutableRawPointer, byteCount: Int, placement: MemoryPlacement,
+    public convenience init(adopting base: UnsafeMutableRawPointer, byteCount: Int, placement: MemoryPlacement,
                 release: @escaping @Sendable (UnsafeMutableRawPointer, Int) -> Void) {
+        self.init(adopting: base, byteCount: byteCount, placement: placement, sharedFile: nil, release: release)
+    }
+
+    private init(adopting base: UnsafeMutableRawPointer, byteCount: Int, placement: MemoryPlacement, sharedFile: Int32?,
+                 release: @escaping @Sendable (UnsafeMutableRawPointer, Int) -> Void) {
         self.id = .make()
         self.base = base
         self.byteCount = byteCount
         self.placementState = Mutex(placement)
+        self.sharedFile = sharedFile
         self.release = release
+    }
+
+    /// Allocates `byteCount` bytes (rounded up to whole pages) that other
+    /// processes may map: a memfd sealed against shrinking and growing, mapped
+    /// shared here. A remote transport's peer on this host then copies into and
+    /// out of it with plain loads and stores instead of a system call per
+    /// transfer (the intra-host path maps exports of such regions). Otherwise it
+    /// behaves as ``allocate(byteCount:placement:transparentHugePages:)``.
+    /// - Throws: ``MemWallError`` (`invalidArgument` for a size ≤ 0, `systemCall`
+    ///   from `memfd_create`, `ftruncate`, `fcntl` or `mmap`).
+    public static func allocateShared(byteCount: Int, placement: MemoryPlacement = .anyNode) throws(MemWallError) -> MemoryRegion {
+        guard byteCount > 0 else {
+            throw .invalid("region size", byteCount, expected: "a positive number of bytes")
+        }
+        let length = PageSize.roundUp(byteCount)
+        let fd = memwall_shared_memory_create("memwall-region", UInt64(length))
+        guard fd >= 0 else {
+            throw .system("memfd_create", .current, "cannot create \(ByteCount(length)) of shareable memory")
+        }
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            let e = Errno.current
+            close(fd)
+            throw .system("mmap", e, "cannot map \(ByteCount(length)) of shareable memory")
+        }
+        return MemoryRegion(adopting: p, byteCount: length, placement: placement, sharedFile: fd) { ptr, len in
+            munmap(ptr, len)
+            close(fd)
+        }
     }
 
     /// Records that the pages now live elsewhere (called by the NUMA transport

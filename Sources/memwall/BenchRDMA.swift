@@ -56,7 +56,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bandwidth: move this many bytes per size (iterations = bytes / size, at least one request) instead of -n messages, so small and large sizes run alike in one call.")
     var bytesPerSize: String?
 
-    @Flag(name: .long, help: "Allocate the local region (and the in-process server's) 2 MiB-aligned with MADV_HUGEPAGE.")
+    @Flag(name: .long, help: "Allocate the local region 2 MiB-aligned with MADV_HUGEPAGE.")
     var hugePages = false
 
     @Flag(name: .long, help: "Print stable JSON (schema memwall.bench.rdma/1).")
@@ -114,7 +114,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
             peer = try client.connect(address: host, port: port, timeout: .seconds(10))
         } else {
             let s = try selection.open()
-            let r = try MemoryRegion.allocate(byteCount: maxSize, transparentHugePages: hugePages)
+            // Shareable, as `memwall rdma-serve` exports by default.
+            let r = try MemoryRegion.allocateShared(byteCount: maxSize)
             try s.register(r)
             try s.export(r, as: "bench", access: [.read, .write])
             let address = RemoteTransportSelection.defaultAddress(for: s)

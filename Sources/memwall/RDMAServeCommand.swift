@@ -147,8 +147,20 @@ struct RDMAServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Fill exported regions with the pattern for this seed (for READ checks by a peer).")
     var fill: Int?
 
-    @Flag(name: .long, help: "Allocate exported regions 2 MiB-aligned with MADV_HUGEPAGE.")
+    @Flag(name: .long, help: "Private memory only: allocate exported regions 2 MiB-aligned with MADV_HUGEPAGE.")
     var hugePages = false
+
+    @Option(name: .long, help: "Memory behind exported regions: shared (default: a sealed memfd, which intra-host peers map and copy with memcpy) or private (anonymous memory, which they reach with process_vm_readv/writev).")
+    var memory: String = "shared"
+
+    func validate() throws {
+        guard ["shared", "private"].contains(memory) else {
+            throw ValidationError("invalid --memory '\(memory)': expected shared or private")
+        }
+        if hugePages && memory == "shared" {
+            throw ValidationError("--huge-pages applies to --memory private (shared memory follows the kernel's shmem_enabled setting)")
+        }
+    }
 
     func run() async throws {
         let specs = try export.map(ExportSpec.init(parsing:))
@@ -156,7 +168,8 @@ struct RDMAServeCommand: AsyncParsableCommand {
         let t = try selection.open()
         var regions: [MemoryRegion] = []
         for s in specs {
-            let r = try MemoryRegion.allocate(byteCount: s.bytes, transparentHugePages: hugePages)
+            let r = memory == "shared" ? try MemoryRegion.allocateShared(byteCount: s.bytes)
+                : try MemoryRegion.allocate(byteCount: s.bytes, transparentHugePages: hugePages)
             if let seed = fill {
                 r.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = ServePattern.byte(i, seed: seed) } }
             }

@@ -14,11 +14,13 @@ private struct OfferContext: Sendable {
     /// 4 KiB whose first 16 bytes hold the answer (or whatever a forger puts there).
     let answer: MemoryRegion
 
-    /// An offer of `identity` (this process when nil), with the region exported as "slot" at its real address.
-    func offer(identity: HostIdentity) -> [UInt8] {
+    /// An offer of `identity`, with the region exported as "slot" (key 1) at its real address,
+    /// and `shared` entries as given.
+    func offer(identity: HostIdentity, shared: [IntraHostOffer.SharedExport] = []) -> [UInt8] {
         let export = ExportedRegionInfo(name: "slot", byteCount: region.byteCount, access: [.read, .write],
                                         address: UInt64(UInt(bitPattern: region.baseAddress)), key: 1)
-        return IntraHostOffer(identity: identity, challengeAddress: UInt64(UInt(bitPattern: answer.baseAddress)), exports: [export]).encode()
+        return IntraHostOffer(identity: identity, challengeAddress: UInt64(UInt(bitPattern: answer.baseAddress)), exports: [export],
+                              shared: shared).encode()
     }
 
     /// Stores the correct answer to a challenge.
@@ -43,9 +45,11 @@ private final class OfferingListener: Sendable {
     let context: OfferContext
     private let thread: WorkerThread
 
-    /// - Parameter makeOffer: Given the challenge, the offer to send (as bytes).
-    init(makeOffer: @escaping @Sendable (OfferContext, UInt64, UInt64) -> [UInt8]) throws {
-        let context = OfferContext(region: try MemoryRegion.allocate(byteCount: 1 << 20), answer: try MemoryRegion.allocate(byteCount: 4096))
+    /// - Parameters:
+    ///   - region: What the offer exports as "slot" (1 MiB of private memory by default).
+    ///   - makeOffer: Given the challenge, the offer to send (as bytes).
+    init(region: MemoryRegion? = nil, makeOffer: @escaping @Sendable (OfferContext, UInt64, UInt64) -> [UInt8]) throws {
+        let context = OfferContext(region: try region ?? MemoryRegion.allocate(byteCount: 1 << 20), answer: try MemoryRegion.allocate(byteCount: 4096))
         let fd = try SocketIO.makeStreamSocket()
         var sa = try SocketAddress.ipv4("127.0.0.1", port: 0)
         let bound = withUnsafePointer(to: &sa) {
@@ -89,9 +93,9 @@ private final class OfferingListener: Sendable {
        .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
 struct IntraHostTests {
     /// Connects a fresh client to a listener whose offer `makeOffer` builds.
-    private func connect(funnel: SyscallFunnel = .system,
+    private func connect(funnel: SyscallFunnel = .system, region: MemoryRegion? = nil,
                          _ makeOffer: @escaping @Sendable (OfferContext, UInt64, UInt64) -> [UInt8]) throws -> (RemotePeer, OfferingListener, TCPEmulationTransport) {
-        let listener = try OfferingListener(makeOffer: makeOffer)
+        let listener = try OfferingListener(region: region, makeOffer: makeOffer)
         let client = try TCPEmulationTransport(funnel: funnel)
         let peer = try client.connect(address: "127.0.0.1", port: listener.port, timeout: .seconds(10))
         return (peer, listener, client)
@@ -109,7 +113,7 @@ struct IntraHostTests {
             l.storeAnswer(c0, c1)
             return l.offer(identity: me)
         }
-        #expect(peer.path == .intraHost(pid: getpid()))
+        #expect(peer.path == .intraHost(pid: getpid(), mapped: 0, exports: 1))
         #expect(peer.path.implementation.isHardware)
         let local = try MemoryRegion.allocate(byteCount: 65_536)
         try client.register(local)
@@ -129,6 +133,56 @@ struct IntraHostTests {
         let rekeyed = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount, access: slot.access,
                                     remoteAddress: slot.remoteAddress, remoteKey: 2, connection: slot.connection)
         #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(rekeyed), length: 16)]) }?.code == .remoteAccess)
+    }
+
+    @Test("an export in a sealed memfd is mapped and copied with memcpy; the bytes are the peer's")
+    func sharedExportMapped() async throws {
+        let me = try HostIdentity.current()
+        let shared = try MemoryRegion.allocateShared(byteCount: 1 << 20)
+        let fd = try #require(shared.sharedFile)
+        let (peer, listener, client) = try connect(region: shared) { l, c0, c1 in
+            l.storeAnswer(c0, c1)
+            return l.offer(identity: me, shared: [.init(key: 1, fd: fd, fileOffset: 0)])
+        }
+        #expect(peer.path == .intraHost(pid: getpid(), mapped: 1, exports: 1))
+        #expect(peer.path.description.contains("mapped shared"))
+        let local = try MemoryRegion.allocate(byteCount: 65_536)
+        try client.register(local)
+        fill(local, offset: 0, length: 65_536, seed: 31)
+        let slot = try peer.segment(named: "slot")
+        try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(slot), targetOffset: 8192, length: 65_536)])
+        // The listener's own mapping of the memfd sees the bytes: one memory, two mappings.
+        #expect(firstMismatch(listener.context.region, offset: 8192, length: 65_536, seed: 31) == nil)
+        fill(listener.context.region, offset: 0, length: 4096, seed: 32)
+        try await client.transfer(.read, [TransferDescriptor(local: local, target: .remote(slot), length: 4096)])
+        #expect(firstMismatch(local, offset: 0, length: 4096, seed: 32) == nil)
+        // Bounds are still the peer's table's.
+        let forged = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount * 2, access: slot.access,
+                                   remoteAddress: slot.remoteAddress, remoteKey: slot.remoteKey, connection: slot.connection)
+        #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(forged), targetOffset: Int64(slot.byteCount), length: 16)]) }?.code == .remoteAccess)
+    }
+
+    @Test("a shared entry naming no memfd, or one shorter than the export, is not mapped: process_vm serves it")
+    func sharedEntryRefused() async throws {
+        let me = try HostIdentity.current()
+        var pipeFDs: [Int32] = [0, 0]
+        #expect(pipe(&pipeFDs) == 0)
+        defer { close(pipeFDs[0]); close(pipeFDs[1]) }
+        let short = try MemoryRegion.allocateShared(byteCount: 4096)
+        let shortFD = try #require(short.sharedFile)
+        for (what, fd) in [("a pipe", pipeFDs[0]), ("a memfd of 4 KiB for an export of 1 MiB", shortFD), ("no descriptor at all", Int32(99_999))] {
+            let (peer, listener, client) = try connect { l, c0, c1 in
+                l.storeAnswer(c0, c1)
+                return l.offer(identity: me, shared: [.init(key: 1, fd: fd, fileOffset: 0)])
+            }
+            #expect(peer.path == .intraHost(pid: getpid(), mapped: 0, exports: 1), "\(what): \(peer.path)")
+            let local = try MemoryRegion.allocate(byteCount: 4096)
+            try client.register(local)
+            fill(local, offset: 0, length: 4096, seed: 33)
+            try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(try peer.segment(named: "slot")), length: 4096)])
+            #expect(firstMismatch(listener.context.region, offset: 0, length: 4096, seed: 33) == nil, "\(what)")
+        }
+        withExtendedLifetime(short) {}
     }
 
     @Test("a forged boot id: another host, so TCP")
@@ -225,7 +279,7 @@ struct IntraHostTests {
         let server = try TCPEmulationTransport()
         let client = try TCPEmulationTransport()
         let p = try RemotePair.make(server: server, client: client)
-        #expect(p.peer.path == .intraHost(pid: getpid()))
+        #expect(p.peer.path == .intraHost(pid: getpid(), mapped: 0, exports: 2))
         try await RemoteConformance.roundTrip(p)
         try await RemoteConformance.descriptorLists(p)
         try await RemoteConformance.notificationAfterData(p)
@@ -254,12 +308,14 @@ struct IntraHostTests {
     private let sample = IntraHostOffer(
         identity: HostIdentity(bootID: Array(1 ... 16), pidNamespaceDevice: 4, pidNamespaceInode: 4_026_531_836, pid: 4242),
         challengeAddress: 0x7F00_0000_1000,
-        exports: [ExportedRegionInfo(name: "slot", byteCount: 8 << 20, access: [.read, .write], address: 0x7F00_0010_0000, key: 1)])
+        exports: [ExportedRegionInfo(name: "slot", byteCount: 8 << 20, access: [.read, .write], address: 0x7F00_0010_0000, key: 1),
+                  ExportedRegionInfo(name: "ro", byteCount: 4096, access: .read, address: 0x7F00_0020_0000, key: 2)],
+        shared: [.init(key: 2, fd: 7, fileOffset: 4096)])
 
     @Test("decode ∘ encode is the identity")
     func roundTrip() throws {
         let bytes = sample.encode()
-        #expect(bytes.count == IntraHostOffer.headSize + ExportTableCodec.encode(sample.exports).count)
+        #expect(bytes.count == IntraHostOffer.headSize + ExportTableCodec.encode(sample.exports).count + 4 + IntraHostOffer.sharedEntrySize)
         #expect(try bytes.withUnsafeBytes { try IntraHostOffer.decode($0, peer: "p") } == sample)
     }
 
@@ -284,6 +340,15 @@ struct IntraHostTests {
         var badTable = good
         badTable[IntraHostOffer.headSize] = 0xFF   // the table's entry count
         #expect(refused(badTable)?.contains("export table") == true)
+        var unknownKey = sample; unknownKey.shared[0].key = 9
+        #expect(refused(unknownKey.encode())?.contains("no export has") == true)
+        var twice = sample; twice.shared.append(twice.shared[0])
+        #expect(refused(twice.encode())?.contains("an earlier entry named") == true)
+        var negative = sample; negative.shared[0].fd = -1
+        #expect(refused(negative.encode())?.contains("fd -1") == true)
+        var far = sample; far.shared[0].fileOffset = UInt64(Int64.max)
+        #expect(refused(far.encode())?.contains("past 2^63") == true)
+        #expect(refused(Array(good.dropLast()))?.contains("shared entries announced") == true)
     }
 
     @Test("boot ids parse from /proc's text form only")

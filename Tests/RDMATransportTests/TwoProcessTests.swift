@@ -98,7 +98,11 @@ enum TwoProcessChecks {
         try client.register(local)
         let peer = try client.connect(address: address, port: serve.port, timeout: .seconds(20))
         #expect(peer.path.name == path, "\(peer.path)")
-        if case .intraHost(let pid) = peer.path { #expect(pid == serve.process.processIdentifier) }
+        if case .intraHost(let pid, let mapped, let exports) = peer.path {
+            #expect(pid == serve.process.processIdentifier)
+            // rdma-serve exports shareable memory unless told otherwise.
+            #expect(mapped == (serveArguments.contains("private") ? 0 : exports) && exports == 2, "\(peer.path)")
+        }
         #expect(Set(peer.exports.map(\.name)) == ["slot", "ro"])
         let slot = try peer.segment(named: "slot")
 
@@ -138,8 +142,9 @@ enum TwoProcessChecks {
         let prepared = try client.prepare(.write, big)
         var failure: MemWallError?
         let pid = serve.process.processIdentifier
-        var killer: Task<Void, Never>?
-        for round in 0 ..< 400 where failure == nil {
+        var killed = false
+        var killer: WorkerThread?
+        for round in 0 ..< 2000 where failure == nil {
             let req: TransferRequest
             do {
                 req = try client.post(prepared)
@@ -148,19 +153,21 @@ enum TwoProcessChecks {
                 failure = error
                 break
             }
-            if case .pending = req.poll(), killer == nil {
+            if case .pending = req.poll(), !killed {
                 serve.kill()
-                killer = Task {}
-            } else if round == 2, killer == nil {
-                killer = Task.detached {
-                    try? await Task.sleep(for: .milliseconds(3))
+                killed = true
+            } else if round == 2, !killed {
+                // An OS thread, not a task: the posting loop may hold the only free one.
+                killer = try WorkerThread(name: "killer") {
+                    usleep(2000)
                     Glibc.kill(pid, SIGKILL)
                 }
+                killed = true
             }
             do { try await req.wait() } catch { failure = error }
             #expect(req.descriptorStatuses.allSatisfy { $0.isFinal })
         }
-        await killer?.value
+        killer?.join()
         serve.process.waitUntilExit()
         #expect(failure?.code == .disconnected || failure?.code == .timedOut, "got \(String(describing: failure))")
         // Later posts are refused at once (or fail), never hang.
@@ -200,12 +207,18 @@ struct TwoProcessTCPTests {
        .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"),
        .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
 struct TwoProcessIntraHostTests {
-    @Test("chosen automatically on one host; conformance, notification, peer killed mid-transfer, reconnect")
+    @Test("chosen automatically on one host (shared exports mapped); conformance, notification, peer killed mid-transfer, reconnect")
     func twoProcesses() async throws {
         let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10)))
         #expect(client.capabilities.peerPaths.map(\.name) == ["intra-host"])
         #expect(client.capabilities.peerPaths.first?.implementation.isHardware == true, "\(client.capabilities.peerPaths)")
         try await TwoProcessChecks.run(client: client, serveArguments: ["--transport", "tcp"], path: "intra-host")
+    }
+
+    @Test("exports in private memory: the same checks through process_vm_readv/writev")
+    func privateMemory() async throws {
+        let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10)))
+        try await TwoProcessChecks.run(client: client, serveArguments: ["--transport", "tcp", "--memory", "private"], path: "intra-host")
     }
 
     @Test("a server started with --intra-host off is reached over TCP, and the label says why")

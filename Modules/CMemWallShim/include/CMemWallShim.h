@@ -56,4 +56,16 @@ int memwall_pidfd_open(int pid);
    processes of the same user attach to (and process_vm_* into) this one; 0 or
    -1 with errno (EINVAL without YAMA). */
 int memwall_allow_ptrace_from_same_user(void);
+/* A sealed memfd of `size` bytes for memory other processes may map: created
+   close-on-exec, sized, then sealed against shrinking, growing and further
+   sealing, so a process that maps it can never be made to fault past its end.
+   The fd, or -1 with errno. */
+int memwall_shared_memory_create(const char *name, uint64_t size);
+/* 1 when fd is a memfd sealed against shrinking (what a mapping of it needs),
+   0 when it is not, -1 with errno when it cannot be asked. */
+int memwall_shared_memory_is_sealed(int fd);
+/* pidfd_getfd(pidfd, fd, 0): a close-on-exec duplicate of another process's
+   descriptor (the same ptrace access as process_vm_*), or -1 with errno
+   (ENOSYS before Linux 5.6). */
+int memwall_pidfd_getfd(int pidfd, int fd);
 #endif
