@@ -13,10 +13,15 @@
 # NIXL: scripts/bench-nixl.py, initiator and target processes, UCX backend with
 # UCX_NET_DEVICES=lo; the UCX transport it picked for put and get is read from
 # UCX_PROTO_INFO and printed with the table.
-# Both sides run twice: with the system's default pages, and with every buffer
-# 2 MiB-aligned and advised MADV_HUGEPAGE (memwall --huge-pages; the same mmap
-# and madvise in bench-nixl.py), since the kernel's cross-process copy pins
-# page by page and so depends on the page size more than on anything else.
+# Three configurations, each against NIXL with the same pages:
+#   shared       rdma-serve's default: exports in a sealed memfd, which the client
+#                maps and copies with memcpy (no system call per transfer);
+#   private      exports in private memory: process_vm_readv/writev, the same call
+#                UCX's CMA transport makes;
+#   private-thp  the same with every buffer on both sides 2 MiB-aligned and advised
+#                MADV_HUGEPAGE (memwall --huge-pages; the same mmap and madvise in
+#                bench-nixl.py): the kernel's cross-process copy pins page by page,
+#                so it depends on the page size more than on anything else.
 #
 # Environment: SIZES (65536,1048576,4194304), BYTES per bandwidth row (1 GiB),
 # LAT_ITERS (1000), ROUNDS (3: the tools alternate, medians are compared),
@@ -66,25 +71,27 @@ serve() {
   [[ -n $p ]] || { echo "bench-intrahost: rdma-serve did not start: $(cat "$tmp/serve-$config.out")" >&2; exit 1; }
   eval "port_$config=$p"
 }
-serve default 8
-serve huge 9 --huge-pages
+configs=(shared private private_thp)
+serve shared 7
+serve private 8 --memory private
+serve private_thp 9 --memory private --huge-pages
 
 mw() { # mw CONFIG OUT [extra args]
   local config=$1 out=$2; shift 2
   local port; eval "port=\$port_$config"
-  local hp=(); [[ $config == huge ]] && hp=(--huge-pages)
+  local hp=(); [[ $config == private_thp ]] && hp=(--huge-pages)
   "$bin" bench rdma --transport tcp --connect "127.0.0.1:$port" --ops write,read --mode bw,lat --sizes "$SIZES" \
     --bytes-per-size "$BYTES" -n "$LAT_ITERS" "${hp[@]}" --json "$@" > "$out"
 }
 nixl() { # nixl CONFIG OUT
-  local hp=(); [[ $1 == huge ]] && hp=(--huge-pages)
+  local hp=(); [[ $1 == private_thp ]] && hp=(--huge-pages)
   UCX_NET_DEVICES=lo "$nixl_python" scripts/bench-nixl.py --sizes "$SIZES" --bytes-per-size "$BYTES" \
     --lat-iterations "$LAT_ITERS" "${hp[@]}" --output "$2" > "$2.log" 2>&1 || true   # NIXL may crash at exit, after the report
   [[ -s $2 ]] || { echo "bench-intrahost: the NIXL run failed: $(tail -3 "$2.log")" >&2; exit 1; }
 }
-mw default "$tmp/tcp-default.json" --mode bw --bytes-per-size $((BYTES / 4)) --intra-host off
+mw private "$tmp/tcp.json" --mode bw --bytes-per-size $((BYTES / 4)) --intra-host off
 for round in $(seq "$ROUNDS"); do
-  for config in default huge; do
+  for config in "${configs[@]}"; do
     mw "$config" "$tmp/mw-$config-$round.json"
     [[ -n $nixl_python ]] && nixl "$config" "$tmp/nixl-$config-$round.json"
   done
@@ -111,7 +118,7 @@ print("; ".join(f"{k} {', '.join(sorted(v))}" for k, v in sorted(found.items()))
 PY
 )
 fi
-exec 8>&- 9>&-
+exec 7>&- 8>&- 9>&-
 for p in "${serve_pids[@]}"; do wait "$p" 2>/dev/null || true; done
 serve_pids=()
 
@@ -126,46 +133,49 @@ def pick(rs, op, metric, size, key):
 paths = {json.load(open(p))["peerPath"] for p in glob.glob(f"{tmp}/mw-*.json")}
 if paths != {"intra-host"}:
     sys.exit(f"bench-intrahost: memwall's peer was reached on {paths}, not on the intra-host path")
-tcp = json.load(open(f"{tmp}/tcp-default.json"))
+tcp = json.load(open(f"{tmp}/tcp.json"))
 assert tcp["peerPath"] == "tcp-emulation", tcp["peerPath"]
-detail = json.load(open(f"{tmp}/mw-default-1.json"))["peerPathDetail"]
+details = {c: json.load(open(f"{tmp}/mw-{c}-1.json"))["peerPathDetail"] for c in ["shared", "private", "private_thp"]}
+assert "mapped shared" in details["shared"] and "mapped" not in details["private"], details
 def human(n): return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 print("### Intra-host path vs NIXL's UCX path, two processes each")
 print()
 print(f"Median of {rounds} rounds in one run, the tools alternating. Bandwidth keeps 8 requests of 16 descriptors in flight "
       f"({human(nbytes)} per row); latency is one descriptor per request, one request at a time (typical = median of {lat_iters}).")
-print(f"MemWall: {detail}. NIXL: UCX backend, UCX_NET_DEVICES=lo; UCX picked {tls}.")
-print("Pages: \"4 KiB\" leaves both sides' buffers as the system gives them; \"THP\" makes every buffer on both sides 2 MiB-aligned with MADV_HUGEPAGE.")
+print(f"NIXL: UCX backend, UCX_NET_DEVICES=lo; UCX picked {tls} (process_vm_writev/readv).")
+print("MemWall, by the memory the far process exports: **shared** (rdma-serve's default, a sealed memfd) — "
+      f"{details['shared']}; **private** — {details['private']}, 4 KiB pages; **private THP** — the same with every buffer "
+      "on both sides 2 MiB-aligned with MADV_HUGEPAGE, NIXL's too (in the other rows NIXL's buffers are plain pages).")
 print()
-print("| pages | op | size | memwall GB/s | NIXL GB/s | ratio | memwall µs | NIXL µs | ratio (NIXL µs / memwall µs) | memwall over TCP GB/s |")
+print("| memwall export memory | op | size | memwall GB/s | NIXL GB/s | ratio | memwall µs | NIXL µs | ratio (NIXL µs / memwall µs) | memwall over TCP GB/s |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-ratios = []
-for config, label in [("default", "4 KiB"), ("huge", "THP")]:
+ratios = {}
+for config, label in [("shared", "shared (default)"), ("private", "private"), ("private_thp", "private THP")]:
     for op in ["write", "read"]:
         for s in sizes:
             bw = [pick(rows(f"{tmp}/mw-{config}-{r}.json"), op, "bw", s, "gigabytesPerSecond") for r in range(1, rounds + 1)]
             lat = [pick(rows(f"{tmp}/mw-{config}-{r}.json"), op, "lat", s, "typicalMicroseconds") for r in range(1, rounds + 1)]
-            tcpbw = f"{pick(tcp['rows'], op, 'bw', s, 'gigabytesPerSecond'):.2f}" if config == "default" else ""
+            tcpbw = f"{pick(tcp['rows'], op, 'bw', s, 'gigabytesPerSecond'):.2f}" if config == "shared" else ""
             if have_nixl:
                 nbw = [pick(rows(f"{tmp}/nixl-{config}-{r}.json"), op, "bw", s, "gigabytesPerSecond") for r in range(1, rounds + 1)]
                 nlat = [pick(rows(f"{tmp}/nixl-{config}-{r}.json"), op, "lat", s, "typicalMicroseconds") for r in range(1, rounds + 1)]
                 ratio, lratio = med(bw) / med(nbw), med(nlat) / med(lat)
-                ratios += [ratio, lratio]
+                ratios.setdefault(label, []).extend([ratio, lratio])
                 print(f"| {label} | {op.upper()} | {human(s)} | {med(bw):.2f} | {med(nbw):.2f} | {ratio:.2f} | {med(lat):.1f} | {med(nlat):.1f} | {lratio:.2f} | {tcpbw} |")
             else:
                 print(f"| {label} | {op.upper()} | {human(s)} | {med(bw):.2f} | NIXL not installed | - | {med(lat):.1f} | - | - | {tcpbw} |")
 print()
-if ratios:
-    print(f"Lowest ratio in the table: {min(ratios):.2f} ({'meets' if min(ratios) >= 1.0 else 'misses'} the ≥ 1.0× target).")
+for label, rs in ratios.items():
+    print(f"- {label}: lowest ratio {min(rs):.2f}" + (f" ({'meets' if min(rs) >= 1.0 else 'misses'} the ≥ 1.0× target on MemWall's default path)" if label.startswith("shared") else ""))
 PY
 )
 cat > "$tmp/body.md" <<EOF
 $table
 
 Commands (release build; \`scripts/bench-intrahost.sh\` with SIZES=$SIZES BYTES=$BYTES LAT_ITERS=$LAT_ITERS ROUNDS=$ROUNDS):
-\`memwall rdma-serve --transport tcp --address 127.0.0.1 --export bench:$maxsize:rw [--huge-pages]\` (the second process), and
+\`memwall rdma-serve --transport tcp --address 127.0.0.1 --export bench:$maxsize:rw [--memory private [--huge-pages]]\` (the second process), and
 \`memwall bench rdma --transport tcp --connect 127.0.0.1:PORT --ops write,read --mode bw,lat --sizes $SIZES --bytes-per-size $BYTES -n $LAT_ITERS [--huge-pages] --json\`;
-the TCP column is the same client with \`--intra-host off\` (4 KiB pages, a quarter of the bytes);
+the TCP column is the same client with \`--intra-host off\` (private memory, a quarter of the bytes);
 \`UCX_NET_DEVICES=lo python scripts/bench-nixl.py --sizes $SIZES --bytes-per-size $BYTES --lat-iterations $LAT_ITERS [--huge-pages]\`
 (PyPI nixl $nixl_version, CPU only; its target progresses UCX every millisecond instead of spinning NIXL's progress thread on one of the two CPUs).
 Host: $(nproc) CPUs, Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); other builds may share the machine.

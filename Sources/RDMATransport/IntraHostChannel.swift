@@ -421,7 +421,7 @@ enum IntraHostSupport {
 
     /// The label of the intra-host path in a transport's capabilities.
     static func capability(_ policy: IntraHostPolicy) -> PeerPathCapability {
-        let mechanism = "process_vm_readv/writev into exporting processes on this host"
+        let mechanism = "exports in sealed memfds mapped and copied with memcpy, others moved by process_vm_readv/writev"
         if policy == .off {
             return PeerPathCapability(name: "intra-host", mechanism: mechanism, implementation: .unavailable(reason: "turned off (intra-host: off): every byte goes over TCP"))
         }
@@ -431,7 +431,7 @@ enum IntraHostSupport {
         do throws(MemWallError) { _ = try HostIdentity.current() } catch {
             return PeerPathCapability(name: "intra-host", mechanism: mechanism, implementation: .unavailable(reason: error.message))
         }
-        return PeerPathCapability(name: "intra-host", mechanism: mechanism + " (same boot id and pid namespace, pid proven by a challenge), exports in sealed memfds mapped and copied with memcpy, chosen per peer at connect; "
+        return PeerPathCapability(name: "intra-host", mechanism: mechanism + ", to exporting processes on this host (same boot id and pid namespace, pid proven by a challenge), chosen per peer at connect; "
                                   + ptraceRule + (policy == .grantSameUser ? "; listeners grant same-user peers" : ""), implementation: .hardware)
     }
 }

@@ -114,8 +114,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
             peer = try client.connect(address: host, port: port, timeout: .seconds(10))
         } else {
             let s = try selection.open()
-            // Shareable, as `memwall rdma-serve` exports by default.
-            let r = try MemoryRegion.allocateShared(byteCount: maxSize)
+            // Shareable for the TCP emulation, as `memwall rdma-serve` exports by default.
+            let r = s is TCPEmulationTransport ? try MemoryRegion.allocateShared(byteCount: maxSize) : try MemoryRegion.allocate(byteCount: maxSize)
             try s.register(r)
             try s.export(r, as: "bench", access: [.read, .write])
             let address = RemoteTransportSelection.defaultAddress(for: s)

@@ -150,14 +150,14 @@ struct RDMAServeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Private memory only: allocate exported regions 2 MiB-aligned with MADV_HUGEPAGE.")
     var hugePages = false
 
-    @Option(name: .long, help: "Memory behind exported regions: shared (default: a sealed memfd, which intra-host peers map and copy with memcpy) or private (anonymous memory, which they reach with process_vm_readv/writev).")
-    var memory: String = "shared"
+    @Option(name: .long, help: "Memory behind exported regions: shared (a sealed memfd, which intra-host peers map and copy with memcpy; the default with --transport tcp) or private (anonymous memory, which they reach with process_vm_readv/writev; the default with rdma).")
+    var memory: String?
 
     func validate() throws {
-        guard ["shared", "private"].contains(memory) else {
+        if let memory, !["shared", "private"].contains(memory) {
             throw ValidationError("invalid --memory '\(memory)': expected shared or private")
         }
-        if hugePages && memory == "shared" {
+        if hugePages && memory != "private" {
             throw ValidationError("--huge-pages applies to --memory private (shared memory follows the kernel's shmem_enabled setting)")
         }
     }
@@ -168,7 +168,8 @@ struct RDMAServeCommand: AsyncParsableCommand {
         let t = try selection.open()
         var regions: [MemoryRegion] = []
         for s in specs {
-            let r = memory == "shared" ? try MemoryRegion.allocateShared(byteCount: s.bytes)
+            let shared = (memory ?? (t is TCPEmulationTransport ? "shared" : "private")) == "shared"
+            let r = shared ? try MemoryRegion.allocateShared(byteCount: s.bytes)
                 : try MemoryRegion.allocate(byteCount: s.bytes, transparentHugePages: hugePages)
             if let seed = fill {
                 r.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = ServePattern.byte(i, seed: seed) } }
