@@ -106,6 +106,24 @@ struct IntraHostTests {
         return nil
     }
 
+    /// `slot` with some fields changed, as a caller forging a segment would build it.
+    private func forged(_ slot: RemoteSegment, byteCount: Int? = nil, address: UInt64? = nil, key: UInt32? = nil) -> RemoteSegment {
+        RemoteSegment(peer: slot.peer, name: slot.name, byteCount: byteCount ?? slot.byteCount, access: slot.access,
+                      remoteAddress: address ?? slot.remoteAddress, remoteKey: key ?? slot.remoteKey, connection: slot.connection)
+    }
+
+    /// Writes 64 KiB of pattern `seed` to "slot" at `offset` and checks the bytes landed in the listener's region.
+    private func writeLands(_ peer: RemotePeer, _ client: TCPEmulationTransport, _ listener: OfferingListener,
+                            offset: Int, seed: Int) async throws -> (MemoryRegion, RemoteSegment) {
+        let local = try MemoryRegion.allocate(byteCount: 65_536)
+        try client.register(local)
+        fill(local, offset: 0, length: 65_536, seed: seed)
+        let slot = try peer.segment(named: "slot")
+        try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(slot), targetOffset: Int64(offset), length: 65_536)])
+        #expect(firstMismatch(listener.context.region, offset: offset, length: 65_536, seed: seed) == nil)
+        return (local, slot)
+    }
+
     @Test("a listener that proves it is this process gets the path, and bytes land in its memory")
     func honestOffer() async throws {
         let me = try HostIdentity.current()
@@ -115,24 +133,14 @@ struct IntraHostTests {
         }
         #expect(peer.path == .intraHost(pid: getpid(), mapped: 0, exports: 1))
         #expect(peer.path.implementation.isHardware)
-        let local = try MemoryRegion.allocate(byteCount: 65_536)
-        try client.register(local)
-        fill(local, offset: 0, length: 65_536, seed: 21)
-        let slot = try peer.segment(named: "slot")
-        try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(slot), targetOffset: 4096, length: 65_536)])
-        #expect(firstMismatch(listener.context.region, offset: 4096, length: 65_536, seed: 21) == nil)
-        // The peer's table is the authority: a segment forged longer is refused before any byte moves.
-        let forged = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount * 4, access: slot.access,
-                                   remoteAddress: slot.remoteAddress, remoteKey: slot.remoteKey, connection: slot.connection)
-        let e = caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(forged), targetOffset: Int64(slot.byteCount), length: 4096)]) }
-        #expect(e?.code == .remoteAccess)
-        // So is one that moves the base elsewhere, or names a key the peer never gave.
-        let moved = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount, access: slot.access,
-                                  remoteAddress: slot.remoteAddress &+ 4096, remoteKey: slot.remoteKey, connection: slot.connection)
-        #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(moved), length: 16)]) }?.code == .remoteAccess)
-        let rekeyed = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount, access: slot.access,
-                                    remoteAddress: slot.remoteAddress, remoteKey: 2, connection: slot.connection)
-        #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(rekeyed), length: 16)]) }?.code == .remoteAccess)
+        let (local, slot) = try await writeLands(peer, client, listener, offset: 4096, seed: 21)
+        // The peer's table is the authority: a segment forged longer, moved elsewhere, or with a
+        // key the peer never gave is refused before any byte moves.
+        for bad in [forged(slot, byteCount: slot.byteCount * 4), forged(slot, address: slot.remoteAddress &+ 4096), forged(slot, key: 2)] {
+            let offset = bad.byteCount > slot.byteCount ? Int64(slot.byteCount) : 0
+            let e = caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(bad), targetOffset: offset, length: 4096)]) }
+            #expect(e?.code == .remoteAccess, "\(bad)")
+        }
     }
 
     @Test("an export in a sealed memfd is mapped and copied with memcpy; the bytes are the peer's")
@@ -146,20 +154,14 @@ struct IntraHostTests {
         }
         #expect(peer.path == .intraHost(pid: getpid(), mapped: 1, exports: 1))
         #expect(peer.path.description.contains("mapped shared"))
-        let local = try MemoryRegion.allocate(byteCount: 65_536)
-        try client.register(local)
-        fill(local, offset: 0, length: 65_536, seed: 31)
-        let slot = try peer.segment(named: "slot")
-        try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(slot), targetOffset: 8192, length: 65_536)])
         // The listener's own mapping of the memfd sees the bytes: one memory, two mappings.
-        #expect(firstMismatch(listener.context.region, offset: 8192, length: 65_536, seed: 31) == nil)
+        let (local, slot) = try await writeLands(peer, client, listener, offset: 8192, seed: 31)
         fill(listener.context.region, offset: 0, length: 4096, seed: 32)
         try await client.transfer(.read, [TransferDescriptor(local: local, target: .remote(slot), length: 4096)])
         #expect(firstMismatch(local, offset: 0, length: 4096, seed: 32) == nil)
         // Bounds are still the peer's table's.
-        let forged = RemoteSegment(peer: slot.peer, name: "slot", byteCount: slot.byteCount * 2, access: slot.access,
-                                   remoteAddress: slot.remoteAddress, remoteKey: slot.remoteKey, connection: slot.connection)
-        #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(forged), targetOffset: Int64(slot.byteCount), length: 16)]) }?.code == .remoteAccess)
+        let longer = forged(slot, byteCount: slot.byteCount * 2)
+        #expect(caught { try client.prepare(.write, [TransferDescriptor(local: local, target: .remote(longer), targetOffset: Int64(slot.byteCount), length: 16)]) }?.code == .remoteAccess)
     }
 
     @Test("a shared entry naming no memfd, or one shorter than the export, is not mapped: process_vm serves it")
@@ -176,11 +178,7 @@ struct IntraHostTests {
                 return l.offer(identity: me, shared: [.init(key: 1, fd: fd, fileOffset: 0)])
             }
             #expect(peer.path == .intraHost(pid: getpid(), mapped: 0, exports: 1), "\(what): \(peer.path)")
-            let local = try MemoryRegion.allocate(byteCount: 4096)
-            try client.register(local)
-            fill(local, offset: 0, length: 4096, seed: 33)
-            try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(try peer.segment(named: "slot")), length: 4096)])
-            #expect(firstMismatch(listener.context.region, offset: 0, length: 4096, seed: 33) == nil, "\(what)")
+            _ = try await writeLands(peer, client, listener, offset: 0, seed: 33)
         }
         withExtendedLifetime(short) {}
     }

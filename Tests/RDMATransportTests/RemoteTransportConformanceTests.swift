@@ -122,65 +122,52 @@ struct TCPEmulationConformanceTests {
     }
 }
 
-/// The same suite on the intra-host path: the transport under test connects
-/// to `memwall rdma-serve --transport tcp` in a second process on this host
-/// (every connection is checked to be on that path). Its exports are shared
-/// memory, mapped here and copied with memcpy: no system call to fault.
+/// One conformance case on one of the intra-host fixtures.
+struct IntraHostConformanceCase: Sendable, CustomTestStringConvertible {
+    let fixture: ConformanceFixture
+    let check: ConformanceCheck
+    var testDescription: String { "\(check) — \(fixture.name)" }
+}
+
+/// The same suite on the intra-host path, twice: the transport under test
+/// connects to `memwall rdma-serve --transport tcp` in a second process on this
+/// host (every connection is checked to be on that path), whose exports are
+/// shared memory — mapped here and copied with memcpy, no system call to fault
+/// — or, with `--memory private`, anonymous memory reached with
+/// process_vm_readv/writev, on which faults are injected.
 @Suite(.timeLimit(.minutes(5)),
        .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"),
        .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
 struct IntraHostConformanceTests {
-    static let pool = LazyPool {
-        try RemoteSlotPool.serveProcess(slots: 12, address: "127.0.0.1", arguments: ["--transport", "tcp"], path: "intra-host")
+    static func fixture(memory: String, slots: Int, faultPoints: [TransferOperation: String], noFaultPointsReason: String = "") -> ConformanceFixture {
+        let pool = LazyPool {
+            try RemoteSlotPool.serveProcess(slots: slots, address: "127.0.0.1", arguments: ["--transport", "tcp", "--memory", memory], path: "intra-host")
+        }
+        return ConformanceFixture(
+            name: "intra-host path to a second process (\(memory) memory)",
+            alignment: 1,
+            faultPoints: faultPoints,
+            noFaultPointsReason: noFaultPointsReason,
+            makeTransport: { funnel throws(MemWallError) in
+                try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30)), funnel: funnel)
+            },
+            makeTargetFor: { n, t throws(MemWallError) in try pool.target(n, for: t) })
     }
 
-    static let fixture = ConformanceFixture(
-        name: "intra-host path to a second process (shared memory, memcpy)",
-        alignment: 1,
-        faultPoints: [:],
-        noFaultPointsReason: "copies with memcpy into the peer's memfd mapped here, with no system call per transfer (the private-memory suite faults process_vm_readv/writev)",
-        makeTransport: { funnel throws(MemWallError) in
-            try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30)), funnel: funnel)
-        },
-        makeTargetFor: { n, t throws(MemWallError) in try pool.target(n, for: t) })
+    static let fixtures = [
+        fixture(memory: "shared", slots: 12, faultPoints: [:],
+                noFaultPointsReason: "copies with memcpy into the peer's memfd mapped here, with no system call per transfer (the private-memory fixture faults process_vm_readv/writev)"),
+        fixture(memory: "private", slots: 40, faultPoints: [.read: "process_vm_readv", .write: "process_vm_writev"]),
+    ]
 
-    @Test(arguments: TransportConformance.applicableChecks(for: fixture))
-    func conformance(_ check: ConformanceCheck) async throws {
-        try await runConformanceCheck(check, on: Self.fixture)
-    }
-
-    @Test func checksThatDoNotApply() throws {
-        try skipInapplicableChecks(of: Self.fixture)
-    }
-}
-
-/// The suite on the intra-host path's kernel copy: `rdma-serve --memory private`
-/// exports anonymous memory, reached with process_vm_readv/writev; faults are
-/// injected on those two calls.
-@Suite(.timeLimit(.minutes(5)),
-       .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"),
-       .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
-struct IntraHostKernelCopyConformanceTests {
-    static let pool = LazyPool {
-        try RemoteSlotPool.serveProcess(slots: 40, address: "127.0.0.1", arguments: ["--transport", "tcp", "--memory", "private"], path: "intra-host")
-    }
-
-    static let fixture = ConformanceFixture(
-        name: "intra-host path to a second process (private memory, process_vm_readv/writev)",
-        alignment: 1,
-        faultPoints: [.read: "process_vm_readv", .write: "process_vm_writev"],
-        makeTransport: { funnel throws(MemWallError) in
-            try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30)), funnel: funnel)
-        },
-        makeTargetFor: { n, t throws(MemWallError) in try pool.target(n, for: t) })
-
-    @Test(arguments: TransportConformance.applicableChecks(for: fixture))
-    func conformance(_ check: ConformanceCheck) async throws {
-        try await runConformanceCheck(check, on: Self.fixture)
+    @Test(arguments: fixtures.flatMap { f in TransportConformance.applicableChecks(for: f).map { IntraHostConformanceCase(fixture: f, check: $0) } })
+    func conformance(_ c: IntraHostConformanceCase) async throws {
+        try await runConformanceCheck(c.check, on: c.fixture)
     }
 
     @Test func checksThatDoNotApply() throws {
-        try skipInapplicableChecks(of: Self.fixture)
+        let summary = Self.fixtures.compactMap { TransportConformance.skippedChecksSummary(for: $0) }.joined(separator: "; ")
+        try Test.cancel(Comment(rawValue: try #require(summary.isEmpty ? nil : summary, "every check applies; remove this test")))
     }
 }
 
