@@ -53,9 +53,12 @@ bench: deps lab-deps
 	scripts/bench-local.sh --lab
 	scripts/bench-topo.sh
 	scripts/bench-kv.sh
+	scripts/bench-kvpath.sh
+	scripts/bench-kvpath.sh --lab
 	scripts/bench-pool.sh
 	scripts/bench-rdma.sh host | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: host"
 	scripts/bench-rdma.sh lab | scripts/results-splice "## RDMA (issue 5)" "### Latest make bench run: lab"
+	scripts/bench-intrahost.sh   # NIXL beside it when .build/nixl-venv has it (INSTALL_NIXL=1 installs it, ~6 GB)
 
 # package-benchmark micro-benchmarks of the hot paths (funnel, histogram).
 bench-core:

@@ -80,6 +80,11 @@ public struct CapabilitiesReport: Sendable, Codable {
             let why = rdma.devices.isEmpty ? "no RDMA device" : "no active RDMA port"
             d["remote"] = Decision(mode: "emulation", detail: "TCP with RDMA semantics (\(why))")
         }
+        // Between processes on this host: the kernel's cross-process copy where it is allowed.
+        let intraHost = TCPEmulationTransport.intraHostCapability(.automatic)
+        d["intra-host"] = intraHost.implementation.isHardware
+            ? Decision(mode: "hardware", detail: intraHost.mechanism)
+            : Decision(mode: "emulation", detail: "TCP between processes on this host (\(intraHost.implementation))")
         d["topology"] = hwloc.hasFirmwareFigures
             ? Decision(mode: "hardware", detail: "hwloc \(hwloc.version) with firmware (HMAT) latency/bandwidth")
             : Decision(mode: "hardware", detail: "hwloc \(hwloc.version); no firmware latency/bandwidth (HMAT absent): figures stay missing")

@@ -100,6 +100,9 @@ final class ExportTable: Sendable {
 
     /// What peers are told.
     var snapshot: [ExportedRegionInfo] { entries.withLock { $0.map(\.info) } }
+
+    /// Every export, with the region it holds.
+    var all: [LocalExport] { entries.withLock { $0 } }
 }
 
 /// Binary form of an export table, sent by the listening side as the first

@@ -161,7 +161,7 @@ public final class RDMATransport: RemoteMemoryTransport {
             c.removeAll { $0.connection == nil }
             c.append(WeakConnection(connection: conn))
         }
-        return RemotePeer(address: conn.peerName, exports: conn.exports, connection: conn)
+        return RemotePeer(address: conn.peerName, exports: conn.exports, path: .rdma(device: device.name), connection: conn)
     }
 
     /// Polls every connection this side opened once, on the calling thread.

@@ -60,11 +60,16 @@ public final class RemotePeer: Sendable, CustomStringConvertible {
     public let address: String
     /// Every region the peer exported, in its order.
     public let exports: [ExportedRegionInfo]
+    /// How bytes reach this peer (RDMA, TCP, or the intra-host path), decided
+    /// when the connection was set up; the TCP label says why the intra-host
+    /// path was not taken.
+    public let path: RemotePeerPath
     package let connection: any RemoteConnectionHandle
 
-    package init(address: String, exports: [ExportedRegionInfo], connection: any RemoteConnectionHandle) {
+    package init(address: String, exports: [ExportedRegionInfo], path: RemotePeerPath, connection: any RemoteConnectionHandle) {
         self.address = address
         self.exports = exports
+        self.path = path
         self.connection = connection
     }
 
@@ -87,8 +92,8 @@ public final class RemotePeer: Sendable, CustomStringConvertible {
     /// Closes the connection. Idempotent.
     public func disconnect() { connection.disconnect() }
 
-    /// `"peer 127.0.0.1:18515 (2 exports)"`.
-    public var description: String { "peer \(address) (\(exports.count) exports)" }
+    /// `"peer 127.0.0.1:18515 (2 exports, intra-host (…))"`.
+    public var description: String { "peer \(address) (\(exports.count) exports, \(path))" }
 }
 
 /// A transport whose targets are regions other processes or hosts exported

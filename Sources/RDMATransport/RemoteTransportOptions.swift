@@ -23,15 +23,20 @@ public struct RemoteTransportOptions: Sendable, Hashable {
     /// ``RDMATransport/progress()`` — the lowest-latency mode, as perftest
     /// polls on the posting thread. The emulation always uses its threads.
     public var completionThread: Bool
+    /// TCP emulation: whether peers on this host are reached through the kernel
+    /// (`process_vm_readv`/`writev`) instead of TCP, on both the listening and
+    /// the connecting side. RDMA does not read it.
+    public var intraHost: IntraHostPolicy
 
     /// Creates options.
     public init(sendQueueDepth: Int = 256, signalInterval: Int = 16, operationTimeout: Duration = .seconds(10),
-                busyPoll: Bool = false, completionThread: Bool = true) {
+                busyPoll: Bool = false, completionThread: Bool = true, intraHost: IntraHostPolicy = .automatic) {
         self.sendQueueDepth = sendQueueDepth
         self.signalInterval = signalInterval
         self.operationTimeout = operationTimeout
         self.busyPoll = busyPoll
         self.completionThread = completionThread
+        self.intraHost = intraHost
     }
 
     /// Checks the values.

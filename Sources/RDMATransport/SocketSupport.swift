@@ -197,7 +197,17 @@ struct FrameHeader {
         case writeDone = 5
         /// Listener → connector: read data for `tag` follows (when `status` is ok).
         case readData = 6
+        /// Connector → listener, only after the listener flagged ``offersIntraHost``:
+        /// asks for the intra-host path; the 16-byte challenge is in `tag` and `offset`.
+        case intraHostProbe = 7
+        /// Listener → connector, only in answer to a probe: an ``IntraHostOffer`` of `length` bytes follows.
+        case intraHostOffer = 8
     }
+
+    /// Bit in the `key` field of the export-table frame: the listener offers the
+    /// intra-host path (see ``IntraHostOffer``). Connectors that do not know it
+    /// ignore the field, so it changes nothing for them.
+    static let offersIntraHost: UInt32 = 1
 
     enum Status: UInt8 {
         case ok = 0
@@ -234,6 +244,8 @@ struct FrameHeader {
         case write(key: UInt32, tag: UInt64, offset: UInt64, length: Int)
         case read(key: UInt32, tag: UInt64, offset: UInt64, length: Int)
         case notify(UInt32)
+        /// Asks for the intra-host path with this challenge; no payload.
+        case intraHostProbe(challenge0: UInt64, challenge1: UInt64)
     }
 
     /// What the connector accepts from a listener, checked.
@@ -262,9 +274,14 @@ struct FrameHeader {
                 throw MemWallError(.malformedInput, "a notify frame announces \(h.length) payload bytes; it carries none")
             }
             return .notify(h.key)
+        case .intraHostProbe?:
+            guard h.length == 0, h.key == 0 else {
+                throw MemWallError(.malformedInput, "an intra-host probe announces \(h.length) payload bytes and key \(h.key); it carries neither")
+            }
+            return .intraHostProbe(challenge0: h.tag, challenge1: h.offset)
         default:
             throw MemWallError(.malformedInput,
-                "frame kind \(h.kind) is not a request: expected write (2), read (3) or notify (4); not a MemWall peer, or another protocol version")
+                "frame kind \(h.kind) is not a request: expected write (2), read (3), notify (4) or intra-host probe (7); not a MemWall peer, or another protocol version")
         }
     }
 

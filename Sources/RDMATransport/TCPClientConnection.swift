@@ -304,10 +304,16 @@ final class TCPClientConnection: RemoteConnectionHandle {
     private let receiver: WorkerThread
     /// `"127.0.0.1:18515 (tcp-emulation)"`.
     let peerName: String
-    /// The table the peer sent first.
+    /// The table the peer sent (with addresses in its memory on the intra-host path).
     let exports: [ExportedRegionInfo]
+    /// How bytes reach the peer: TCP frames, or the kernel's cross-process copy.
+    let path: RemotePeerPath
+    /// The intra-host path, when the peer is on this host and proved it; then
+    /// every descriptor goes through it and the socket carries notifications only.
+    let intraHost: IntraHostChannel?
 
-    /// Connects, reads the export table, and starts both threads.
+    /// Connects, reads the export table, takes the intra-host path when the
+    /// peer offers it and `options` allow it, and starts both threads.
     init(address: String, port: UInt16, timeout: Duration, options: RemoteTransportOptions, funnel: SyscallFunnel) throws(MemWallError) {
         let sa = try SocketAddress.ipv4(address, port: port)
         let fd = try SocketIO.makeStreamSocket()
@@ -336,7 +342,26 @@ final class TCPClientConnection: RemoteConnectionHandle {
             if h.length > 0, case .failure(let e) = SocketIO.readFully(funnel, fd, table.baseAddress.unsafelyUnwrapped, Int(h.length)) {
                 throw MemWallError(.disconnected, "\(name) closed the connection while sending its export table", function: "read", errno: e.errno)
             }
-            self.exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(table), peer: name)
+            var exports = try ExportTableCodec.decode(UnsafeRawBufferPointer(table), peer: name)
+            var path = RemotePeerPath.tcp(intraHostDeclined: "the peer does not offer it (it runs with intra-host off, or an older MemWall)")
+            var channel: IntraHostChannel?
+            if h.key & FrameHeader.offersIntraHost != 0 {
+                if options.intraHost == .off {
+                    path = .tcp(intraHostDeclined: "turned off on this side (intra-host: off)")
+                } else {
+                    switch try IntraHostChannel.negotiate(fd: fd, funnel: funnel, peer: name, timeout: timeout) {
+                    case .established(let c, let table):
+                        channel = c
+                        path = .intraHost(pid: c.pid, mapped: c.mappedCount, exports: c.exportCount)
+                        exports = table
+                    case .declined(let why):
+                        path = .tcp(intraHostDeclined: why)
+                    }
+                }
+            }
+            self.exports = exports
+            self.path = path
+            self.intraHost = channel
             // From now on the receiver wakes every 50 ms to check the operation timeout.
             var poll = timeval(tv_sec: 0, tv_usec: 50_000)
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &poll, socklen_t(MemoryLayout<timeval>.size))
@@ -374,6 +399,10 @@ final class TCPClientConnection: RemoteConnectionHandle {
         sender.join()
         receiver.join()
     }
+
+    /// Closes the connection without waiting for its threads (from a posting
+    /// thread that found the peer gone); queued descriptors fail with `error`.
+    func close(because error: MemWallError) { core.fail(error) }
 
     /// Cancels what of `request` has not been sent yet.
     func purge(_ request: TransferRequest) { core.purge(request) }

@@ -19,11 +19,23 @@ import Transport
 /// One difference from RDMA: a descriptor the receiver refuses (bad key,
 /// bounds, permission) fails alone with `remoteAccess` and the connection
 /// stays up, where RDMA's queue pair would enter the error state.
+///
+/// A peer on this host is reached without the network stack: when the
+/// listener offers it and proves it runs on this host (same boot id and pid
+/// namespace, its pid shown by a challenge read from its memory), every
+/// descriptor becomes one `process_vm_readv`/`process_vm_writev` on the
+/// posting thread — one copy by the kernel, complete when ``post(_:notifyValue:)``
+/// returns — or, for exports of shareable regions
+/// (``MemoryRegion/allocateShared(byteCount:placement:)``), a `memcpy` into
+/// the peer's memfd mapped here; the socket carries only notifications. The kernel allows this
+/// only to a peer that may ptrace the exporter; any other peer, and any peer
+/// when ``RemoteTransportOptions/intraHost`` is `off`, is served over TCP.
+/// ``RemotePeer/path`` says which path a peer got and why, and
+/// ``capabilities`` lists the intra-host path in `peerPaths`.
 public final class TCPEmulationTransport: RemoteMemoryTransport {
-    /// Declares "tcp-emulation": remote targets, in software.
-    public let capabilities = TransportCapabilities(
-        name: "tcp-emulation", targets: [.remote],
-        implementation: .emulation(reason: "no RDMA device in use; one-sided READ/WRITE emulated over TCP"))
+    /// Declares "tcp-emulation": remote targets, in software; and the intra-host
+    /// path, with whether this host allows it, among its `peerPaths`.
+    public let capabilities: TransportCapabilities
     /// Per-path estimate fed by finished requests.
     public let costEstimator = PathCostEstimator()
     /// This instance; only it posts what it prepared.
@@ -37,6 +49,8 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
     private let notifications = NotificationQueue()
     private let listeners = Mutex<[TCPListener]>([])
     private let nextKey = Atomic<UInt32>(0x5EED_0001)
+    /// What listeners offer peers on this host; nil when the path is off or unavailable here.
+    private let intraHostServing: IntraHostServing?
 
     /// Creates the emulation.
     /// - Parameters:
@@ -47,6 +61,12 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         try options.validate()
         self.options = options
         self.funnel = funnel
+        let intraHost = IntraHostSupport.capability(options.intraHost)
+        self.capabilities = TransportCapabilities(
+            name: "tcp-emulation", targets: [.remote],
+            implementation: .emulation(reason: "no RDMA device in use; one-sided READ/WRITE emulated over TCP"),
+            peerPaths: [intraHost])
+        self.intraHostServing = intraHost.implementation.isHardware ? (try? HostIdentity.current()).map(IntraHostServing.init) : nil
         // A peer closing mid-write must surface as EPIPE, not kill the process.
         signal(SIGPIPE, SIG_IGN)
     }
@@ -67,8 +87,13 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         try registrations.register(region) { () throws(MemWallError) -> VerbsMemoryRegistration? in nil }
     }
 
-    /// Forgets `region`; refused while exported or in flight.
+    /// Forgets `region`; refused while exported, in flight, or known to a
+    /// connected peer on the intra-host path (which reaches its memory itself).
     public func deregister(_ region: MemoryRegion) throws(MemWallError) {
+        if !exports.uses(region), intraHostServing?.isRevealed(region) == true {
+            throw MemWallError(.invalidArgument,
+                "\(region.id) was exported to peers on the intra-host path, which write and read its memory themselves; they keep its address until they disconnect")
+        }
         try registrations.deregister(region, exported: exports.uses(region), transport: name)
     }
 
@@ -89,18 +114,41 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
 
     // MARK: Connections
 
-    /// Listens on `address:port` (loopback by default) and serves peers from a thread per connection.
+    /// Listens on `address:port` (loopback by default) and serves peers from a
+    /// thread per connection, offering peers on this host the intra-host path
+    /// unless ``RemoteTransportOptions/intraHost`` is `off`; with
+    /// `grant-same-user`, lets processes of this user attach (see ``IntraHostPolicy``).
     public func listen(address: String = "127.0.0.1", port: UInt16) throws(MemWallError) -> UInt16 {
+        if options.intraHost == .grantSameUser, intraHostServing != nil { _ = IntraHostSupport.grantSameUser }
         let l = try TCPListener(address: address, port: port,
-                                serving: .init(exports: exports, notifications: notifications, funnel: funnel))
+                                serving: .init(exports: exports, notifications: notifications, funnel: funnel, intraHost: intraHostServing))
         listeners.withLock { $0.append(l) }
         return l.port
     }
 
-    /// Connects to a listening peer and reads its export table.
+    /// The intra-host path as a transport with `policy` would declare it in
+    /// ``capabilities``: hardware where this host allows `process_vm_*` (with
+    /// who may attach), else unavailable with the reason.
+    public static func intraHostCapability(_ policy: IntraHostPolicy) -> PeerPathCapability {
+        IntraHostSupport.capability(policy)
+    }
+
+    /// What listeners of this transport offer peers on this host, for labels:
+    /// `"offered; …"` or `"not offered: …"`.
+    public var intraHostListening: String {
+        guard intraHostServing != nil else {
+            return "not offered: " + (capabilities.peerPaths.first.map { "\($0.implementation)" } ?? "unavailable")
+        }
+        return "offered to peers on this host"
+            + (options.intraHost == .grantSameUser ? "; \(IntraHostSupport.grantSameUser)" : "; \(IntraHostSupport.ptraceRule)")
+    }
+
+    /// Connects to a listening peer and reads its export table; takes the
+    /// intra-host path when the peer offers it and proves it is on this host
+    /// (``RemotePeer/path`` says which path, and why not the other).
     public func connect(address: String, port: UInt16, timeout: Duration = .seconds(5)) throws(MemWallError) -> RemotePeer {
         let conn = try TCPClientConnection(address: address, port: port, timeout: timeout, options: options, funnel: funnel)
-        return RemotePeer(address: conn.peerName, exports: conn.exports, connection: conn)
+        return RemotePeer(address: conn.peerName, exports: conn.exports, path: conn.path, connection: conn)
     }
 
     /// Waits for the next notification from any peer.
@@ -119,12 +167,24 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
         let connection: TCPClientConnection
         let registration: LocalRegistration
         let key: UInt32
-        let remoteOffset: UInt64
+        /// TCP: the offset in the export, as the wire carries it.
+        let remote: UInt64
+        /// Intra-host: where the bytes are, checked against the table the peer sent.
+        let intraHost: IntraHostChannel.Target?
     }
 
-    /// Validates descriptors, resolves keys and registrations.
+    /// The resolved descriptors; when they all go to one peer on the
+    /// intra-host path, also the moves, built once here for every post.
+    struct Plan: Sendable {
+        let items: [PlanItem]
+        let intraHostMoves: [IntraHostChannel.Move]?
+    }
+
+    /// Validates descriptors, resolves keys and registrations; on the
+    /// intra-host path, also the peer address of every descriptor.
     /// - Throws: as ``Transport/prepare(_:_:)``; `remoteAccess` when the peer
-    ///   did not grant the operation on that region.
+    ///   did not grant the operation on that region, or (intra-host) when a
+    ///   descriptor falls outside what the peer exported under that key.
     public func prepare(_ operation: TransferOperation, _ descriptors: [TransferDescriptor]) throws(MemWallError) -> PreparedTransfer {
         try validateDescriptors(descriptors)
         var items: [PlanItem] = []
@@ -136,48 +196,96 @@ public final class TCPEmulationTransport: RemoteMemoryTransport {
                     "descriptor \(i): segment '\(seg.name)' was resolved by another transport; resolve it with a peer of '\(name)'")
             }
             try RemoteAccessCheck.check(operation, seg, index: i)
-            items.append(PlanItem(connection: conn, registration: try registrations.registration(of: d.local),
-                                  key: seg.remoteKey, remoteOffset: seg.remoteAddress &+ UInt64(d.targetOffset)))
+            let remote: UInt64
+            var target: IntraHostChannel.Target?
+            if let channel = conn.intraHost {
+                let t = try channel.resolve(key: seg.remoteKey, base: seg.remoteAddress, offset: UInt64(d.targetOffset), length: d.length,
+                                            need: operation == .read ? .read : .write, index: i)
+                target = t
+                remote = 0
+            } else {
+                remote = seg.remoteAddress &+ UInt64(d.targetOffset)
+            }
+            items.append(PlanItem(connection: conn, registration: try registrations.registration(of: d.local), key: seg.remoteKey,
+                                  remote: remote, intraHost: target))
         }
-        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: items)
+        var moves: [IntraHostChannel.Move]?
+        if let first = items.first?.connection, first.intraHost != nil, items.allSatisfy({ $0.connection === first }) {
+            moves = zip(descriptors, items).compactMap { d, item in
+                item.intraHost.map { IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, target: $0, length: d.length) }
+            }
+        }
+        return PreparedTransfer(operation: operation, descriptors: descriptors, preparedBy: self, plan: Plan(items: items, intraHostMoves: moves))
     }
 
     /// Hands the descriptors to their connections' sender threads, then the
     /// optional notification, which the peer sees only after the data landed.
     /// Returns at once.
+    ///
+    /// Descriptors to peers on the intra-host path are moved before this
+    /// returns (their request is then complete); the others go to their
+    /// connections' sender threads.
     public func post(_ prepared: PreparedTransfer, notifyValue: UInt32?) throws(MemWallError) -> TransferRequest {
-        let items = try plan(of: prepared, as: [PlanItem].self)
+        let plan = try plan(of: prepared, as: Plan.self)
+        let items = plan.items
         for item in items where !item.connection.isConnected {
             throw MemWallError(.disconnected, "the connection to \(item.connection.peerName) is closed; connect again and prepare anew")
         }
         for item in items { try registrations.requireCurrent(item.registration) }
-        let connections = Self.distinctConnections(items)
-        let request = TransferRequest(prepared: prepared, estimator: costEstimator) { request in
-            for c in connections { c.purge(request) }
+        if let moves = plan.intraHostMoves, let connection = items.first?.connection, let channel = connection.intraHost {
+            let request = TransferRequest(prepared: prepared, estimator: costEstimator)
+            move(prepared.operation, moves, items: items, indices: nil, on: channel, connection, request, notifyValue)
+            return request
         }
-        var ops: [TCPClientConnection.Operation] = []
-        ops.reserveCapacity(items.count)
-        for (i, item) in items.enumerated() {
-            let d = prepared.descriptors[i]
-            item.registration.retain()
-            ops.append(.init(request: request, index: i, isRead: prepared.operation == .read, key: item.key,
-                             remoteOffset: item.remoteOffset, local: d.local.baseAddress + d.localOffset,
-                             length: d.length, registration: item.registration))
+        let tcpConnections = Self.distinctConnections(items.filter { $0.connection.intraHost == nil })
+        let request = TransferRequest(prepared: prepared, estimator: costEstimator) { request in
+            for c in tcpConnections { c.purge(request) }
         }
         // One connection per request is the common case; group otherwise, keeping order per connection.
-        var byConnection: [ObjectIdentifier: (TCPClientConnection, [TCPClientConnection.Operation])] = [:]
+        var byConnection: [ObjectIdentifier: (TCPClientConnection, [Int])] = [:]
         var order: [ObjectIdentifier] = []
-        for (i, op) in ops.enumerated() {
-            let c = items[i].connection
-            let k = ObjectIdentifier(c)
-            if byConnection[k] == nil { byConnection[k] = (c, []); order.append(k) }
-            byConnection[k]?.1.append(op)
+        for (i, item) in items.enumerated() {
+            let k = ObjectIdentifier(item.connection)
+            if byConnection[k] == nil { byConnection[k] = (item.connection, []); order.append(k) }
+            byConnection[k]?.1.append(i)
         }
         for k in order {
-            guard let (c, list) = byConnection[k] else { continue }
-            c.enqueue(list, notify: notifyValue)
+            guard let (c, indices) = byConnection[k] else { continue }
+            if let channel = c.intraHost {
+                let moves = indices.compactMap { i in
+                    let d = prepared.descriptors[i]
+                    return items[i].intraHost.map { IntraHostChannel.Move(local: d.local.baseAddress + d.localOffset, target: $0, length: d.length) }
+                }
+                move(prepared.operation, moves, items: items, indices: indices, on: channel, c, request, notifyValue)
+                continue
+            }
+            let ops = indices.map { i -> TCPClientConnection.Operation in
+                let d = prepared.descriptors[i]
+                items[i].registration.retain()
+                return .init(request: request, index: i, isRead: prepared.operation == .read, key: items[i].key,
+                             remoteOffset: items[i].remote, local: d.local.baseAddress + d.localOffset,
+                             length: d.length, registration: items[i].registration)
+            }
+            c.enqueue(ops, notify: notifyValue)
         }
         return request
+    }
+
+    /// Moves one connection's descriptors on its intra-host path now (move `k`
+    /// is descriptor `indices[k]`, or `k` without `indices`), then queues the
+    /// notification, which the peer thus sees after every byte landed.
+    private func move(_ operation: TransferOperation, _ moves: [IntraHostChannel.Move], items: [PlanItem], indices: [Int]?,
+                      on channel: IntraHostChannel, _ connection: TCPClientConnection, _ request: TransferRequest, _ notifyValue: UInt32?) {
+        for k in moves.indices { items[indices?[k] ?? k].registration.retain() }
+        let alive = channel.move(operation, moves) { k, result in
+            let i = indices?[k] ?? k
+            request.complete(descriptor: i, result, releasing: items[i].registration.use)
+        }
+        if !alive {
+            connection.close(because: MemWallError(.disconnected, "\(connection.peerName) (pid \(channel.pid)) has exited"))
+        } else if let notifyValue {
+            connection.enqueue([], notify: notifyValue)
+        }
     }
 }
 

@@ -16,6 +16,8 @@ final class TCPListener: Sendable {
         let notifications: NotificationQueue
         /// The system-call door of every socket read and write.
         let funnel: SyscallFunnel
+        /// Offers the intra-host path to peers on this host; nil offers nothing.
+        let intraHost: IntraHostServing?
     }
 
     private final class Core: Sendable {
@@ -139,11 +141,20 @@ final class TCPServerConnection: Sendable {
         let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
         defer { header.deallocate() }
         let table = ExportTableCodec.encode(served.exports.snapshot)
-        FrameHeader(kind: .exportTable, length: UInt64(table.count)).store(to: header)
+        FrameHeader(kind: .exportTable, key: served.intraHost == nil ? 0 : FrameHeader.offersIntraHost,
+                    length: UInt64(table.count)).store(to: header)
         let sent = table.withUnsafeBytes {
             SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: $0)
         }
         guard case .success = sent else { return }
+        // Where the answer to a peer's intra-host challenge lives, and the exports
+        // whose addresses that peer was given (their regions stay alive until it leaves).
+        var challenge: UnsafeMutableRawPointer?
+        var revealed: [LocalExport] = []
+        defer {
+            served.intraHost?.conceal(revealed)
+            challenge?.deallocate()
+        }
         while !stopped.load(ordering: .acquiring) {
             guard case .success = SocketIO.readFully(served.funnel, fd, header, FrameHeader.size) else { return }
             // A header that does not decode leaves the stream unsynchronised: drop the
@@ -174,6 +185,18 @@ final class TCPServerConnection: Sendable {
                 }
                 let sent = withExtendedLifetime(export) {
                     SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: payload)
+                }
+                guard case .success = sent else { return }
+            case .intraHostProbe(let c0, let c1):
+                // Only after this side offered it, and once per connection: anything else is not a MemWall peer.
+                guard let serving = served.intraHost, challenge == nil else { return }
+                let answer = UnsafeMutableRawPointer.allocate(byteCount: IntraHostChallenge.size, alignment: 8)
+                challenge = answer
+                revealed = served.exports.all
+                let offer = serving.offer(revealed, challenge: answer, c0, c1)
+                FrameHeader(kind: .intraHostOffer, length: UInt64(offer.count)).store(to: header)
+                let sent = offer.withUnsafeBytes {
+                    SocketIO.writeFrame(served.funnel, fd, header: UnsafeRawBufferPointer(start: header, count: FrameHeader.size), payload: $0)
                 }
                 guard case .success = sent else { return }
             case .notify(let value):

@@ -48,12 +48,41 @@ public struct TransportCapabilities: Sendable, Hashable {
     public var targets: Set<LocationKind>
     /// Real mechanism, emulation, or unavailable here.
     public var implementation: TransportImplementation
+    /// Other paths the transport takes for some peers, chosen per peer when it
+    /// connects, each with its own implementation: the TCP emulation reaches
+    /// exporting processes on this host through the kernel ("intra-host").
+    /// Empty for transports with one path.
+    public var peerPaths: [PeerPathCapability]
 
     /// Creates a declaration.
-    public init(name: String, targets: Set<LocationKind>, implementation: TransportImplementation) {
+    public init(name: String, targets: Set<LocationKind>, implementation: TransportImplementation,
+                peerPaths: [PeerPathCapability] = []) {
         self.name = name
         self.targets = targets
         self.implementation = implementation
+        self.peerPaths = peerPaths
+    }
+}
+
+/// A path a transport takes for some of its peers instead of its main one.
+public struct PeerPathCapability: Sendable, Hashable, CustomStringConvertible {
+    /// Short stable name ("intra-host").
+    public var name: String
+    /// How bytes move on it and for which peers.
+    public var mechanism: String
+    /// Hardware (the real mechanism is usable here), or unavailable with the reason.
+    public var implementation: TransportImplementation
+
+    /// Creates a declaration.
+    public init(name: String, mechanism: String, implementation: TransportImplementation) {
+        self.name = name
+        self.mechanism = mechanism
+        self.implementation = implementation
+    }
+
+    /// `"intra-host: hardware (process_vm_readv/writev …)"`.
+    public var description: String {
+        implementation.isHardware ? "\(name): hardware (\(mechanism))" : "\(name): \(implementation)"
     }
 }
 

@@ -10,7 +10,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure memory-node copy bandwidth and latency, and O_DIRECT storage, the way MLC and fio do.",
-        subcommands: [BenchMemoryCommand.self, BenchStorageCommand.self, BenchRDMACommand.self, BenchPoolCommand.self]
+        subcommands: [BenchMemoryCommand.self, BenchStorageCommand.self, BenchRDMACommand.self, BenchKVCommand.self, BenchPoolCommand.self]
     )
 }
 

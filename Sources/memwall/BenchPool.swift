@@ -89,8 +89,8 @@ struct BenchPoolCommand: ParsableCommand {
                       "--seconds", "\(seconds)"]
         func run(_ n: Int) throws -> [PoolWorkload.LookupReport] {
             let start = MonotonicClock.nanoseconds() &+ 300_000_000
-            let children = try (0..<n).map { i in try ChildProcess(common + ["--seed", "\(i + 1)", "--start-at", "\(start)"]) }
-            return try children.map { c in try JSONDecoder().decode(PoolWorkload.LookupReport.self, from: Data(try c.finish().utf8)) }
+            let children = try (0..<n).map { i in try worker(common + ["--seed", "\(i + 1)", "--start-at", "\(start)"]) }
+            return try children.map { c in try JSONDecoder().decode(PoolWorkload.LookupReport.self, from: Data(try report(of: c).utf8)) }
         }
         let alone = try run(1)[0]
         let together = try run(processes)
@@ -200,10 +200,10 @@ struct BenchPoolCommand: ParsableCommand {
         }
         func replay(_ names: [String]) throws -> PoolTraceSetup {
             let children = try (0..<processes).map { k in
-                try ChildProcess(["pool", "worker", names[k], "--mode", "trace", "--trace", path, "--part", "\(k)", "--parts", "\(processes)",
-                                  "--requests", "100000000"])
+                try worker(["pool", "worker", names[k], "--mode", "trace", "--trace", path, "--part", "\(k)", "--parts", "\(processes)",
+                            "--requests", "100000000"])
             }
-            let reports = try children.map { c in try JSONDecoder().decode(PoolWorkload.Report.self, from: Data(try c.finish().utf8)) }
+            let reports = try children.map { c in try JSONDecoder().decode(PoolWorkload.Report.self, from: Data(try report(of: c).utf8)) }
             let status = try Set(names).map { n throws(MemWallError) in try KVPool.status(name: n, pages: false) }
             return PoolTraceSetup(
                 pools: status.count, capacityBlocks: status.reduce(0) { $0 + $1.slots },
@@ -216,6 +216,25 @@ struct BenchPoolCommand: ParsableCommand {
         let privateResult = try replay(privateNames)
         return PoolTraceReport(trace: path, requests: requests.count, distinctBlocks: distinct, blockBytes: bytes,
                                shared: sharedResult, private: privateResult)
+    }
+
+    // MARK: Worker processes
+
+    /// `memwall ARGUMENTS` started again (`/proc/self/exe`, this process's environment).
+    private func worker(_ arguments: [String]) throws -> ChildProcess.Running {
+        guard let child = try ChildProcess.start("/proc/self/exe", arguments, inheritEnvironment: true) else {
+            throw MemWallError(.notFound, "cannot run memwall again through /proc/self/exe (no procfs?)")
+        }
+        return child
+    }
+
+    /// The JSON report a worker printed, once it exited with status 0 (at most 10 minutes).
+    private func report(of child: ChildProcess.Running) throws -> String {
+        let outcome = try child.finish(seconds: 600)
+        guard outcome.status == 0, let brace = outcome.standardOutput.firstIndex(of: "{") else {
+            throw MemWallError(.systemCall, "worker memwall \(child.pid) ended with status \(outcome.status): \(outcome.standardError.prefix(400))")
+        }
+        return String(outcome.standardOutput[brace...])
     }
 
     // MARK: Text
@@ -305,50 +324,4 @@ struct PoolBenchReport: Codable, Sendable {
     var inPlaceRead: PoolRatio
     var poolPages: PoolRatio
     var trace: PoolTraceReport?
-}
-
-/// `memwall` run again as a child (`/proc/self/exe`) with its standard output on a pipe.
-final class ChildProcess {
-    let pid: pid_t
-    private let output: Int32
-
-    init(_ arguments: [String]) throws {
-        var fds: [Int32] = [0, 0]
-        try CCall.minusOne(pipe(&fds), "pipe", "cannot make a pipe for a child process")
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // the child gets the write end as its fd 1 only
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        let argv: [UnsafeMutablePointer<CChar>?] = (["memwall"] + arguments).map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, "/proc/self/exe", &actions, nil, argv, environ)
-        close(fds[1])
-        guard rc == 0 else {
-            close(fds[0])
-            throw MemWallError.system("posix_spawn", Errno(rawValue: rc), "cannot start a child memwall process")
-        }
-        pid = child
-        output = fds[0]
-    }
-
-    /// Everything the child printed, once it exited with status 0.
-    func finish() throws -> String {
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { b in b.baseAddress.map { SyscallFunnel.system.read(output, $0, b.count) } ?? .success(0) }
-            guard case .success(let got) = n, got > 0, bytes.count < 64 << 20 else { break }
-            bytes += chunk[0..<got]
-        }
-        close(output)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && Errno.current == .interrupted {}
-        let text = String(decoding: bytes, as: UTF8.self)
-        guard status == 0, let brace = text.firstIndex(of: "{") else {
-            throw MemWallError(.systemCall, "child memwall \(pid) ended with status \(status): \(text.prefix(400))")
-        }
-        return String(text[brace...])
-    }
 }

@@ -53,6 +53,12 @@ struct BenchRDMACommand: AsyncParsableCommand {
     @Option(name: .long, help: "Use a peer started with 'memwall rdma-serve --export bench:SIZE:rw' at HOST:PORT.")
     var connect: String?
 
+    @Option(name: .long, help: "Bandwidth: move this many bytes per size (iterations = bytes / size, at least one request) instead of -n messages, so small and large sizes run alike in one call.")
+    var bytesPerSize: String?
+
+    @Flag(name: .long, help: "Allocate the local region 2 MiB-aligned with MADV_HUGEPAGE.")
+    var hugePages = false
+
     @Flag(name: .long, help: "Print stable JSON (schema memwall.bench.rdma/1).")
     var json = false
 
@@ -68,9 +74,14 @@ struct BenchRDMACommand: AsyncParsableCommand {
     /// What `bench rdma --json` prints.
     struct Report: Codable {
         var schema = "memwall.bench.rdma/1"
+        /// The transport, and the implementation of the path the peer got.
         var transport, implementation: String
         /// "direct queue" or "request path".
         var path: String
+        /// How bytes reached the peer: "rdma", "tcp-emulation" or "intra-host".
+        var peerPath: String
+        /// Why the peer path is what it is (the TCP label says why not intra-host).
+        var peerPathDetail: String
         var device: String?, peer: String, rows: [Row]
     }
 
@@ -80,6 +91,11 @@ struct BenchRDMACommand: AsyncParsableCommand {
         try OptionCheck.inRange("--post-list", postList, 1 ... 1024)
         try OptionCheck.inRange("--yield-every", yieldEvery, 0 ... 1_000_000, unit: "polls (0: never)")
         if let sleepAfter { try OptionCheck.inRange("--sleep-after", sleepAfter, 1 ... 1_000_000_000, unit: "polls") }
+        if let bytesPerSize {
+            guard let n = try? ByteCount.parse(bytesPerSize).rawValue, n > 0 else {
+                throw ValidationError("invalid --bytes-per-size '\(bytesPerSize)': expected a positive size such as 1G")
+            }
+        }
         guard ["direct", "request"].contains(path) else { throw ValidationError("invalid --path '\(path)': expected direct or request") }
     }
 
@@ -98,7 +114,8 @@ struct BenchRDMACommand: AsyncParsableCommand {
             peer = try client.connect(address: host, port: port, timeout: .seconds(10))
         } else {
             let s = try selection.open()
-            let r = try MemoryRegion.allocate(byteCount: maxSize)
+            // Shareable for the TCP emulation, as `memwall rdma-serve` exports by default.
+            let r = s is TCPEmulationTransport ? try MemoryRegion.allocateShared(byteCount: maxSize) : try MemoryRegion.allocate(byteCount: maxSize)
             try s.register(r)
             try s.export(r, as: "bench", access: [.read, .write])
             let address = RemoteTransportSelection.defaultAddress(for: s)
@@ -111,7 +128,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
         guard segment.byteCount >= maxSize else {
             throw MemWallError(.outOfBounds, "the peer's 'bench' region has \(ByteCount(segment.byteCount)); the largest size asked for is \(ByteCount(maxSize))")
         }
-        let local = try MemoryRegion.allocate(byteCount: maxSize)
+        let local = try MemoryRegion.allocate(byteCount: maxSize, transparentHugePages: hugePages)
         local.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = UInt8(truncatingIfNeeded: i) } }
         try client.register(local)
         let poller = try (client as? RDMATransport)?.completionPoller(for: peer)
@@ -130,7 +147,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
         } else {
             nil
         }
-        let label = "\(client.name), \(client.capabilities.implementation), \(direct == nil ? "request path" : "direct queue")"
+        let label = "\(peer.path), \(direct == nil ? "request path" : "direct queue")"
         if !json { print("memwall bench rdma — \(label), peer \(peer.address)") }
         var rows: [Row] = []
         var reporter = ProgressReporter("bench rdma", total: operations.count * modes.count * sizeList.count, enabled: !json)
@@ -143,6 +160,7 @@ struct BenchRDMACommand: AsyncParsableCommand {
                     let row: Row
                     if m == "bw" {
                         let list = try client.prepare(operation, Array(repeating: one, count: postList))
+                        let iterations = bytesPerSize.flatMap { try? ByteCount.parse($0).rawValue }.map { max(postList, $0 / size) } ?? self.iterations
                         row = if let direct {
                             try Self.bandwidth(direct, list, messageBytes: size, iterations: iterations, window: txDepth, yieldEvery: yieldEvery, sleepAfter: sleepAfter)
                         } else {
@@ -163,8 +181,9 @@ struct BenchRDMACommand: AsyncParsableCommand {
             }
         }
         withExtendedLifetime((server, serverRegion, direct)) {}
-        let report = Report(transport: client.name, implementation: client.capabilities.implementation.description,
-                            path: direct == nil ? "request path" : "direct queue",
+        let report = Report(transport: client.name, implementation: peer.path.implementation.description,
+                            path: direct == nil ? "request path" : "direct queue", peerPath: peer.path.name,
+                            peerPathDetail: peer.path.description,
                             device: (client as? RDMATransport)?.deviceName, peer: peer.address, rows: rows)
         peer.disconnect()
         if json {

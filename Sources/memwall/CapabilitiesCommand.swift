@@ -87,9 +87,9 @@ extension CapabilitiesReport {
             : "cannot load topology: \(hwloc.error ?? "")")
         out.append("")
         out.append("MemWall will use:")
-        for key in ["memory", "storage", "remote", "topology"] {
+        for key in ["memory", "storage", "remote", "intra-host", "topology"] {
             guard let dec = decisions[key] else { continue }
-            out.append("  " + key.padded(to: 10)
+            out.append("  " + key.padded(to: 11)
                        + (dec.mode == "emulation" ? "EMULATION  " : "hardware   ") + dec.detail)
         }
         return out.joined(separator: "\n")

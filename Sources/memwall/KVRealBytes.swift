@@ -11,10 +11,11 @@ enum KVRealBytes {
     /// labelled emulated pool otherwise), io_uring for the NVMe tier (or the
     /// labelled pread pool when the kernel refuses io_uring), and a plain CPU
     /// copy as the last resort between host regions.
-    static func registry(numa: NUMATransport) throws(MemWallError) -> TransportRegistry {
+    /// - Parameter storage: How the io_uring transport is set up (`bench kv --qd` sets its queue depth).
+    static func registry(numa: NUMATransport, storage: URingConfiguration = URingConfiguration()) throws(MemWallError) -> TransportRegistry {
         let r = TransportRegistry()
         r.add(numa, rank: 0)
-        r.add(try URingTransport.makeWithFallback(), rank: 0)
+        r.add(try URingTransport.makeWithFallback(configuration: storage), rank: 0)
         r.add(MemoryCopyTransport(), rank: 10)
         return r
     }

@@ -29,10 +29,16 @@ struct RemoteTransportSelection: ParsableArguments {
     @Option(name: .long, help: "Send-queue depth (outstanding work requests per connection).")
     var sqDepth: Int = 256
 
+    @Option(name: .long, help: "TCP only: peers on this host reached with process_vm_readv/writev instead of TCP — automatic (default: when the peer proves it is on this host and the kernel allows it), off, or grant-same-user (a server also lets processes of its user attach under YAMA ptrace_scope 1).")
+    var intraHost: String?
+
     func validate() throws {
         try OptionCheck.inRange("--sq-depth", sqDepth, 2 ... 16384, unit: "work requests")
         if let cm, RDMAConnectionManager(rawValue: cm) == nil {
             throw ValidationError("invalid --cm '\(cm)': expected rdmacm or socket")
+        }
+        if let intraHost, IntraHostPolicy(rawValue: intraHost) == nil {
+            throw ValidationError("invalid --intra-host '\(intraHost)': expected automatic, off or grant-same-user")
         }
     }
 
@@ -51,7 +57,8 @@ struct RemoteTransportSelection: ParsableArguments {
     /// Opens the transport.
     /// - Parameter callerPolls: RDMA only: no completion thread; the caller calls `progress()`.
     func open(callerPolls: Bool = false) throws -> any RemoteMemoryTransport {
-        let options = RemoteTransportOptions(sendQueueDepth: sqDepth, completionThread: !callerPolls)
+        let policy = intraHost.flatMap(IntraHostPolicy.init(rawValue:)) ?? .automatic
+        let options = RemoteTransportOptions(sendQueueDepth: sqDepth, completionThread: !callerPolls, intraHost: policy)
         switch resolvedKind {
         case .tcp:
             // Options that only RDMA reads are refused rather than silently ignored.
@@ -62,6 +69,9 @@ struct RemoteTransportSelection: ParsableArguments {
             }
             return try TCPEmulationTransport(options: options)
         case .rdma:
+            if let intraHost {
+                throw ValidationError("--intra-host \(intraHost) applies to the TCP emulation only, but this run uses RDMA; drop it or use --transport tcp")
+            }
             guard let manager = RDMAConnectionManager(rawValue: cm ?? "rdmacm") else {
                 throw ValidationError("invalid --cm '\(cm ?? "")': expected rdmacm or socket")
             }
@@ -137,13 +147,30 @@ struct RDMAServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Fill exported regions with the pattern for this seed (for READ checks by a peer).")
     var fill: Int?
 
+    @Flag(name: .long, help: "Private memory only: allocate exported regions 2 MiB-aligned with MADV_HUGEPAGE.")
+    var hugePages = false
+
+    @Option(name: .long, help: "Memory behind exported regions: shared (a sealed memfd, which intra-host peers map and copy with memcpy; the default with --transport tcp) or private (anonymous memory, which they reach with process_vm_readv/writev; the default with rdma).")
+    var memory: String?
+
+    func validate() throws {
+        if let memory, !["shared", "private"].contains(memory) {
+            throw ValidationError("invalid --memory '\(memory)': expected shared or private")
+        }
+        if hugePages && memory != "private" {
+            throw ValidationError("--huge-pages applies to --memory private (shared memory follows the kernel's shmem_enabled setting)")
+        }
+    }
+
     func run() async throws {
         let specs = try export.map(ExportSpec.init(parsing:))
         guard !specs.isEmpty else { throw ValidationError("give at least one --export NAME:SIZE[:ACCESS]") }
         let t = try selection.open()
         var regions: [MemoryRegion] = []
         for s in specs {
-            let r = try MemoryRegion.allocate(byteCount: s.bytes)
+            let shared = (memory ?? (t is TCPEmulationTransport ? "shared" : "private")) == "shared"
+            let r = shared ? try MemoryRegion.allocateShared(byteCount: s.bytes)
+                : try MemoryRegion.allocate(byteCount: s.bytes, transparentHugePages: hugePages)
             if let seed = fill {
                 r.withUnsafeMutableBytes { b in for i in 0 ..< b.count { b[i] = ServePattern.byte(i, seed: seed) } }
             }
@@ -153,7 +180,8 @@ struct RDMAServeCommand: AsyncParsableCommand {
         }
         let listenAddress = address ?? RemoteTransportSelection.defaultAddress(for: t)
         let bound = try t.listen(address: listenAddress, port: port)
-        print("listening \(bound) \(t.name) (\(t.capabilities.implementation)) on \(listenAddress)")
+        let intraHostLabel = (t as? TCPEmulationTransport).map { "; intra-host path: \($0.intraHostListening)" } ?? ""
+        print("listening \(bound) \(t.name) (\(t.capabilities.implementation)) on \(listenAddress)\(intraHostLabel)")
         fflush(nil)
         // Notifications are printed as they come; stdin closing ends the server.
         let notifier = Task {

@@ -323,4 +323,31 @@ private func chain(_ n: Int, seed: UInt64) -> [BlockKey] {
         #expect(cache.invariantViolation() == nil)
         #expect(cache.lookup(a).count == 2 || cache.lookup(a).count == 0)
     }
+
+    @Test func callsLargerThanOnePlanAreSlicedAndStayChained() throws {
+        let n = KVCache.planSlice * 2 + 37
+        let (cache, _) = try threeTierCache(blockBytes: 4096, dram: 8, far: 16, nvme: 1024)
+        let keys = chain(n, seed: 40)
+        let source = try MemoryRegion.allocate(byteCount: n * 4096)
+        let target = try MemoryRegion.allocate(byteCount: n * 4096)
+        try cache.register(source)
+        try cache.register(target)
+        for (i, k) in keys.enumerated() { pattern(k, into: source, at: i, blockBytes: 4096) }
+        let stored = try cache.store(keys, from: (0..<n).map { KVBuffer(region: source, offset: $0 * 4096) }).wait()
+        try stored.check()
+        #expect(stored.bytes == n * 4096)
+        #expect(cache.lookup(keys).count == n)
+        // Blocks of later slices hang off the last block of the slice before (tier order holds).
+        #expect(cache.invariantViolation() == nil)
+        let loaded = try cache.load(keys, into: (0..<n).map { KVBuffer(region: target, offset: $0 * 4096) }).wait()
+        try loaded.check()
+        for i in [0, KVCache.planSlice - 1, KVCache.planSlice, n - 1] {
+            #expect(try holdsPattern(keys[i], target, at: i, blockBytes: 4096), "block \(i)")
+        }
+        // Per-block errors keep their position in the whole call.
+        let missing = BlockKey(rawValue: 12345)
+        let r = try cache.load(keys.prefix(KVCache.planSlice + 1) + [missing],
+                               into: (0..<(KVCache.planSlice + 2)).map { KVBuffer(region: target, offset: $0 * 4096) }).wait()
+        #expect(r.failed.map(\.index) == [KVCache.planSlice + 1])
+    }
 }

@@ -179,6 +179,13 @@ import Testing
     }
 
     @Test(arguments: [SIGINT, SIGTERM, SIGHUP])
+    func benchKVScratchIsRemovedOnSignal(_ sig: Int32) throws {
+        try Self.checkRemovedOnSignal(sig, "benchkv", prefix: "memwall-bench-kv") { dir in
+            ["bench", "kv", "--dir", dir, "--block-bytes", "4k", "--bytes", "512M", "--quiet"]
+        }
+    }
+
+    @Test(arguments: [SIGINT, SIGTERM, SIGHUP])
     func kvReplayBackingFileIsRemovedOnSignal(_ sig: Int32) throws {
         try Self.checkRemovedOnSignal(sig, "kv", prefix: "kv.bin") { dir in
             ["kv", "replay", Self.trace, "--tiers", "dram:20,nvme:2000", "--real-bytes", "--repeat", "1000",

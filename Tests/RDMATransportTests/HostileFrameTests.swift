@@ -73,6 +73,9 @@ struct HostileFrameTests {
             ("answer kind sent to the listener", frame(kind: 5, tag: 5)),
             ("request with a status", frame(kind: 3, status: 2, key: 1, tag: 6, length: 8)),
             ("notify with a payload", frame(kind: 4, key: 1, length: 10)),
+            ("intra-host probe with a payload", frame(kind: 7, tag: 1, offset: 2, length: 10)),
+            ("intra-host probe with a key", frame(kind: 7, key: 3, tag: 1, offset: 2)),
+            ("intra-host offer sent to the listener", frame(kind: 8, length: 60)),
             ("garbage", (0 ..< 64).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }),
         ]
         for (what, bytes) in hostile {
@@ -85,6 +88,18 @@ struct HostileFrameTests {
             let peer = try RawPeer(port: serve.port)
             peer.send(Array(frame(kind: 2, key: 1, length: 8).prefix(16)))
         }
+        // A second intra-host probe on one connection: the first is answered, the second closes it.
+        do {
+            let peer = try RawPeer(port: serve.port)
+            peer.send(frame(kind: 7, tag: 1, offset: 2))
+            let head = try peer.read(FrameHeader.size)
+            let h = head.withUnsafeBytes { FrameHeader(bytes: $0.baseAddress!) }
+            #expect(h.kind == FrameHeader.Kind.intraHostOffer.rawValue)
+            let offer = try peer.read(Int(h.length))
+            #expect(try offer.withUnsafeBytes { try IntraHostOffer.decode($0, peer: "rdma-serve") }.identity.pid == serve.process.processIdentifier)
+            peer.send(frame(kind: 7, tag: 3, offset: 4))
+            #expect(peer.listenerClosed(), "the listener answered a second intra-host probe")
+        }
         // A refused write's payload is still read off the stream, and the answer says why.
         do {
             let peer = try RawPeer(port: serve.port)
@@ -96,7 +111,8 @@ struct HostileFrameTests {
 
         // The server process is alive and serves a well-behaved peer: write, read back, compare.
         #expect(serve.process.isRunning)
-        let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10)))
+        // Over TCP, so the listener's own serving is what is checked.
+        let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10), intraHost: .off))
         let local = try MemoryRegion.allocate(byteCount: 1 << 20)
         try client.register(local)
         let remote = try client.connect(address: "127.0.0.1", port: serve.port, timeout: .seconds(10))
@@ -126,6 +142,10 @@ struct HostileFrameTests {
         func answer(_ b: [UInt8]) -> FrameHeader.Answer? { try? b.withUnsafeBytes { try FrameHeader.decodeAnswer($0) } }
         #expect(request(frame(kind: 2, key: 3, tag: 4, offset: 5, length: 6)) == .write(key: 3, tag: 4, offset: 5, length: 6))
         #expect(request(frame(kind: 4, key: 8)) == .notify(8))
+        #expect(request(frame(kind: 7, tag: 5, offset: 6)) == .intraHostProbe(challenge0: 5, challenge1: 6))
+        #expect(request(frame(kind: 7, tag: 5, offset: 6, length: 1)) == nil, "a probe carries no payload")
+        #expect(request(frame(kind: 8, length: 52)) == nil, "an offer is an answer, never a request")
+        #expect(answer(frame(kind: 8, length: 52)) == nil, "an offer comes only during connect, never as a data-phase answer")
         #expect(request(frame(kind: 5, tag: 1)) == nil)
         #expect(request(Array(frame(kind: 2).prefix(31))) == nil)
         #expect(answer(frame(kind: 6, status: 0, tag: 2, length: 16)) == .readData(tag: 2, status: .ok, length: 16))

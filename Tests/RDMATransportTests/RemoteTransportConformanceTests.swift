@@ -20,18 +20,22 @@ final class RemoteSlotPool: Sendable {
     /// The server transport or process; kept alive, never touched after init.
     nonisolated(unsafe) private let peerOwner: AnyObject
 
-    private init(address: String, port: UInt16, names: [String], peerOwner: AnyObject) {
+    /// The path every connection must get, by name; nil accepts any.
+    let path: String?
+
+    private init(address: String, port: UInt16, names: [String], peerOwner: AnyObject, path: String? = nil) {
         self.address = address
         self.port = port
         self.names = names
         self.peerOwner = peerOwner
+        self.path = path
     }
 
     static func slotNames(_ count: Int) -> [String] { (0 ..< count).map { "conformance/slot-\($0)" } }
 
     /// A TCP emulation server in this process exporting `count` read-write slots on 127.0.0.1.
     static func inProcessTCP(slots count: Int) throws(MemWallError) -> RemoteSlotPool {
-        let server = try TCPEmulationTransport()
+        let server = try TCPEmulationTransport(options: RemoteTransportOptions(intraHost: .off))
         let names = slotNames(count)
         for name in names {
             let r = try MemoryRegion.allocate(byteCount: slotBytes)
@@ -42,10 +46,12 @@ final class RemoteSlotPool: Sendable {
     }
 
     /// `memwall rdma-serve` in a second process exporting `count` read-write slots on `address`.
-    static func serveProcess(slots count: Int, address: String, arguments: [String]) throws -> RemoteSlotPool {
+    /// - Parameter path: When given, every connection must reach the peer on a path of this name
+    ///   ("intra-host"), so the suite cannot pass on another path by accident.
+    static func serveProcess(slots count: Int, address: String, arguments: [String], path: String? = nil) throws -> RemoteSlotPool {
         let names = slotNames(count)
         let serve = try ServeProcess(arguments: arguments + ["--address", address] + names.flatMap { ["--export", "\($0):\(slotBytes >> 20)M:rw"] })
-        return RemoteSlotPool(address: address, port: serve.port, names: names, peerOwner: serve)
+        return RemoteSlotPool(address: address, port: serve.port, names: names, peerOwner: serve, path: path)
     }
 
     /// A fresh slot of the peer, resolved through `transport`'s own connection.
@@ -61,6 +67,9 @@ final class RemoteSlotPool: Sendable {
             throw MemWallError(.outOfBounds, "all \(names.count) exported slots are in use; export more for this many targets")
         }
         let peer = try remote.connect(address: address, port: port, timeout: .seconds(30))
+        if let path, peer.path.name != path {
+            throw MemWallError(.unsupported, "the peer was expected on the \(path) path, but got \(peer.path)")
+        }
         return .remote(try peer.segment(named: names[i]))
     }
 }
@@ -99,7 +108,7 @@ struct TCPEmulationConformanceTests {
         alignment: 1,
         faultPoints: [.read: "read", .write: "write"],
         makeTransport: { funnel throws(MemWallError) in
-            try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30)), funnel: funnel)
+            try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30), intraHost: .off), funnel: funnel)
         },
         makeTargetFor: { n, t throws(MemWallError) in try pool.target(n, for: t) })
 
@@ -110,6 +119,55 @@ struct TCPEmulationConformanceTests {
 
     @Test func checksThatDoNotApply() throws {
         try skipInapplicableChecks(of: Self.fixture)
+    }
+}
+
+/// One conformance case on one of the intra-host fixtures.
+struct IntraHostConformanceCase: Sendable, CustomTestStringConvertible {
+    let fixture: ConformanceFixture
+    let check: ConformanceCheck
+    var testDescription: String { "\(check) — \(fixture.name)" }
+}
+
+/// The same suite on the intra-host path, twice: the transport under test
+/// connects to `memwall rdma-serve --transport tcp` in a second process on this
+/// host (every connection is checked to be on that path), whose exports are
+/// shared memory — mapped here and copied with memcpy, no system call to fault
+/// — or, with `--memory private`, anonymous memory reached with
+/// process_vm_readv/writev, on which faults are injected.
+@Suite(.timeLimit(.minutes(5)),
+       .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"),
+       .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
+struct IntraHostConformanceTests {
+    static func fixture(memory: String, slots: Int, faultPoints: [TransferOperation: String], noFaultPointsReason: String = "") -> ConformanceFixture {
+        let pool = LazyPool {
+            try RemoteSlotPool.serveProcess(slots: slots, address: "127.0.0.1", arguments: ["--transport", "tcp", "--memory", memory], path: "intra-host")
+        }
+        return ConformanceFixture(
+            name: "intra-host path to a second process (\(memory) memory)",
+            alignment: 1,
+            faultPoints: faultPoints,
+            noFaultPointsReason: noFaultPointsReason,
+            makeTransport: { funnel throws(MemWallError) in
+                try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(30)), funnel: funnel)
+            },
+            makeTargetFor: { n, t throws(MemWallError) in try pool.target(n, for: t) })
+    }
+
+    static let fixtures = [
+        fixture(memory: "shared", slots: 12, faultPoints: [:],
+                noFaultPointsReason: "copies with memcpy into the peer's memfd mapped here, with no system call per transfer (the private-memory fixture faults process_vm_readv/writev)"),
+        fixture(memory: "private", slots: 40, faultPoints: [.read: "process_vm_readv", .write: "process_vm_writev"]),
+    ]
+
+    @Test(arguments: fixtures.flatMap { f in TransportConformance.applicableChecks(for: f).map { IntraHostConformanceCase(fixture: f, check: $0) } })
+    func conformance(_ c: IntraHostConformanceCase) async throws {
+        try await runConformanceCheck(c.check, on: c.fixture)
+    }
+
+    @Test func checksThatDoNotApply() throws {
+        let summary = Self.fixtures.compactMap { TransportConformance.skippedChecksSummary(for: $0) }.joined(separator: "; ")
+        try Test.cancel(Comment(rawValue: try #require(summary.isEmpty ? nil : summary, "every check applies; remove this test")))
     }
 }
 

@@ -7,12 +7,20 @@ import Synchronization
 import Testing
 import Transport
 
+/// Options that keep every byte on TCP: peers in this process would otherwise
+/// be reached through the intra-host path (IntraHostTests covers that one).
+let tcpOnly = RemoteTransportOptions(intraHost: .off)
+
 @Suite("TCP emulation of one-sided RDMA", .timeLimit(.minutes(2)))
 struct TCPEmulationTests {
     static func pair(serverFunnel: SyscallFunnel = .system, clientFunnel: SyscallFunnel = .system,
-                     options: RemoteTransportOptions = RemoteTransportOptions()) throws -> RemotePair {
-        try RemotePair.make(server: try TCPEmulationTransport(options: options, funnel: serverFunnel),
-                            client: try TCPEmulationTransport(options: options, funnel: clientFunnel))
+                     options: RemoteTransportOptions = tcpOnly) throws -> RemotePair {
+        var options = options
+        options.intraHost = .off
+        let p = try RemotePair.make(server: try TCPEmulationTransport(options: options, funnel: serverFunnel),
+                                    client: try TCPEmulationTransport(options: options, funnel: clientFunnel))
+        #expect(p.peer.path == .tcp(intraHostDeclined: "the peer does not offer it (it runs with intra-host off, or an older MemWall)"))
+        return p
     }
 
     @Test("is labelled emulation")
@@ -61,13 +69,13 @@ struct TCPEmulationTests {
     @Test("bad input: nothing listening, unknown name, bad address, double registration, bad exports")
     func badInput() throws {
         let p = try Self.pair()
-        try RemoteConformance.badInput(p) { () throws(MemWallError) -> any RemoteMemoryTransport in try TCPEmulationTransport() }
+        try RemoteConformance.badInput(p) { () throws(MemWallError) -> any RemoteMemoryTransport in try TCPEmulationTransport(options: tcpOnly) }
         #expect(caught { try TCPEmulationTransport(options: RemoteTransportOptions(sendQueueDepth: 0)) }?.code == .invalidArgument)
     }
 
     @Test("named slots cut from one registration")
     func namedSlots() async throws {
-        try await RemoteConformance.namedSlots(server: try TCPEmulationTransport(), client: try TCPEmulationTransport())
+        try await RemoteConformance.namedSlots(server: try TCPEmulationTransport(options: tcpOnly), client: try TCPEmulationTransport(options: tcpOnly))
     }
 
     @Test("short reads and writes and EINTR on both sides still move every byte")
@@ -189,7 +197,7 @@ struct TCPEmulationTests {
 
     @Test("peers connect, write and disconnect from three threads while the listener closes; every outcome is a clean one")
     func listenerClosesUnderTraffic() throws {
-        let server = try TCPEmulationTransport()
+        let server = try TCPEmulationTransport(options: tcpOnly)
         let exported = try MemoryRegion.allocate(byteCount: 3 * 4096)
         try server.register(exported)
         try server.export(exported, as: "slot", access: [.read, .write])
@@ -204,7 +212,7 @@ struct TCPEmulationTests {
         let clients = try (0 ..< 3).map { k in
             try WorkerThread(name: "client-\(k)") {
                 do throws(MemWallError) {
-                    let client = try TCPEmulationTransport()
+                    let client = try TCPEmulationTransport(options: tcpOnly)
                     let local = try MemoryRegion.allocate(byteCount: 4096)
                     try client.register(local)
                     var seed = k * 100_000

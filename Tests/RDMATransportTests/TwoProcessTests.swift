@@ -89,13 +89,20 @@ final class ServeProcess {
 
 /// The two-process checks, run on the TCP emulation on the host and on RDMA in the lab.
 enum TwoProcessChecks {
-    static func run(client: any RemoteMemoryTransport, serveArguments: [String]) async throws {
+    /// - Parameter path: The path the peer must be reached on ("tcp-emulation", "intra-host", "rdma").
+    static func run(client: any RemoteMemoryTransport, serveArguments: [String], path: String) async throws {
         let address = peerAddress(for: client)
         let serve = try ServeProcess(arguments: serveArguments + ["--address", address, "--export", "slot:8M:rw", "--export", "ro:64k:r", "--fill", "11"])
         defer { serve.stop() }
         let local = try MemoryRegion.allocate(byteCount: 8 << 20)
         try client.register(local)
         let peer = try client.connect(address: address, port: serve.port, timeout: .seconds(20))
+        #expect(peer.path.name == path, "\(peer.path)")
+        if case .intraHost(let pid, let mapped, let exports) = peer.path {
+            #expect(pid == serve.process.processIdentifier)
+            // rdma-serve exports shareable memory unless told otherwise.
+            #expect(mapped == (serveArguments.contains("private") ? 0 : exports) && exports == 2, "\(peer.path)")
+        }
         #expect(Set(peer.exports.map(\.name)) == ["slot", "ro"])
         let slot = try peer.segment(named: "slot")
 
@@ -125,13 +132,19 @@ enum TwoProcessChecks {
         }
         #expect(sawNote)
 
-        // The peer disappears (SIGKILL) in the middle of a long transfer.
+        // The peer disappears (SIGKILL) in the middle of a stream of long transfers.
+        // A transport that completes asynchronously has the kill land while a request
+        // is pending; one that moves the bytes inside post (the intra-host path) has
+        // it land from another thread while a post is copying.
         let big = (0 ..< 512).map {
             TransferDescriptor(local: local, localOffset: ($0 % 128) * 65_536, target: .remote(slot), targetOffset: Int64(($0 % 128) * 65_536), length: 65_536)
         }
         let prepared = try client.prepare(.write, big)
         var failure: MemWallError?
-        for _ in 0 ..< 40 where failure == nil {
+        let pid = serve.process.processIdentifier
+        var killed = false
+        var killer: WorkerThread?
+        for round in 0 ..< 2000 where failure == nil {
             let req: TransferRequest
             do {
                 req = try client.post(prepared)
@@ -140,10 +153,22 @@ enum TwoProcessChecks {
                 failure = error
                 break
             }
-            if case .pending = req.poll() { serve.kill() }
+            if case .pending = req.poll(), !killed {
+                serve.kill()
+                killed = true
+            } else if round == 2, !killed {
+                // An OS thread, not a task: the posting loop may hold the only free one.
+                killer = try WorkerThread(name: "killer") {
+                    usleep(2000)
+                    Glibc.kill(pid, SIGKILL)
+                }
+                killed = true
+            }
             do { try await req.wait() } catch { failure = error }
             #expect(req.descriptorStatuses.allSatisfy { $0.isFinal })
         }
+        killer?.join()
+        serve.process.waitUntilExit()
         #expect(failure?.code == .disconnected || failure?.code == .timedOut, "got \(String(describing: failure))")
         // Later posts are refused at once (or fail), never hang.
         let late = await caughtAsync { try await client.transfer(.write, [big[0]]) }
@@ -173,8 +198,46 @@ enum ServePatternMirror {
 struct TwoProcessTCPTests {
     @Test("conformance, notification, peer killed mid-transfer, reconnect")
     func twoProcesses() async throws {
-        try await TwoProcessChecks.run(client: try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10))),
-                                       serveArguments: ["--transport", "tcp"])
+        try await TwoProcessChecks.run(client: try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10), intraHost: .off)),
+                                       serveArguments: ["--transport", "tcp"], path: "tcp-emulation")
+    }
+}
+
+@Suite("Two processes on the intra-host path", .timeLimit(.minutes(3)),
+       .enabled(if: ServeProcess.executable != nil, "needs the memwall executable built next to the tests (swift build)"),
+       .enabled(if: IntraHostSupport.unavailableReason == nil, "process_vm_readv is refused in this process (seccomp)"))
+struct TwoProcessIntraHostTests {
+    @Test("chosen automatically on one host (shared exports mapped); conformance, notification, peer killed mid-transfer, reconnect")
+    func twoProcesses() async throws {
+        let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10)))
+        #expect(client.capabilities.peerPaths.map(\.name) == ["intra-host"])
+        #expect(client.capabilities.peerPaths.first?.implementation.isHardware == true, "\(client.capabilities.peerPaths)")
+        try await TwoProcessChecks.run(client: client, serveArguments: ["--transport", "tcp"], path: "intra-host")
+    }
+
+    @Test("exports in private memory: the same checks through process_vm_readv/writev")
+    func privateMemory() async throws {
+        let client = try TCPEmulationTransport(options: RemoteTransportOptions(operationTimeout: .seconds(10)))
+        try await TwoProcessChecks.run(client: client, serveArguments: ["--transport", "tcp", "--memory", "private"], path: "intra-host")
+    }
+
+    @Test("a server started with --intra-host off is reached over TCP, and the label says why")
+    func serverTurnedOff() async throws {
+        let serve = try ServeProcess(arguments: ["--transport", "tcp", "--intra-host", "off", "--address", "127.0.0.1", "--export", "slot:1M:rw"])
+        defer { serve.stop() }
+        let client = try TCPEmulationTransport()
+        let peer = try client.connect(address: "127.0.0.1", port: serve.port, timeout: .seconds(20))
+        guard case .tcp(let why) = peer.path else { Issue.record("expected TCP, got \(peer.path)"); return }
+        #expect(why.contains("does not offer"), "\(why)")
+        #expect(peer.path.implementation.isEmulation)
+        let local = try MemoryRegion.allocate(byteCount: 65_536)
+        try client.register(local)
+        fill(local, offset: 0, length: 65_536, seed: 8)
+        let slot = try peer.segment(named: "slot")
+        try await client.transfer(.write, [TransferDescriptor(local: local, target: .remote(slot), length: 65_536)])
+        zero(local)
+        try await client.transfer(.read, [TransferDescriptor(local: local, target: .remote(slot), length: 65_536)])
+        #expect(firstMismatch(local, offset: 0, length: 65_536, seed: 8) == nil)
     }
 }
 
@@ -183,6 +246,6 @@ struct TwoProcessRDMAInLab {
     @Test("conformance, notification, peer killed mid-transfer, reconnect")
     func twoProcesses() async throws {
         try await TwoProcessChecks.run(client: try makeRDMA(RemoteTransportOptions(operationTimeout: .seconds(30))),
-                                       serveArguments: ["--transport", "rdma", "--device", labDevice, "--cm", labManager.rawValue])
+                                       serveArguments: ["--transport", "rdma", "--device", labDevice, "--cm", labManager.rawValue], path: "rdma")
     }
 }

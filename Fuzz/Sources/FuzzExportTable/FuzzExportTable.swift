@@ -1,6 +1,7 @@
-// libFuzzer entry point: the export table and the socket exchange's fixed
-// heads. Decoding is total, and a table that decodes re-encodes to exactly the
-// same bytes (the format has one spelling per table, so nothing is skipped or guessed).
+// libFuzzer entry point: the export table, the intra-host offer that carries
+// one, and the socket exchange's fixed heads. Decoding is total, and a table or
+// an offer that decodes re-encodes to exactly the same bytes (each format has
+// one spelling, so nothing is skipped or guessed).
 import FuzzSupport
 import MemWallCore
 @testable import RDMATransport
@@ -12,6 +13,12 @@ public func fuzzExportTable(_ data: UnsafePointer<UInt8>, _ count: Int) -> CInt 
         precondition(table.count <= ExportTableCodec.maximumEntries)
         let again = ExportTableCodec.encode(table)
         precondition(again.elementsEqual(bytes), "decode/encode is not the identity")
+    }
+    if let offer = try? IntraHostOffer.decode(bytes, peer: "fuzz") {
+        precondition(offer.identity.pid >= 1 && offer.identity.pid <= IntraHostOffer.maximumPID && offer.identity.bootID.count == 16)
+        precondition(offer.challengeAddress != 0 && offer.exports.allSatisfy { $0.address != 0 })
+        precondition(Set(offer.exports.map(\.key)).count == offer.exports.count, "two exports share a key")
+        precondition(offer.encode().elementsEqual(bytes), "offer decode/encode is not the identity")
     }
     if count >= RDMAExchange.helloSize {
         let hello = UnsafeRawBufferPointer(rebasing: bytes[0 ..< RDMAExchange.helloSize])

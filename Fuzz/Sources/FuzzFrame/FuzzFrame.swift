@@ -37,7 +37,7 @@ public func fuzzFrame(_ data: UnsafePointer<UInt8>, _ count: Int) -> CInt {
                         precondition(admitted == nil)
                     }
                 }
-            case .notify:
+            case .notify, .intraHostProbe:
                 break
             }
         }

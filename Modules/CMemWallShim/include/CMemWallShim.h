@@ -5,6 +5,7 @@
    prefixed memwall_ so nothing here can clash with a real library. */
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/uio.h>
 #include "CMemWallCleanup.h"
 #include "CMemWallPool.h"
 
@@ -44,4 +45,28 @@ uint64_t memwall_checksum(const void *bytes, size_t count);
 uint64_t memwall_copy_checksum(void *destination, const void *source, size_t count, int streaming);
 /* The same checksum on the portable path only (tests compare it with the AVX2 path). */
 uint64_t memwall_checksum_portable(const void *bytes, size_t count);
+/* The intra-host path of the remote transports (intrahost.c). */
+/* process_vm_readv (write == 0) or process_vm_writev (write != 0) with flags 0:
+   bytes moved, or -1 with errno. */
+long memwall_process_vm(int pid, int write, const struct iovec *local, unsigned long localCount,
+                        const struct iovec *remote, unsigned long remoteCount);
+/* pidfd_open(pid, 0): a close-on-exec descriptor that stays bound to that
+   process, or -1 with errno (ENOSYS before Linux 5.3). */
+int memwall_pidfd_open(int pid);
+/* prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY): under YAMA ptrace_scope 1, lets
+   processes of the same user attach to (and process_vm_* into) this one; 0 or
+   -1 with errno (EINVAL without YAMA). */
+int memwall_allow_ptrace_from_same_user(void);
+/* A sealed memfd of `size` bytes for memory other processes may map: created
+   close-on-exec, sized, then sealed against shrinking, growing and further
+   sealing, so a process that maps it can never be made to fault past its end.
+   The fd, or -1 with errno. */
+int memwall_shared_memory_create(const char *name, uint64_t size);
+/* 1 when fd is a memfd sealed against shrinking (what a mapping of it needs),
+   0 when it is not, -1 with errno when it cannot be asked. */
+int memwall_shared_memory_is_sealed(int fd);
+/* pidfd_getfd(pidfd, fd, 0): a close-on-exec duplicate of another process's
+   descriptor (the same ptrace access as process_vm_*), or -1 with errno
+   (ENOSYS before Linux 5.6). */
+int memwall_pidfd_getfd(int pidfd, int fd);
 #endif
