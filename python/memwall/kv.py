@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _native
 from .buffers import as_block_array, block_pointers
+from ._handle import NativeHandle
 from .errors import Error, InvalidArgumentError, MisuseError, error_for
 from .keys import KeysLike, key_bytes
 from .regions import Region, region_of
@@ -135,7 +136,7 @@ class Transfer:
 _lookup = _native.require("mw_kv_lookup") if "mw_kv_lookup" not in _native.missing else None
 
 
-class KVCache:
+class KVCache(NativeHandle):
     """A tiered KV block cache (libmemwall's mw_kv), zero-copy from and into numpy arrays.
 
     Example::
@@ -163,6 +164,9 @@ class KVCache:
         InvalidArgumentError naming the bad setting; SystemCallError for a file or memory the
         host refused; BusyError when another process holds nvme_path.
     """
+
+    _native_close = "mw_kv_close"
+    _closed_hint = "the KVCache is closed; open a new one"
 
     def __init__(self, tiers: str, block_bytes: int, *, nvme_path: Optional[Union[str, os.PathLike]] = None,
                  allow_write: bool = False, policy: Optional[str] = None, block_tokens: int = 16,
@@ -212,29 +216,6 @@ class KVCache:
             for region in list(self._regions) + list(self._adopted.values()):
                 region._registered_with.discard(kv)
             self._adopted.clear()
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._handle is None
-
-    def __enter__(self) -> "KVCache":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self.close()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            _native.lib.mw_kv_close(handle)
-
-    def _h(self) -> int:
-        handle = self._handle
-        if handle is None:
-            raise MisuseError("the KVCache is closed; open a new one")
-        return handle
 
     # -- memory -----------------------------------------------------------------------------
 

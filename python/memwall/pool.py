@@ -13,17 +13,21 @@ import numpy as np
 
 from . import _native
 from .buffers import as_block_array, block_pointers
+from ._handle import NativeHandle
 from .errors import InvalidArgumentError, MisuseError
 from .keys import KeysLike, key_bytes
 
 _NODE_ANY, _NODE_FAR = -1, -2
 
 
-class PoolView:
+class PoolView(NativeHandle):
     """A block read in place: :attr:`array` is a read-only numpy view of the block's bytes in the
     shared segment, valid — and the block kept in the pool — until :meth:`close` (or the end of a
     ``with`` block). Reading it after close is a use-after-free; keep a copy (``array.copy()``)
     to keep the bytes."""
+
+    _native_close = "mw_pool_view_close"
+    _closed_hint = "the view is closed; take a new one with Pool.view"
 
     def __init__(self, handle: int, key: int) -> None:
         self._handle: Optional[int] = handle
@@ -60,20 +64,7 @@ class PoolView:
         handle, self._handle, self._array = self._handle, None, None
         _native.check(_native.lib.mw_pool_view_close(handle))
 
-    def __enter__(self) -> "PoolView":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self.close()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            _native.lib.mw_pool_view_close(handle)
-
-
-class Pool:
+class Pool(NativeHandle):
     """A host-wide KV pool shared by every process that attaches to it by name.
 
     Example::
@@ -90,6 +81,9 @@ class Pool:
     The same lookup / store / load as :class:`memwall.KVCache`, with buffers that need no
     registration (any uint8 array of block_bytes rows), plus :meth:`view`.
     """
+
+    _native_close = "mw_pool_close"
+    _closed_hint = "the Pool is closed; attach again"
 
     def __init__(self, handle: int, name: str) -> None:
         self._handle: Optional[int] = handle
@@ -168,29 +162,6 @@ class Pool:
                 raise MisuseError("the Pool was closed already")
             handle, self._handle, self._arg = self._handle, None, None
             _native.check(_native.lib.mw_pool_close(handle))
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._handle is None
-
-    def __enter__(self) -> "Pool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self.close()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            _native.lib.mw_pool_close(handle)
-
-    def _h(self) -> int:
-        handle = self._handle
-        if handle is None:
-            raise MisuseError("the Pool is closed; attach again")
-        return handle
 
     # -- the data path ----------------------------------------------------------------------
 
